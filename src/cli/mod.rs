@@ -1,0 +1,75 @@
+//! The `tttnn` command line: one file per subcommand, doc comments as help text.
+pub mod doctor;
+pub mod eval;
+pub mod index;
+pub mod ingest;
+pub mod search;
+pub mod smoke;
+
+use clap::{Parser, Subcommand};
+
+/// tttnn: test-time training on nearest neighbours (Hardt & Sun 2023).
+///
+/// Data goes to stdout; messages and progress to stderr. Exit codes: 0 ok, 1 bad input,
+/// 2 internal error.
+#[derive(Debug, Parser)]
+#[command(name = "tttnn", version, propagate_version = true)]
+pub struct Cli {
+    /// Print only errors on stderr.
+    #[arg(long, short, global = true, env = "TTTNN_QUIET")]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// tttnn's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check libtorch, CUDA, ONNX Runtime, libduckdb and protoc, and say what is missing.
+    Doctor(doctor::Args),
+    /// Run the whole stack on the bundled tiny fixtures: embed, store, retrieve, train, evaluate, record.
+    Smoke(smoke::Args),
+    /// Ingest Pile JSONL(.zst) into the LanceDB corpus store with encoder embeddings; resumable.
+    Ingest(ingest::Args),
+    /// Build the store's vector index (IVF-PQ), or drop it for exact search (flat).
+    Index(index::Args),
+    /// Nearest neighbours of a text or a stored document.
+    Search(search::Args),
+    /// Bits per byte, byte and word perplexity of text files under an LM (lm-eval's protocol).
+    Eval(eval::Args),
+    /// Run TTT-NN on a task and record it in DuckDB (not built yet: issue #5).
+    Run(Pending),
+    /// Run SQL against a results database (not built yet: issue #5).
+    Sql(Pending),
+    /// Plot bits per byte against k (not built yet: issue #5).
+    Report(Pending),
+}
+
+/// Arguments of a subcommand that is not built yet; accepted so the error is about the command.
+#[derive(Debug, clap::Args)]
+pub struct Pending {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
+}
+
+impl Command {
+    /// Runs the subcommand.
+    pub fn run(self, quiet: bool) -> crate::Result<()> {
+        let pending = |name: &str, issue: u32| {
+            Err(crate::Error::Internal(format!(
+                "`tttnn {name}` is not built yet (tracked in issue #{issue})"
+            )))
+        };
+        match self {
+            Command::Doctor(a) => doctor::run(a),
+            Command::Smoke(a) => smoke::run(a, quiet),
+            Command::Ingest(a) => ingest::run(a, quiet),
+            Command::Index(a) => index::run(a, quiet),
+            Command::Search(a) => search::run(a),
+            Command::Eval(a) => eval::run(a, quiet),
+            Command::Run(_) => pending("run", 5),
+            Command::Sql(_) => pending("sql", 5),
+            Command::Report(_) => pending("report", 5),
+        }
+    }
+}

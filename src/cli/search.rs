@@ -1,0 +1,128 @@
+//! `tttnn search`: a text's (or a stored document's) nearest neighbours in the store.
+use std::path::PathBuf;
+
+use crate::embed::{self, Encoder};
+use crate::error::{Error, Result};
+use crate::store::{Retrieval, SearchMode, Store};
+
+/// Search the store: neighbours nearest first, with unsquared L2 distances.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The LanceDB store directory.
+    #[arg(long, env = "TTTNN_STORE")]
+    pub store: PathBuf,
+    /// Encoder directory (needed to embed TEXT).
+    #[arg(long, env = "TTTNN_ENCODER")]
+    pub encoder: Option<PathBuf>,
+    /// Number of neighbours.
+    #[arg(short, long, default_value_t = 50)]
+    pub k: usize,
+    /// IVF partitions to probe when an index exists.
+    #[arg(long, default_value_t = 20)]
+    pub nprobes: usize,
+    /// Re-rank refine_factor·k IVF-PQ candidates with exact distances.
+    #[arg(long)]
+    pub refine_factor: Option<u32>,
+    /// Exact brute-force search even when an index exists (the paper's IndexFlatL2).
+    #[arg(long)]
+    pub exact: bool,
+    /// Drop neighbours farther than this (unsquared L2).
+    #[arg(long)]
+    pub max_distance: Option<f32>,
+    /// Use this stored document's embedding as the query, and leave the document itself out.
+    #[arg(long, conflicts_with = "text")]
+    pub doc_id: Option<String>,
+    /// Query text.
+    #[arg(required_unless_present = "doc_id")]
+    pub text: Option<String>,
+    /// Where the encoder runs.
+    #[arg(long, value_enum, default_value_t = embed::Device::Cpu, env = "TTTNN_ENCODER_DEVICE")]
+    pub device: embed::Device,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the search and prints rank, id, set, distance and the start of each text.
+pub fn run(args: Args) -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()
+        .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
+    let store = rt.block_on(Store::open(&args.store))?;
+    let (vector, exclude_id) = match (&args.doc_id, &args.text) {
+        (Some(id), _) => {
+            let (v, _) = rt
+                .block_on(store.document(id))?
+                .ok_or_else(|| Error::BadSetting {
+                    field: "doc-id".into(),
+                    message: format!("no document `{id}` in {}", args.store.display()),
+                })?;
+            (v, Some(id.clone()))
+        }
+        (None, Some(text)) => {
+            let dir = args.encoder.as_ref().ok_or_else(|| Error::BadSetting {
+                field: "encoder".into(),
+                message: "--encoder is needed to embed TEXT".into(),
+            })?;
+            let mut enc = Encoder::load(dir, args.device)?;
+            (enc.embed(&[text.as_str()], 1)?.remove(0), None)
+        }
+        (None, None) => {
+            return Err(Error::BadSetting {
+                field: "text".into(),
+                message: "give TEXT or --doc-id".into(),
+            })
+        }
+    };
+    let indexed = !args.exact && !rt.block_on(store.vector_indexes())?.is_empty();
+    let mode = if indexed {
+        SearchMode::Indexed {
+            nprobes: args.nprobes,
+            refine_factor: args.refine_factor,
+        }
+    } else {
+        SearchMode::Exact
+    };
+    let r = Retrieval {
+        k: args.k,
+        mode,
+        max_distance: args.max_distance,
+        exclude_id,
+    };
+    let t = std::time::Instant::now();
+    let neighbors = rt.block_on(store.retrieve(&vector, &r))?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    if args.json {
+        let rows: Vec<_> = neighbors
+            .iter()
+            .enumerate()
+            .map(|(i, n)| serde_json::json!({"rank": i + 1, "id": n.id, "set_name": n.set_name, "distance": n.distance, "text": n.text}))
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        println!(
+            "{:>4}  {:<28} {:<18} {:>9}  text",
+            "rank", "id", "set", "distance"
+        );
+        for (i, n) in neighbors.iter().enumerate() {
+            let snippet: String = n
+                .text
+                .chars()
+                .take(60)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            println!(
+                "{:>4}  {:<28} {:<18} {:>9.4}  {snippet}",
+                i + 1,
+                n.id,
+                n.set_name,
+                n.distance
+            );
+        }
+    }
+    eprintln!(
+        "search: {} neighbours in {ms:.1} ms ({})",
+        neighbors.len(),
+        if indexed { "IVF-PQ" } else { "exact" }
+    );
+    Ok(())
+}

@@ -1,0 +1,340 @@
+//! Document embeddings with a RoBERTa-style encoder run by ONNX Runtime, exactly as the original
+//! (spec §1.1): truncate to the encoder's max length including `<s>`/`</s>`, masked mean of the last
+//! hidden state over all non-pad positions, fp32, no L2 normalisation, NaN → 0, empty text → `" "`.
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::session::Session;
+use ort::value::Tensor;
+use serde::Deserialize;
+use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+
+use crate::error::{Error, Result};
+
+/// The ONNX Runtime version our `ort` build (api-31) is written against.
+pub const ORT_VERSION: &str = "1.31";
+
+/// Where the encoder runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// ONNX Runtime's CPU execution provider.
+    Cpu,
+    /// ONNX Runtime's CUDA execution provider; an error if the loaded library lacks it.
+    Cuda,
+}
+
+/// The fields of an HF `config.json` the encoder needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EncoderConfig {
+    /// `roberta`, `bert`, ...
+    #[serde(default)]
+    pub model_type: String,
+    /// Embedding dimension.
+    pub hidden_size: usize,
+    /// Position table size; RoBERTa reserves `pad_token_id + 1` of them.
+    pub max_position_embeddings: usize,
+    /// Padding token id.
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+}
+
+impl EncoderConfig {
+    /// Longest input in tokens, special tokens included: 512 for RoBERTa's 514 positions.
+    pub fn max_length(&self) -> usize {
+        match self.model_type.as_str() {
+            // RoBERTa's position ids start at pad_token_id + 1.
+            "roberta" | "xlm-roberta" | "camembert" => {
+                self.max_position_embeddings - (self.pad_token_id.unwrap_or(1) as usize + 1)
+            }
+            _ => self.max_position_embeddings,
+        }
+    }
+}
+
+static ORT_ENV: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment), String>> =
+    OnceLock::new();
+
+/// Finds ONNX Runtime's shared library: `TTTNN_ORT_DYLIB`, then `ORT_DYLIB_PATH`.
+pub fn ort_library_path() -> Result<PathBuf> {
+    let path = std::env::var_os("TTTNN_ORT_DYLIB")
+        .or_else(|| std::env::var_os("ORT_DYLIB_PATH"))
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::Library {
+            library: "ONNX Runtime",
+            message: format!(
+                "no library configured: set ORT_DYLIB_PATH to libonnxruntime.so.{ORT_VERSION}.x \
+                 (scripts/setup installs it and writes .tttnn-env)"
+            ),
+        })?;
+    if !path.is_file() {
+        return Err(Error::Library {
+            library: "ONNX Runtime",
+            message: format!(
+                "{} does not exist (expected libonnxruntime.so.{ORT_VERSION}.x)",
+                path.display()
+            ),
+        });
+    }
+    Ok(path)
+}
+
+/// Loads ONNX Runtime once per process; returns the library's path and the environment.
+pub fn init_ort() -> Result<&'static (PathBuf, ort::environment::Environment)> {
+    ORT_ENV
+        .get_or_init(|| {
+            let path = ort_library_path().map_err(|e| e.to_string())?;
+            let env = ort::init_from(&path)
+                .map_err(|e| {
+                    format!(
+                        "cannot load {} (expected ONNX Runtime {ORT_VERSION}.x): {e}",
+                        path.display()
+                    )
+                })?
+                .with_name("tttnn")
+                .build()
+                .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", path.display()))?;
+            Ok((path, env))
+        })
+        .as_ref()
+        .map_err(|message| Error::Library {
+            library: "ONNX Runtime",
+            message: message.clone(),
+        })
+}
+
+/// A sentence encoder: tokenizer + ONNX graph + the original's pooling.
+pub struct Encoder {
+    session: Session,
+    tokenizer: Tokenizer,
+    config: EncoderConfig,
+    pad_id: u32,
+    needs_token_type_ids: bool,
+    provider: &'static str,
+    dir: PathBuf,
+}
+
+impl Encoder {
+    /// Loads `model.onnx`, `tokenizer.json` and `config.json` from an encoder directory.
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let (_, env) = init_ort()?;
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let config: EncoderConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::bad_file(&config_path, e.to_string()))?;
+        let tok_path = dir.join("tokenizer.json");
+        let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| Error::Tokenizer {
+            path: tok_path.clone(),
+            message: e.to_string(),
+        })?;
+        let pad_id = config.pad_token_id.unwrap_or(1);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: config.max_length(),
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Tokenizer {
+                path: tok_path.clone(),
+                message: e.to_string(),
+            })?;
+        tokenizer.with_padding(Some(PaddingParams {
+            pad_id,
+            ..Default::default()
+        }));
+
+        let model_path = dir.join("model.onnx");
+        if !model_path.is_file() {
+            return Err(Error::bad_file(
+                &model_path,
+                "encoder directory has no model.onnx",
+            ));
+        }
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let mut builder = Session::builder(env)
+            .map_err(|e| Error::onnx("session builder", e))?
+            .with_intra_threads(threads)
+            .map_err(|e| Error::onnx("intra threads", e.into()))?;
+        let provider = match device {
+            Device::Cpu => "CPUExecutionProvider",
+            Device::Cuda => {
+                // ort falls back to CPU silently unless told otherwise (onnxruntime#23372).
+                let cuda = ort::ep::CUDA::default().build().error_on_failure();
+                builder = builder
+                    .with_execution_providers([cuda])
+                    .map_err(|e| Error::Library {
+                        library: "ONNX Runtime",
+                        message: format!(
+                        "--device cuda: the CUDA execution provider could not be registered ({e}); \
+                         the CPU-only `onnxruntime` wheel lacks it, `onnxruntime-gpu` has it"
+                    ),
+                    })?;
+                "CUDAExecutionProvider"
+            }
+        };
+        let session = builder
+            .commit_from_file(&model_path)
+            .map_err(|e| Error::onnx(model_path.display().to_string(), e))?;
+        let needs_token_type_ids = session
+            .inputs()
+            .iter()
+            .any(|i| i.name() == "token_type_ids");
+        Ok(Self {
+            session,
+            tokenizer,
+            config,
+            pad_id,
+            needs_token_type_ids,
+            provider,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Embedding dimension.
+    pub fn dim(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    /// Longest input in tokens, special tokens included.
+    pub fn max_length(&self) -> usize {
+        self.config.max_length()
+    }
+
+    /// The execution provider that runs this encoder.
+    pub fn provider(&self) -> &'static str {
+        self.provider
+    }
+
+    /// Token ids of `text` as the encoder sees them (truncated, with special tokens).
+    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let text = if text.is_empty() { " " } else { text };
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| self.tok_err(e))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    fn tok_err(&self, e: impl std::fmt::Display) -> Error {
+        Error::Tokenizer {
+            path: self.dir.join("tokenizer.json"),
+            message: e.to_string(),
+        }
+    }
+
+    /// Embeds texts in batches of `batch_size`, grouping similar lengths; output keeps input order.
+    pub fn embed(&mut self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>> {
+        let ids: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| self.token_ids(t))
+            .collect::<Result<_>>()?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| ids[i].len());
+        let mut out = vec![Vec::new(); texts.len()];
+        for batch in order.chunks(batch_size.max(1)) {
+            let pooled = self.embed_ids(batch.iter().map(|&i| ids[i].as_slice()))?;
+            for (&i, v) in batch.iter().zip(pooled) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs the encoder on one padded batch of token ids and pools each row.
+    fn embed_ids<'a>(
+        &mut self,
+        batch: impl Iterator<Item = &'a [u32]> + Clone,
+    ) -> Result<Vec<Vec<f32>>> {
+        let rows = batch.clone().count();
+        let width = batch.clone().map(|r| r.len()).max().unwrap_or(0).max(1);
+        let mut input_ids = vec![self.pad_id as i64; rows * width];
+        let mut mask = vec![0i64; rows * width];
+        for (r, ids) in batch.enumerate() {
+            for (c, &id) in ids.iter().enumerate() {
+                input_ids[r * width + c] = id as i64;
+                mask[r * width + c] = 1;
+            }
+        }
+        let shape = [rows as i64, width as i64];
+        let ids_t =
+            Tensor::from_array((shape, input_ids)).map_err(|e| Error::onnx("input_ids", e))?;
+        let mask_t = Tensor::from_array((shape, mask.clone()))
+            .map_err(|e| Error::onnx("attention_mask", e))?;
+        let outputs = if self.needs_token_type_ids {
+            let tt = Tensor::from_array((shape, vec![0i64; rows * width])).map_err(|e| Error::onnx("token_type_ids", e))?;
+            self.session.run(ort::inputs!["input_ids" => ids_t, "attention_mask" => mask_t, "token_type_ids" => tt])
+        } else {
+            self.session.run(ort::inputs!["input_ids" => ids_t, "attention_mask" => mask_t])
+        }
+        .map_err(|e| Error::onnx("encoder forward", e))?;
+        let (out_shape, hidden) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| Error::onnx("last_hidden_state", e))?;
+        let dim = *out_shape.last().unwrap_or(&0) as usize;
+        if dim != self.config.hidden_size {
+            return Err(Error::Internal(format!(
+                "encoder output has dimension {dim}, config.json says hidden_size {}",
+                self.config.hidden_size
+            )));
+        }
+        Ok((0..rows)
+            .map(|r| {
+                masked_mean(
+                    &hidden[r * width * dim..(r + 1) * width * dim],
+                    &mask[r * width..(r + 1) * width],
+                    dim,
+                )
+            })
+            .collect())
+    }
+}
+
+/// Mean of the rows of `hidden` (`[seq, dim]`) where `mask` is 1; NaN becomes 0 as the original's
+/// index build does.
+pub fn masked_mean(hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
+    let mut sum = vec![0f32; dim];
+    let mut n = 0f32;
+    for (pos, &m) in mask.iter().enumerate() {
+        if m != 0 {
+            n += 1.0;
+            for (s, h) in sum.iter_mut().zip(&hidden[pos * dim..(pos + 1) * dim]) {
+                *s += h;
+            }
+        }
+    }
+    sum.iter()
+        .map(|s| s / n)
+        .map(|v| if v.is_nan() { 0.0 } else { v })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masked_mean_skips_padding_and_zeroes_nan() {
+        let hidden = [1.0, 2.0, 3.0, 4.0, 100.0, 100.0];
+        assert_eq!(masked_mean(&hidden, &[1, 1, 0], 2), vec![2.0, 3.0]);
+        assert_eq!(masked_mean(&[f32::NAN, 1.0], &[1], 2), vec![0.0, 1.0]);
+    }
+
+    #[test]
+    fn roberta_reserves_pad_positions() {
+        let cfg = EncoderConfig {
+            model_type: "roberta".into(),
+            hidden_size: 1024,
+            max_position_embeddings: 514,
+            pad_token_id: Some(1),
+        };
+        assert_eq!(cfg.max_length(), 512);
+        let bert = EncoderConfig {
+            model_type: "bert".into(),
+            hidden_size: 384,
+            max_position_embeddings: 512,
+            pad_token_id: Some(0),
+        };
+        assert_eq!(bert.max_length(), 512);
+    }
+}

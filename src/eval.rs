@@ -1,0 +1,236 @@
+//! Bits per byte exactly as lm-evaluation-harness computes it for the original (spec §3.2):
+//! rolling disjoint windows of `n_ctx` predicted tokens with EOT as the first window's prefix,
+//! natural-log log-probs summed per document, micro-averaged over documents.
+use tch::{Kind, Tensor};
+
+use crate::error::Result;
+use crate::lm::LanguageModel;
+
+/// One evaluation window: the tokens fed to the model and how many of the last positions are scored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// Model input.
+    pub input: Vec<i64>,
+    /// Tokens predicted by the last `targets.len()` positions of `input`.
+    pub targets: Vec<i64>,
+}
+
+/// lm-eval's `get_rolling_token_windows(context_len=1)` followed by `make_disjoint_window`.
+pub fn rolling_windows(tokens: &[i64], prefix: i64, max_seq_len: usize) -> Vec<Window> {
+    let mut out = Vec::new();
+    if tokens.is_empty() {
+        return out;
+    }
+    let first = max_seq_len.min(tokens.len());
+    let mut input = vec![prefix];
+    input.extend_from_slice(&tokens[..first - 1]);
+    out.push(Window {
+        input,
+        targets: tokens[..first].to_vec(),
+    });
+    let mut predicted = first;
+    while predicted < tokens.len() {
+        let pred_len = (tokens.len() - predicted).min(max_seq_len);
+        let end = predicted + pred_len;
+        // The context is the max_seq_len tokens before the last target; disjoint: scored once.
+        let start = end.saturating_sub(max_seq_len + 1);
+        let context = &tokens[start..end - 1];
+        let context = &context[..context.len() - (pred_len - 1)];
+        let mut input = context.to_vec();
+        input.extend_from_slice(&tokens[end - pred_len..end - 1]);
+        out.push(Window {
+            input,
+            targets: tokens[end - pred_len..end].to_vec(),
+        });
+        predicted = end;
+    }
+    out
+}
+
+/// Score of one document.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DocScore {
+    /// Σ natural-log probability of every token.
+    pub loglik: f64,
+    /// UTF-8 bytes of the text.
+    pub bytes: u64,
+    /// Words as lm-eval counts them: `len(re.split(r"\s+", text))`.
+    pub words: u64,
+    /// LM tokens.
+    pub tokens: u64,
+}
+
+/// Words as lm-eval counts them, `len(re.split(r"\s+", text))`: empty pieces at the ends count.
+pub fn count_words(text: &str) -> u64 {
+    // Python's str `\s` also matches the information separators U+001C..U+001F.
+    let is_space = |c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c);
+    let mut pieces = 1;
+    let mut in_space = false;
+    for c in text.chars() {
+        if is_space(c) {
+            if !in_space {
+                pieces += 1;
+            }
+            in_space = true;
+        } else {
+            in_space = false;
+        }
+    }
+    pieces
+}
+
+/// Σ log p(token) of `text` under `lm` in eval mode with no gradient.
+pub fn loglikelihood(lm: &LanguageModel, text: &str) -> Result<DocScore> {
+    let tokens = lm.encode(text)?;
+    let loglik = tch::no_grad(|| {
+        let mut total = 0f64;
+        for w in rolling_windows(&tokens, lm.eot_id, lm.n_ctx) {
+            let input = Tensor::from_slice(&w.input).unsqueeze(0).to(lm.device());
+            let logits = lm.forward(&input, false).squeeze_dim(0);
+            let n = w.targets.len() as i64;
+            let logp = logits
+                .narrow(0, logits.size()[0] - n, n)
+                .log_softmax(-1, Kind::Float);
+            let targets = Tensor::from_slice(&w.targets).to(lm.device()).unsqueeze(1);
+            total += logp
+                .gather(1, &targets, false)
+                .to_kind(Kind::Double)
+                .sum(Kind::Double)
+                .double_value(&[]);
+        }
+        total
+    });
+    Ok(DocScore {
+        loglik,
+        bytes: text.len() as u64,
+        words: count_words(text),
+        tokens: tokens.len() as u64,
+    })
+}
+
+/// The split protocol (`--split_text`, spec §3.2): the first 1024 tokens when the document has at
+/// least 2048, else the first half, decoded as the query; the decoded remainder is evaluated.
+pub fn split_text(lm: &LanguageModel, text: &str) -> Result<(String, String)> {
+    let tokens = lm.encode(text)?;
+    let at = split_point(tokens.len());
+    Ok((lm.decode(&tokens[..at])?, lm.decode(&tokens[at..])?))
+}
+
+/// Where the split protocol cuts a document of `len` tokens.
+pub fn split_point(len: usize) -> usize {
+    if len >= 2048 {
+        1024
+    } else {
+        len / 2
+    }
+}
+
+/// Micro-averaged task metrics over documents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Aggregate {
+    /// Σ log-likelihood.
+    pub loglik: f64,
+    /// Σ bytes.
+    pub bytes: u64,
+    /// Σ words.
+    pub words: u64,
+    /// Documents.
+    pub docs: u64,
+}
+
+impl Aggregate {
+    /// Adds one document.
+    pub fn add(&mut self, s: &DocScore) {
+        self.loglik += s.loglik;
+        self.bytes += s.bytes;
+        self.words += s.words;
+        self.docs += 1;
+    }
+
+    /// `-Σll / Σbytes / ln 2`.
+    pub fn bits_per_byte(&self) -> f64 {
+        -self.loglik / self.bytes as f64 / std::f64::consts::LN_2
+    }
+
+    /// `exp(-Σll / Σbytes)`.
+    pub fn byte_perplexity(&self) -> f64 {
+        (-self.loglik / self.bytes as f64).exp()
+    }
+
+    /// `exp(-Σll / Σwords)`.
+    pub fn word_perplexity(&self) -> f64 {
+        (-self.loglik / self.words as f64).exp()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_score_every_token_once() {
+        let tokens: Vec<i64> = (10..20).collect();
+        let w = rolling_windows(&tokens, 0, 4);
+        assert_eq!(
+            w[0],
+            Window {
+                input: vec![0, 10, 11, 12],
+                targets: vec![10, 11, 12, 13]
+            }
+        );
+        // Later full windows see only the previous token plus their own chunk.
+        assert_eq!(
+            w[1],
+            Window {
+                input: vec![13, 14, 15, 16],
+                targets: vec![14, 15, 16, 17]
+            }
+        );
+        // The final partial window keeps a full left context but scores only its new tokens.
+        assert_eq!(
+            w[2],
+            Window {
+                input: vec![15, 16, 17, 18],
+                targets: vec![18, 19]
+            }
+        );
+        let scored: Vec<i64> = w.iter().flat_map(|w| w.targets.clone()).collect();
+        assert_eq!(scored, tokens);
+        for w in &w {
+            assert!(w.input.len() <= 4 && w.input.len() >= w.targets.len());
+        }
+    }
+
+    #[test]
+    fn split_point_caps_the_prefix_at_1024_tokens() {
+        assert_eq!(split_point(5000), 1024);
+        assert_eq!(split_point(2048), 1024);
+        assert_eq!(split_point(2047), 1023);
+        assert_eq!(split_point(3), 1);
+    }
+
+    #[test]
+    fn words_match_python_re_split() {
+        assert_eq!(count_words("a b  c"), 3);
+        assert_eq!(count_words(" a b "), 4);
+        assert_eq!(count_words(""), 1);
+    }
+
+    #[test]
+    fn bits_per_byte_is_micro_averaged() {
+        let mut a = Aggregate::default();
+        a.add(&DocScore {
+            loglik: -2.0 * std::f64::consts::LN_2,
+            bytes: 1,
+            words: 1,
+            tokens: 1,
+        });
+        a.add(&DocScore {
+            loglik: 0.0,
+            bytes: 3,
+            words: 1,
+            tokens: 1,
+        });
+        assert!((a.bits_per_byte() - 0.5).abs() < 1e-12);
+    }
+}

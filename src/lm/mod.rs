@@ -1,0 +1,201 @@
+//! Causal LMs on libtorch via `tch`, loaded from HF model directories by HF parameter names.
+pub mod device;
+pub mod gpt2;
+pub mod gpt_neo;
+pub mod llama;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tch::nn::VarStore;
+use tch::Tensor;
+use tokenizers::Tokenizer;
+
+pub use device::Device;
+
+use crate::error::{Error, Result};
+
+/// The libtorch version tch 0.24.0 binds; scripts/setup installs this torch wheel.
+pub const TORCH_VERSION: &str = "2.11.0";
+
+/// `model_type` values tttnn can run.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["gpt2", "gpt_neo", "llama", "qwen2"];
+
+#[derive(Deserialize)]
+struct ModelType {
+    model_type: String,
+}
+
+/// Numeric precision of the weights and activations.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// fp32 everywhere, as the original.
+    #[default]
+    Fp32,
+    /// bf16 weights, activations and AdamW state: faster on GPUs, a departure from the original.
+    Bf16,
+}
+
+/// The network behind a [`LanguageModel`].
+#[derive(Debug)]
+enum Network {
+    Gpt2(gpt2::Gpt2),
+    GptNeo(gpt_neo::GptNeo),
+    Llama(llama::Llama),
+}
+
+/// A causal LM with its tokenizer and weights.
+pub struct LanguageModel {
+    vs: VarStore,
+    network: Network,
+    tokenizer: Tokenizer,
+    /// Context length (`n_positions` / `max_position_embeddings`), used for evaluation windows.
+    pub n_ctx: usize,
+    /// End-of-text token: the prefix of the first evaluation window.
+    pub eot_id: i64,
+    /// Where it was loaded from.
+    pub dir: PathBuf,
+}
+
+impl LanguageModel {
+    /// Loads `config.json`, `tokenizer.json` and the safetensors weights of an HF model directory.
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let device = device.resolve()?;
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let bad = |e: serde_json::Error| Error::bad_file(&config_path, e.to_string());
+        let ModelType { model_type } = serde_json::from_str(&text).map_err(bad)?;
+        let tok_path = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| Error::Tokenizer {
+            path: tok_path.clone(),
+            message: e.to_string(),
+        })?;
+        let vs = VarStore::new(device);
+        let (network, n_ctx, eos) = match model_type.as_str() {
+            "gpt2" => {
+                let cfg: gpt2::Config = serde_json::from_str(&text).map_err(bad)?;
+                (
+                    Network::Gpt2(gpt2::Gpt2::new(vs.root(), &cfg)),
+                    cfg.n_positions as usize,
+                    cfg.eos_token_id,
+                )
+            }
+            "gpt_neo" => {
+                let cfg: gpt_neo::Config = serde_json::from_str(&text).map_err(bad)?;
+                (
+                    Network::GptNeo(gpt_neo::GptNeo::new(vs.root(), &cfg)),
+                    cfg.max_position_embeddings as usize,
+                    cfg.eos_token_id,
+                )
+            }
+            "llama" | "qwen2" => {
+                let cfg: llama::Config = serde_json::from_str(&text).map_err(bad)?;
+                cfg.validate()
+                    .map_err(|m| Error::bad_file(&config_path, m))?;
+                (
+                    Network::Llama(llama::Llama::new(vs.root(), &cfg)),
+                    cfg.max_position_embeddings as usize,
+                    cfg.eos(),
+                )
+            }
+            other => {
+                return Err(Error::bad_file(
+                    &config_path,
+                    format!(
+                        "model_type `{other}` is not supported (supported: {})",
+                        SUPPORTED_MODEL_TYPES.join(", ")
+                    ),
+                ))
+            }
+        };
+        weights::load(&vs, dir)?;
+        let eot_id = match eos.or_else(|| tokenizer.token_to_id("<|endoftext|>").map(i64::from)) {
+            Some(id) => id,
+            None => {
+                return Err(Error::bad_file(
+                    &config_path,
+                    "no `eos_token_id` and no <|endoftext|> token",
+                ))
+            }
+        };
+        Ok(Self {
+            vs,
+            network,
+            tokenizer,
+            n_ctx,
+            eot_id,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Casts the weights to `precision` (before any trainer snapshots them).
+    pub fn set_precision(&mut self, precision: Precision) {
+        match precision {
+            Precision::Fp32 => self.vs.float(),
+            Precision::Bf16 => self.vs.bfloat16(),
+        }
+    }
+
+    /// Logits `[batch, seq, vocab]`; `train` turns dropout on.
+    pub fn forward(&self, ids: &Tensor, train: bool) -> Tensor {
+        match &self.network {
+            Network::Gpt2(m) => m.forward(ids, train),
+            Network::GptNeo(m) => m.forward(ids, train),
+            Network::Llama(m) => m.forward(ids, train),
+        }
+    }
+
+    /// Token ids of `text` without special tokens, as lm-eval's `tok_encode`.
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer {
+                path: self.dir.join("tokenizer.json"),
+                message: e.to_string(),
+            })?;
+        Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
+    }
+
+    /// Text of token ids.
+    pub fn decode(&self, ids: &[i64]) -> Result<String> {
+        let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+        self.tokenizer
+            .decode(&ids, false)
+            .map_err(|e| Error::Tokenizer {
+                path: self.dir.join("tokenizer.json"),
+                message: e.to_string(),
+            })
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> tch::Device {
+        self.vs.device()
+    }
+
+    /// The variables (weights) by HF name.
+    pub fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+
+    /// Number of parameters.
+    pub fn num_parameters(&self) -> i64 {
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
+    }
+}

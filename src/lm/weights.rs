@@ -1,0 +1,87 @@
+//! Loads HF safetensors weights into a `VarStore` by their HF names, from `model.safetensors` or a
+//! sharded `model.safetensors.index.json`.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use tch::nn::VarStore;
+use tch::Tensor;
+
+use crate::error::{Error, Result};
+
+/// The safetensors files of an HF model directory.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::bad_file(&index, e.to_string()))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::bad_file(&index, "no `weight_map` object"))?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .filter_map(|f| f.as_str())
+            .map(|f| dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        return Ok(files);
+    }
+    Err(Error::bad_file(
+        dir,
+        "no model.safetensors or model.safetensors.index.json",
+    ))
+}
+
+/// Copies every variable of `vs` from the model directory's safetensors files.
+///
+/// A variable `a.b.c` is also looked up without its first component (`b.c`): the original
+/// `gpt2` checkpoints name their tensors `h.0.attn...` where `save_pretrained` writes
+/// `transformer.h.0.attn...`.
+pub fn load(vs: &VarStore, dir: &Path) -> Result<()> {
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for f in safetensors_files(dir)? {
+        for (name, t) in
+            Tensor::read_safetensors(&f).map_err(|e| Error::torch(f.display().to_string(), e))?
+        {
+            tensors.insert(name, t);
+        }
+    }
+    let mut missing = Vec::new();
+    tch::no_grad(|| -> Result<()> {
+        for (name, mut var) in vs.variables() {
+            let alt = name.split_once('.').map(|(_, rest)| rest.to_string());
+            let src = tensors
+                .get(&name)
+                .or_else(|| alt.as_ref().and_then(|a| tensors.get(a)));
+            match src {
+                Some(t) if t.size() == var.size() => var.copy_(t),
+                Some(t) => {
+                    return Err(Error::bad_file(
+                        dir,
+                        format!(
+                            "tensor `{name}` has shape {:?}, the config implies {:?}",
+                            t.size(),
+                            var.size()
+                        ),
+                    ))
+                }
+                None => missing.push(name),
+            }
+        }
+        Ok(())
+    })?;
+    if !missing.is_empty() {
+        missing.sort();
+        return Err(Error::bad_file(
+            dir,
+            format!("weights missing from safetensors: {}", missing.join(", ")),
+        ));
+    }
+    Ok(())
+}

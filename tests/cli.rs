@@ -1,0 +1,107 @@
+//! The real `tttnn` binary, run as a user would.
+mod common;
+
+use std::process::Command;
+
+fn tttnn() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tttnn"))
+}
+
+#[test]
+fn help_lists_every_subcommand() {
+    let out = tttnn().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for cmd in [
+        "doctor", "smoke", "ingest", "index", "search", "eval", "run", "sql", "report",
+    ] {
+        assert!(
+            help.lines().any(|l| l.trim_start().starts_with(cmd)),
+            "`{cmd}` missing from:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn unbuilt_subcommands_say_so_and_fail() {
+    let out = tttnn()
+        .args(["run", "--task", "pile_github"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("`tttnn run` is not built yet"), "{err}");
+}
+
+#[test]
+fn doctor_reports_a_working_stack() {
+    let out = tttnn().args(["doctor", "--json"]).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    for c in ["libtorch", "ONNX Runtime", "libduckdb"] {
+        let check = checks.iter().find(|x| x["component"] == c).unwrap();
+        assert_eq!(check["ok"], true, "{check}");
+    }
+}
+
+#[test]
+fn missing_onnx_runtime_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tttnn()
+        .args(["smoke", "--out"])
+        .arg(dir.path())
+        .env_remove("TTTNN_ORT_DYLIB")
+        .env("ORT_DYLIB_PATH", dir.path().join("nope.so"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("nope.so does not exist (expected libonnxruntime.so.1.31"),
+        "{err}"
+    );
+}
+
+#[test]
+fn smoke_runs_the_pipeline_and_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tttnn()
+        .args(["smoke", "--json", "--docs", "3", "-k", "2", "--fixtures"])
+        .arg(common::fixtures())
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["k"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    // Training on neighbours with a large learning rate must change the model's score.
+    let bpb: Vec<f64> = rows
+        .iter()
+        .map(|r| r["bits_per_byte"].as_f64().unwrap())
+        .collect();
+    assert!(bpb.iter().all(|b| b.is_finite() && *b > 0.0));
+    assert_ne!(bpb[0], bpb[2]);
+    let db = tttnn::records::Db::open_read_only(&dir.path().join("results.duckdb")).unwrap();
+    let (status, docs, nbrs): (String, i64, i64) = db
+        .connection()
+        .query_row(
+            "SELECT status, (SELECT count(*) FROM docs), (SELECT count(*) FROM neighbors) FROM runs",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((status.as_str(), docs, nbrs), ("finished", 3, 6));
+}

@@ -1,0 +1,106 @@
+//! Each LM family equals HF transformers on the committed fixtures: logits, per-document
+//! log-likelihood over lm-eval's rolling windows (texts longer than n_ctx included), and the
+//! weights after 3 AdamW steps.
+mod common;
+
+use common::*;
+use tch::Tensor;
+use tttnn::lm::{Device, LanguageModel};
+use tttnn::ttt::{TrainConfig, Trainer};
+
+fn check(name: &str) {
+    let g = golden();
+    let want = golden_tensors(name);
+    let gl = &g.lms[name];
+    let lm = LanguageModel::load(&fixtures().join("models").join(name), Device::Cpu).unwrap();
+    assert_eq!(lm.n_ctx, g.n_ctx);
+    assert_eq!(lm.eot_id, g.eot_id);
+    let ids = Tensor::from_slice(&gl.logits_input_ids).unsqueeze(0);
+    let logits = tch::no_grad(|| lm.forward(&ids, false)).squeeze_dim(0);
+    let d = max_abs_diff(&logits, &want["logits"]);
+    assert!(d < 1e-4, "{name}: logits differ by {d}");
+    assert!(
+        g.lm_token_ids.iter().any(|t| t.len() > g.n_ctx),
+        "a golden text must span several windows"
+    );
+    for (i, text) in g.texts.iter().enumerate() {
+        let s = tttnn::eval::loglikelihood(&lm, text).unwrap();
+        assert_eq!(s.bytes, gl.bytes[i]);
+        let tol = 1e-5 * gl.loglik[i].abs().max(1.0);
+        assert!(
+            (s.loglik - gl.loglik[i]).abs() <= tol,
+            "{name} doc {i}: {} vs {}",
+            s.loglik,
+            gl.loglik[i]
+        );
+    }
+    let t = &gl.train;
+    let mut trainer = Trainer::new(
+        &lm,
+        TrainConfig {
+            lr: t.lr,
+            max_length: t.max_length,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let tokens = &g.lm_token_ids[t.text_index][..t.max_length * t.steps];
+    let r = trainer.train_on_tokens(&lm, tokens).unwrap();
+    assert_eq!(r.steps, t.steps);
+    let mean: f64 = t.losses.iter().sum::<f64>() / t.losses.len() as f64;
+    assert!(
+        (r.mean_loss - mean).abs() < 1e-5,
+        "{name}: mean loss {} vs {mean}",
+        r.mean_loss
+    );
+    for (var_name, var) in lm.var_store().variables() {
+        let d = max_abs_diff(&var, &want[&format!("trained.{var_name}")]);
+        assert!(
+            d < 1e-5,
+            "{name}: {var_name} differs by {d} after 3 AdamW steps"
+        );
+    }
+    // The in-place reset restores the pretrained weights exactly.
+    trainer.reset_weights();
+    let again = tch::no_grad(|| lm.forward(&ids, false)).squeeze_dim(0);
+    assert_eq!(max_abs_diff(&again, &logits), 0.0);
+}
+
+#[test]
+fn gpt2_matches_transformers() {
+    check("tiny-gpt2");
+}
+
+#[test]
+fn gpt_neo_matches_transformers() {
+    check("tiny-gptneo");
+}
+
+#[test]
+fn llama_matches_transformers() {
+    check("tiny-llama");
+}
+
+#[test]
+fn qwen2_matches_transformers() {
+    check("tiny-qwen2");
+}
+
+#[test]
+fn unsupported_model_type_lists_the_supported_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), r#"{"model_type": "mamba"}"#).unwrap();
+    std::fs::copy(
+        fixtures().join("models/tiny-gpt2/tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let e = LanguageModel::load(dir.path(), Device::Cpu).err().unwrap();
+    assert_eq!(e.exit_code(), 1);
+    assert!(
+        e.to_string().contains(
+            "model_type `mamba` is not supported (supported: gpt2, gpt_neo, llama, qwen2)"
+        ),
+        "{e}"
+    );
+}

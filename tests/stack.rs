@@ -1,0 +1,195 @@
+//! The native stack works on this machine: each of lancedb + arrow, duckdb, ort, tch and
+//! tokenizers does real work and matches the Python reference where one exists.
+mod common;
+
+use common::*;
+use tch::nn::OptimizerConfig;
+use tch::{Kind, Tensor};
+use tttnn::embed::{Device as EncDevice, Encoder};
+use tttnn::records::Db;
+use tttnn::store::{Document, IvfPqParams, SearchMode, Store};
+
+#[test]
+fn golden_files_load() {
+    let g = golden();
+    assert_eq!(g.texts.len(), g.lm_token_ids.len());
+    for name in ["tiny-gpt2", "tiny-gptneo", "tiny-llama", "tiny-qwen2"] {
+        let lm = &g.lms[name];
+        assert_eq!(lm.loglik.len(), g.texts.len());
+        let t = golden_tensors(name);
+        assert_eq!(t["logits"].size()[0] as usize, lm.logits_input_ids.len());
+        assert!(t.keys().any(|k| k.starts_with("trained.")));
+    }
+    assert_eq!(
+        golden_tensors("tiny-roberta")["embeddings"].size(),
+        vec![g.texts.len() as i64, g.encoder.dim as i64]
+    );
+}
+
+#[test]
+fn lancedb_ivf_pq_finds_each_vector_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dim = 16;
+    // 512 vectors in 8 clusters: deterministic, PQ has enough rows to train 8-bit codebooks.
+    let docs: Vec<Document> = (0..512u64)
+        .map(|i| Document {
+            id: format!("d{i}"),
+            split: "train".into(),
+            set_name: format!("set{}", i % 8),
+            source: "synthetic".into(),
+            line: i + 1,
+            text: format!("document {i}"),
+            embedding: (0..dim)
+                .map(|j| ((i % 8) * 10) as f32 + ((i * 31 + j as u64 * 17) % 97) as f32 / 97.0)
+                .collect(),
+        })
+        .collect();
+    let store = rt.block_on(Store::open_or_create(dir.path(), dim)).unwrap();
+    rt.block_on(store.add(&docs)).unwrap();
+    assert_eq!(rt.block_on(store.count()).unwrap(), 512);
+    rt.block_on(store.create_ivf_pq(IvfPqParams {
+        partitions: 4,
+        sub_vectors: 4,
+        bits: 8,
+    }))
+    .unwrap();
+    for d in docs.iter().step_by(37) {
+        let exact = rt
+            .block_on(store.nearest(&d.embedding, 5, SearchMode::Exact))
+            .unwrap();
+        assert_eq!(exact[0].id, d.id);
+        assert!(exact[0].distance < 1e-3);
+        assert!(exact.windows(2).all(|w| w[0].distance <= w[1].distance));
+        let indexed = rt
+            .block_on(store.nearest(
+                &d.embedding,
+                5,
+                SearchMode::Indexed {
+                    nprobes: 4,
+                    refine_factor: Some(10),
+                },
+            ))
+            .unwrap();
+        assert_eq!(indexed[0].id, d.id);
+        assert_eq!(indexed[0].text, d.text);
+    }
+    // Reopening finds the same table and dimension.
+    let reopened = rt.block_on(Store::open(dir.path())).unwrap();
+    assert_eq!(reopened.dim(), dim);
+}
+
+#[test]
+fn duckdb_migrates_appends_and_aggregates() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.duckdb");
+    {
+        let db = Db::open(&path).unwrap();
+        assert_eq!(
+            db.applied_migrations().unwrap(),
+            vec!["001_runs".to_string()]
+        );
+        let c = db.connection();
+        let id: i64 = c
+            .query_row("INSERT INTO runs (method, status, config, tttnn_version) VALUES ('ttt-nn', 'running', '{}', '0') RETURNING id", [], |r| r.get(0))
+            .unwrap();
+        c.execute_batch("BEGIN TRANSACTION").unwrap();
+        {
+            let mut app = c.appender("curve").unwrap();
+            // More than one 2,048-row vector: appends have misbehaved past that (duckdb-rs#503).
+            for i in 0..5000i64 {
+                app.append_row(duckdb::params![
+                    id,
+                    format!("doc{}", i / 50),
+                    i % 50,
+                    -(i as f64)
+                ])
+                .unwrap();
+            }
+        }
+        c.execute_batch("COMMIT").unwrap();
+        let (n, s): (i64, f64) = c
+            .query_row(
+                "SELECT count(*), sum(loglik) FROM curve WHERE run_id = ?",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(n, 5000);
+        assert_eq!(s, -(4999.0 * 5000.0 / 2.0));
+    }
+    // Reopening applies nothing twice and keeps the data; a read-only handle sees it too.
+    let db = Db::open(&path).unwrap();
+    assert_eq!(db.applied_migrations().unwrap().len(), 1);
+    drop(db);
+    let ro = Db::open_read_only(&path).unwrap();
+    let n: i64 = ro
+        .connection()
+        .query_row("SELECT count(*) FROM curve", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 5000);
+}
+
+#[test]
+fn ort_encoder_matches_pytorch() {
+    let g = golden();
+    let mut enc = Encoder::load(&fixtures().join("encoders/tiny-roberta"), EncDevice::Cpu).unwrap();
+    assert_eq!(enc.dim(), g.encoder.dim);
+    assert_eq!(enc.max_length(), g.encoder.max_length);
+    assert_eq!(enc.provider(), "CPUExecutionProvider");
+    for (text, ids) in g.texts.iter().zip(&g.encoder.token_ids) {
+        assert_eq!(
+            &enc.token_ids(text).unwrap(),
+            ids,
+            "encoder token ids of {text:?}"
+        );
+    }
+    let texts: Vec<&str> = g.texts.iter().map(|s| s.as_str()).collect();
+    // Batch of 2: batches are formed by length, so this also checks the output order.
+    let got = enc.embed(&texts, 2).unwrap();
+    let want = &golden_tensors("tiny-roberta")["embeddings"];
+    for (i, v) in got.iter().enumerate() {
+        let d = max_abs_diff(&Tensor::from_slice(v), &want.get(i as i64));
+        assert!(d < 1e-5, "embedding {i} differs by {d}");
+    }
+}
+
+#[test]
+fn tokenizers_match_python() {
+    let g = golden();
+    let tok = tokenizers::Tokenizer::from_file(fixtures().join("models/tiny-gpt2/tokenizer.json"))
+        .unwrap();
+    for (text, ids) in g.texts.iter().zip(&g.lm_token_ids) {
+        let enc = tok.encode(text.as_str(), false).unwrap();
+        let got: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
+        assert_eq!(&got, ids, "token ids of {text:?}");
+        assert_eq!(&tok.decode(enc.get_ids(), false).unwrap(), text);
+    }
+}
+
+#[test]
+fn tch_adamw_first_step_is_sign_of_gradient() {
+    // AdamW's first step moves each weight by lr·g/(|g|+eps) after decay p·(1-lr·wd).
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let w = vs.root().var("w", &[3], tch::nn::Init::Const(1.0));
+    let mut opt = tch::nn::AdamW {
+        wd: 0.01,
+        ..Default::default()
+    }
+    .build(&vs, 0.1)
+    .unwrap();
+    let x = Tensor::from_slice(&[1f32, -2.0, 0.5]);
+    let loss = (&w * &x).sum(Kind::Float);
+    opt.zero_grad();
+    loss.backward();
+    assert_eq!(
+        Vec::<f32>::try_from(&w.grad()).unwrap(),
+        vec![1.0, -2.0, 0.5]
+    );
+    opt.step();
+    let got = Vec::<f32>::try_from(&w).unwrap();
+    let decayed = 1.0 * (1.0 - 0.1 * 0.01);
+    for (g, s) in got.iter().zip([1.0f32, -1.0, 1.0]) {
+        assert!((g - (decayed - 0.1 * s)).abs() < 1e-6, "{got:?}");
+    }
+}

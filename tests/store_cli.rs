@@ -1,0 +1,323 @@
+//! `tttnn ingest`, `index` and `search` on real JSONL inputs with the committed tiny encoder.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tttnn() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tttnn"))
+}
+
+fn encoder() -> PathBuf {
+    common::fixtures().join("encoders/tiny-roberta")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn ingest(store: &Path, files: &[&Path], extra: &[&str]) -> Output {
+    let mut c = tttnn();
+    c.arg("ingest")
+        .args(files)
+        .arg("--store")
+        .arg(store)
+        .arg("--encoder")
+        .arg(encoder())
+        .arg("--quiet")
+        .args(extra);
+    c.output().unwrap()
+}
+
+fn ids(store: &Path) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = rt.block_on(tttnn::store::Store::open(store)).unwrap();
+    let mut ids = rt.block_on(s.ids()).unwrap();
+    ids.sort();
+    ids
+}
+
+/// `n` Pile-format documents made from the fixture corpus: varied real text, distinct per line.
+fn write_corpus(path: &Path, n: usize) {
+    let texts: Vec<String> = std::fs::read_to_string(common::fixtures().join("corpus.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut out = String::new();
+    for i in 0..n {
+        let a = &texts[i % texts.len()];
+        let b = &texts[(i * 7 + 3) % texts.len()];
+        let head: String = a.chars().take(120 + i % 50).collect();
+        let tail: String = b.chars().take(80).collect();
+        let text = format!("{i}: {head} {tail}");
+        let set = if i % 2 == 0 { "Github" } else { "FreeLaw" };
+        out.push_str(
+            &serde_json::json!({"text": text, "meta": {"pile_set_name": set}}).to_string(),
+        );
+        out.push('\n');
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn ingest_then_search_finds_each_document_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let corpus = common::fixtures().join("corpus.jsonl");
+    let out: serde_json::Value =
+        serde_json::from_str(&ok(ingest(&store, &[&corpus], &[]))).unwrap();
+    assert_eq!(out["added"], 81);
+    // Re-running adds nothing: ingest is idempotent.
+    let again: serde_json::Value =
+        serde_json::from_str(&ok(ingest(&store, &[&corpus], &[]))).unwrap();
+    assert_eq!(
+        (again["added"].as_u64(), again["documents"].as_u64()),
+        (Some(0), Some(81))
+    );
+    let line5: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&corpus)
+            .unwrap()
+            .lines()
+            .nth(4)
+            .unwrap(),
+    )
+    .unwrap();
+    let text = line5["text"].as_str().unwrap();
+    let hits: Vec<serde_json::Value> = serde_json::from_str(&ok(tttnn()
+        .args(["search", "-k", "3", "--json", "--store"])
+        .arg(&store)
+        .arg("--encoder")
+        .arg(encoder())
+        .arg(text)
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert_eq!(hits[0]["id"], "corpus.jsonl:5");
+    assert!(hits[0]["distance"].as_f64().unwrap() < 1e-3);
+    assert_eq!(hits[0]["text"], text);
+    // By id: the document itself is left out, the rest come nearest first.
+    let by_id: Vec<serde_json::Value> = serde_json::from_str(&ok(tttnn()
+        .args([
+            "search",
+            "-k",
+            "5",
+            "--json",
+            "--doc-id",
+            "corpus.jsonl:5",
+            "--store",
+        ])
+        .arg(&store)
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert_eq!(by_id.len(), 5);
+    assert!(by_id.iter().all(|h| h["id"] != "corpus.jsonl:5"));
+    let d: Vec<f64> = by_id
+        .iter()
+        .map(|h| h["distance"].as_f64().unwrap())
+        .collect();
+    assert!(d.windows(2).all(|w| w[0] <= w[1]), "{d:?}");
+    // A distance cap drops the far ones.
+    let capped: Vec<serde_json::Value> = serde_json::from_str(&ok(tttnn()
+        .args([
+            "search",
+            "-k",
+            "5",
+            "--json",
+            "--doc-id",
+            "corpus.jsonl:5",
+            "--max-distance",
+        ])
+        .arg(format!("{}", d[1]))
+        .arg("--store")
+        .arg(&store)
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert_eq!(capped.len(), 2);
+}
+
+#[test]
+fn exact_and_ivf_pq_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let file = dir.path().join("docs.jsonl.zst");
+    let plain = dir.path().join("docs.jsonl");
+    write_corpus(&plain, 600);
+    std::fs::write(
+        &file,
+        zstd::encode_all(std::fs::File::open(&plain).unwrap(), 3).unwrap(),
+    )
+    .unwrap();
+    ok(ingest(&store, &[&file], &["--commit-rows", "250"]));
+    let idx: serde_json::Value = serde_json::from_str(&ok(tttnn()
+        .args(["index", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert_eq!(
+        (idx["partitions"].as_u64(), idx["sub_vectors"].as_u64()),
+        (Some(24), Some(2))
+    );
+    for id in [
+        "docs.jsonl.zst:1",
+        "docs.jsonl.zst:250",
+        "docs.jsonl.zst:599",
+    ] {
+        let search = |extra: &[&str]| -> Vec<String> {
+            let out = ok(tttnn()
+                .args(["search", "-k", "10", "--json", "--doc-id", id, "--store"])
+                .arg(&store)
+                .args(extra)
+                .output()
+                .unwrap());
+            let v: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+            v.iter()
+                .map(|h| h["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let exact = search(&["--exact"]);
+        let ivf = search(&["--nprobes", "24", "--refine-factor", "20"]);
+        let overlap = exact.iter().filter(|i| ivf.contains(i)).count();
+        assert!(overlap >= 9, "{id}: exact {exact:?} vs IVF-PQ {ivf:?}");
+        assert_eq!(exact[0], ivf[0]);
+    }
+    // `--kind flat` drops the ANN index; search is exact again.
+    let flat: serde_json::Value = serde_json::from_str(&ok(tttnn()
+        .args(["index", "--kind", "flat", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert_eq!(flat["dropped_indexes"], 1);
+}
+
+#[test]
+fn killed_ingest_resumes_to_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.jsonl");
+    write_corpus(&file, 3000);
+    // The uninterrupted run, for reference.
+    let reference = dir.path().join("reference");
+    ok(ingest(&reference, &[&file], &["--commit-rows", "100"]));
+    let want = ids(&reference);
+    assert_eq!(want.len(), 3000);
+
+    let store = dir.path().join("store");
+    let mut child = tttnn()
+        .arg("ingest")
+        .arg(&file)
+        .arg("--store")
+        .arg(&store)
+        .arg("--encoder")
+        .arg(encoder())
+        .args(["--quiet", "--commit-rows", "100"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for a few commits, then kill -9 mid-ingest.
+    let versions = store.join("documents.lance/_versions");
+    let t = std::time::Instant::now();
+    while std::fs::read_dir(&versions).map(|d| d.count()).unwrap_or(0) < 5
+        && t.elapsed().as_secs() < 120
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = ids(&store);
+    assert!(
+        !partial.is_empty() && partial.len() < 3000,
+        "killed after {} rows",
+        partial.len()
+    );
+    let out: serde_json::Value =
+        serde_json::from_str(&ok(ingest(&store, &[&file], &["--commit-rows", "100"]))).unwrap();
+    assert_eq!(
+        out["added"].as_u64().unwrap() as usize,
+        3000 - partial.len()
+    );
+    assert_eq!(ids(&store), want);
+}
+
+#[test]
+fn bad_lines_stop_with_file_and_line_unless_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let good =
+        |t: &str| serde_json::json!({"text": t, "meta": {"pile_set_name": "Github"}}).to_string();
+    let cases: [(&[u8], &str); 3] = [
+        (b"{\"text\": \"broken", "bad.jsonl:3: malformed JSON"),
+        (b"{\"text\": \"\xff\xfe\"}", "bad.jsonl:3: invalid UTF-8"),
+        (
+            b"{\"meta\": {\"pile_set_name\": \"Github\"}}",
+            "bad.jsonl:3: missing field `text`",
+        ),
+    ];
+    for (i, (line, message)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("case{i}")).join("bad.jsonl");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        let mut data = format!("{}\n{}\n", good("fn main() {}"), good("let x = 1;")).into_bytes();
+        data.extend_from_slice(line);
+        data.extend_from_slice(format!("\n{}\n", good("print(1)")).as_bytes());
+        std::fs::write(&file, &data).unwrap();
+        let store = dir.path().join(format!("store{i}"));
+        let out = ingest(&store, &[&file], &[]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "want {message:?} in {err}");
+        // The two good lines before the bad one are kept.
+        assert_eq!(ids(&store), vec!["bad.jsonl:1", "bad.jsonl:2"]);
+        let out: serde_json::Value =
+            serde_json::from_str(&ok(ingest(&store, &[&file], &["--skip-bad"]))).unwrap();
+        assert_eq!(
+            (out["added"].as_u64(), out["skipped_bad"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(
+            ids(&store),
+            vec!["bad.jsonl:1", "bad.jsonl:2", "bad.jsonl:4"]
+        );
+    }
+}
+
+#[test]
+fn sets_filter_and_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let corpus = common::fixtures().join("corpus.jsonl");
+    let out: serde_json::Value = serde_json::from_str(&ok(ingest(
+        &store,
+        &[&corpus],
+        &["--sets", "github", "--limit", "10"],
+    )))
+    .unwrap();
+    assert_eq!(out["added"], 10);
+    let hits: Vec<serde_json::Value> = serde_json::from_str(&ok(tttnn()
+        .args([
+            "search",
+            "-k",
+            "10",
+            "--json",
+            "--doc-id",
+            &ids(&store)[0],
+            "--store",
+        ])
+        .arg(&store)
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert!(hits.iter().all(|h| h["set_name"] == "Github"));
+}
