@@ -4,7 +4,11 @@ use tttnn::cli::Cli;
 fn main() {
     let cli = Cli::parse();
     // Lance logs every read and commit at info: only its warnings are worth a user's screen.
-    let level = if cli.quiet { "error" } else { "warn,tttnn=info" };
+    let level = if cli.quiet {
+        "error"
+    } else {
+        "warn,tttnn=info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TTTNN_LOG")

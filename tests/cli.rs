@@ -105,3 +105,52 @@ fn smoke_runs_the_pipeline_and_records_it() {
         .unwrap();
     assert_eq!((status.as_str(), docs, nbrs), ("finished", 3, 6));
 }
+
+#[test]
+fn eval_prints_bits_per_byte_per_file_and_total() {
+    let fx = common::fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("doc.txt");
+    std::fs::write(&text, "Hello world, this is a plain text document.\n").unwrap();
+    let out = tttnn()
+        .args(["eval", "--json", "--model"])
+        .arg(fx.join("models/tiny-gpt2"))
+        .arg(fx.join("corpus.jsonl"))
+        .arg(&text)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["docs"], 81);
+    assert_eq!(rows[1]["docs"], 1);
+    assert_eq!(rows[2]["file"], "total");
+    let bytes = |r: &serde_json::Value| r["bytes"].as_f64().unwrap();
+    let ll = |r: &serde_json::Value| r["loglik"].as_f64().unwrap();
+    // The total is the micro-average: Σ loglik / Σ bytes, not a mean of per-file ratios.
+    let want = -(ll(&rows[0]) + ll(&rows[1]))
+        / (bytes(&rows[0]) + bytes(&rows[1]))
+        / std::f64::consts::LN_2;
+    assert!((rows[2]["bits_per_byte"].as_f64().unwrap() - want).abs() < 1e-9);
+    // A model directory of an unsupported kind is bad input: exit 1, file named.
+    let bad = dir.path().join("model");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("config.json"), r#"{"model_type": "bert"}"#).unwrap();
+    std::fs::copy(
+        fx.join("models/tiny-gpt2/tokenizer.json"),
+        bad.join("tokenizer.json"),
+    )
+    .unwrap();
+    let out = tttnn()
+        .args(["eval", "--model"])
+        .arg(&bad)
+        .arg(&text)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("model_type `bert` is not supported"));
+}

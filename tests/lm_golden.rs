@@ -104,3 +104,90 @@ fn unsupported_model_type_lists_the_supported_ones() {
         "{e}"
     );
 }
+
+#[test]
+fn one_token_chunks_are_skipped_and_counted() {
+    let g = golden();
+    let lm = LanguageModel::load(&fixtures().join("models/tiny-gpt2"), Device::Cpu).unwrap();
+    let mut trainer = Trainer::new(
+        &lm,
+        TrainConfig {
+            lr: 1e-3,
+            max_length: 24,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let tokens = &g.lm_token_ids[0][..25];
+    let r = trainer.train_on_tokens(&lm, tokens).unwrap();
+    assert_eq!(
+        (
+            r.tokens,
+            r.chunks,
+            r.steps,
+            r.skipped_short,
+            r.skipped_nonfinite
+        ),
+        (25, 2, 1, 1, 0)
+    );
+}
+
+#[test]
+fn optimizer_state_is_carried_or_reset_between_documents() {
+    use tttnn::ttt::OptimizerState;
+    let g = golden();
+    let tokens = &g.lm_token_ids[0][..48];
+    let after_one_document = |policy: OptimizerState| -> Vec<Tensor> {
+        let lm = LanguageModel::load(&fixtures().join("models/tiny-gpt2"), Device::Cpu).unwrap();
+        let mut trainer = Trainer::new(
+            &lm,
+            TrainConfig {
+                lr: 1e-3,
+                max_length: 24,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        trainer.train_on_tokens(&lm, tokens).unwrap();
+        let first: Vec<Tensor> = lm
+            .var_store()
+            .trainable_variables()
+            .iter()
+            .map(|t| t.copy())
+            .collect();
+        trainer.finish_document(&lm, policy).unwrap();
+        trainer.train_on_tokens(&lm, tokens).unwrap();
+        let second: Vec<Tensor> = lm
+            .var_store()
+            .trainable_variables()
+            .iter()
+            .map(|t| t.copy())
+            .collect();
+        first
+            .iter()
+            .zip(&second)
+            .map(|(a, b)| (a - b).abs().max())
+            .collect()
+    };
+    // Reset: the second document starts from the same weights and a fresh AdamW, so ends the same.
+    assert!(after_one_document(OptimizerState::Reset)
+        .iter()
+        .all(|d| d.double_value(&[]) == 0.0));
+    // Carry (the original): AdamW's moments and step count carry over, so it does not.
+    assert!(after_one_document(OptimizerState::Carry)
+        .iter()
+        .any(|d| d.double_value(&[]) > 0.0));
+}
+
+#[test]
+fn bf16_stays_close_to_fp32() {
+    use tttnn::lm::Precision;
+    let g = golden();
+    let text = &g.texts[0];
+    let mut lm = LanguageModel::load(&fixtures().join("models/tiny-llama"), Device::Cpu).unwrap();
+    let fp32 = tttnn::eval::loglikelihood(&lm, text).unwrap().loglik;
+    lm.set_precision(Precision::Bf16);
+    let bf16 = tttnn::eval::loglikelihood(&lm, text).unwrap().loglik;
+    assert_ne!(fp32, bf16);
+    assert!((fp32 - bf16).abs() / fp32.abs() < 0.02, "{fp32} vs {bf16}");
+}
