@@ -54,19 +54,25 @@ fn main() -> anyhow::Result<()> {
     )?;
     // Warm-up step (allocations, kernel selection) is not timed.
     trainer.train_on_tokens(&lm, &tokens[..max_length])?;
-    let t = Instant::now();
-    trainer.train_on_tokens(&lm, &tokens[max_length..max_length * (steps + 1)])?;
-    sync(device);
-    let step_s = t.elapsed().as_secs_f64() / steps as f64;
+    // Medians of per-step times: this machine's neighbours make means noisy.
+    let mut step_times = Vec::new();
+    for s in 1..=steps {
+        let t = Instant::now();
+        trainer.train_on_tokens(&lm, &tokens[max_length * s..max_length * (s + 1)])?;
+        sync(device);
+        step_times.push(t.elapsed().as_secs_f64());
+    }
+    let step_s = median(&mut step_times);
     let text = lm.decode(&tokens[..max_length])?;
     eval::loglikelihood(&lm, &text)?;
-    let t = Instant::now();
-    let evals = steps.max(1);
-    for _ in 0..evals {
+    let mut eval_times = Vec::new();
+    for _ in 0..steps.max(1) {
+        let t = Instant::now();
         eval::loglikelihood(&lm, &text)?;
+        sync(device);
+        eval_times.push(t.elapsed().as_secs_f64());
     }
-    sync(device);
-    let eval_s = t.elapsed().as_secs_f64() / evals as f64;
+    let eval_s = median(&mut eval_times);
     let flops = 6.0 * n_params as f64 * max_length as f64;
     println!(
         "{}",
@@ -74,11 +80,16 @@ fn main() -> anyhow::Result<()> {
             "impl": "tttnn", "model": dir.display().to_string(), "parameters": n_params,
             "max_length": max_length, "steps": steps, "device": format!("{device:?}").to_lowercase(),
             "precision": format!("{precision:?}").to_lowercase(),
-            "threads": tch::get_num_threads(), "train_step_s": step_s, "eval_doc_s": eval_s,
+            "threads": tch::get_num_threads(), "train_step_s": step_s, "eval_doc_s": eval_s, "train_step_all_s": step_times, "eval_doc_all_s": eval_times,
             "train_tflops": flops / step_s / 1e12,
         })
     );
     Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 fn sync(device: Device) {

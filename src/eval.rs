@@ -88,12 +88,14 @@ pub fn loglikelihood(lm: &LanguageModel, text: &str) -> Result<DocScore> {
             let input = Tensor::from_slice(&w.input).unsqueeze(0).to(lm.device());
             let logits = lm.forward(&input, false).squeeze_dim(0);
             let n = w.targets.len() as i64;
-            let logp = logits
+            let scored = logits
                 .narrow(0, logits.size()[0] - n, n)
-                .log_softmax(-1, Kind::Float);
+                .to_kind(Kind::Float);
             let targets = Tensor::from_slice(&w.targets).to(lm.device()).unsqueeze(1);
+            // log p(t) = logit_t - logsumexp(logits): log_softmax then gather, without writing a
+            // [n, vocab] tensor of log-probs.
+            let logp = scored.gather(1, &targets, false) - scored.logsumexp([-1], true);
             total += logp
-                .gather(1, &targets, false)
                 .to_kind(Kind::Double)
                 .sum(Kind::Double)
                 .double_value(&[]);

@@ -7,6 +7,9 @@ use tch::{Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::lm::LanguageModel;
 
+/// Label that contributes no loss (torch's default `ignore_index`).
+const IGNORE_INDEX: i64 = -100;
+
 /// Optimizer settings; defaults are torch's `AdamW(lr, eps=1e-8)` as the original builds it.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainConfig {
@@ -162,11 +165,25 @@ impl Trainer {
             let logits = lm.forward(&ids, true);
             let n = chunk.len() as i64;
             let vocab = logits.size()[2];
+            // As HF's ForCausalLMLoss: shift the labels (padding with ignore_index) rather than
+            // slicing the logits, which would copy a [n, vocab] tensor every step.
+            let labels = Tensor::cat(
+                &[
+                    ids.narrow(1, 1, n - 1),
+                    Tensor::full([1, 1], IGNORE_INDEX, (Kind::Int64, lm.device())),
+                ],
+                1,
+            );
             let loss = logits
-                .narrow(1, 0, n - 1)
-                .reshape([n - 1, vocab])
+                .view([n, vocab])
                 .to_kind(Kind::Float)
-                .cross_entropy_for_logits(&ids.narrow(1, 1, n - 1).reshape([n - 1]));
+                .cross_entropy_loss::<Tensor>(
+                    &labels.view([n]),
+                    None,
+                    tch::Reduction::Mean,
+                    IGNORE_INDEX,
+                    0.0,
+                );
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 out.skipped_nonfinite += 1;

@@ -62,7 +62,12 @@ impl Conv1D {
 
 impl Module for Conv1D {
     fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.matmul(&self.weight) + &self.bias
+        // One fused GEMM with the bias, as HF's Conv1D (`torch.addmm`).
+        let mut shape = xs.size();
+        let n_in = shape.pop().expect("at least one dimension");
+        let ys = self.bias.addmm(&xs.reshape([-1, n_in]), &self.weight);
+        shape.push(self.weight.size()[1]);
+        ys.view(shape.as_slice())
     }
 }
 
