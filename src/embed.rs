@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use ort::session::Session;
 use ort::value::Tensor;
 use serde::Deserialize;
-use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
 
@@ -137,10 +137,8 @@ impl Encoder {
                 path: tok_path.clone(),
                 message: e.to_string(),
             })?;
-        tokenizer.with_padding(Some(PaddingParams {
-            pad_id,
-            ..Default::default()
-        }));
+        // No padding in the tokenizer: batches are padded after sorting by length (embed_ids).
+        tokenizer.with_padding(None);
 
         let model_path = dir.join("model.onnx");
         if !model_path.is_file() {
@@ -155,7 +153,10 @@ impl Encoder {
         let mut builder = Session::builder(env)
             .map_err(|e| Error::onnx("session builder", e))?
             .with_intra_threads(threads)
-            .map_err(|e| Error::onnx("intra threads", e.into()))?;
+            .map_err(|e| Error::onnx("intra threads", e.into()))?
+            // ORT_ENABLE_ALL: attention, LayerNorm and GELU fusions for BERT/RoBERTa graphs.
+            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
+            .map_err(|e| Error::onnx("optimization level", e.into()))?;
         let provider = match device {
             Device::Cpu => "CPUExecutionProvider",
             Device::Cuda => {
@@ -208,12 +209,45 @@ impl Encoder {
 
     /// Token ids of `text` as the encoder sees them (truncated, with special tokens).
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
-        let text = if text.is_empty() { " " } else { text };
-        let enc = self
+        Ok(self.token_ids_batch(&[text])?.remove(0))
+    }
+
+    /// Token ids of many texts, tokenized in parallel.
+    ///
+    /// Only the first `max_length` tokens count, so a long text is first tokenized from a prefix cut
+    /// just before a whitespace character (pre-tokenizers split there, so the tokens before the cut
+    /// are those of the full text); if that prefix does not fill `max_length`, the full text is used.
+    pub fn token_ids_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let window = self.max_length() * 64;
+        let inputs: Vec<&str> = texts
+            .iter()
+            .map(|t| {
+                if t.is_empty() {
+                    " "
+                } else {
+                    prefix_at_whitespace(t, window)
+                }
+            })
+            .collect();
+        let encs = self
             .tokenizer
-            .encode(text, true)
+            .encode_batch(inputs.clone(), true)
             .map_err(|e| self.tok_err(e))?;
-        Ok(enc.get_ids().to_vec())
+        let mut out = Vec::with_capacity(texts.len());
+        for ((enc, input), text) in encs.into_iter().zip(&inputs).zip(texts) {
+            if input.len() < text.len() && enc.get_overflowing().is_empty() {
+                out.push(
+                    self.tokenizer
+                        .encode(*text, true)
+                        .map_err(|e| self.tok_err(e))?
+                        .get_ids()
+                        .to_vec(),
+                );
+            } else {
+                out.push(enc.get_ids().to_vec());
+            }
+        }
+        Ok(out)
     }
 
     fn tok_err(&self, e: impl std::fmt::Display) -> Error {
@@ -225,10 +259,7 @@ impl Encoder {
 
     /// Embeds texts in batches of `batch_size`, grouping similar lengths; output keeps input order.
     pub fn embed(&mut self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>> {
-        let ids: Vec<Vec<u32>> = texts
-            .iter()
-            .map(|t| self.token_ids(t))
-            .collect::<Result<_>>()?;
+        let ids = self.token_ids_batch(texts)?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| ids[i].len());
         let mut out = vec![Vec::new(); texts.len()];
@@ -290,6 +321,22 @@ impl Encoder {
     }
 }
 
+/// `text` cut before the last whitespace character at or before byte `max` (whole when shorter,
+/// or when no whitespace precedes `max`).
+fn prefix_at_whitespace(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    match text[..end].rfind(char::is_whitespace) {
+        Some(i) if i > 0 => &text[..i],
+        _ => text,
+    }
+}
+
 /// Mean of the rows of `hidden` (`[seq, dim]`) where `mask` is 1; NaN becomes 0 as the original's
 /// index build does.
 pub fn masked_mean(hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
@@ -318,6 +365,17 @@ mod tests {
         let hidden = [1.0, 2.0, 3.0, 4.0, 100.0, 100.0];
         assert_eq!(masked_mean(&hidden, &[1, 1, 0], 2), vec![2.0, 3.0]);
         assert_eq!(masked_mean(&[f32::NAN, 1.0], &[1], 2), vec![0.0, 1.0]);
+    }
+
+    #[test]
+    fn prefixes_end_before_whitespace() {
+        assert_eq!(prefix_at_whitespace("short", 10), "short");
+        assert_eq!(prefix_at_whitespace("alpha beta gamma", 12), "alpha beta");
+        assert_eq!(
+            prefix_at_whitespace("nowhitespaceatall", 5),
+            "nowhitespaceatall"
+        );
+        assert_eq!(prefix_at_whitespace("é é é é", 4), "é");
     }
 
     #[test]

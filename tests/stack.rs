@@ -144,6 +144,21 @@ fn ort_encoder_matches_pytorch() {
             "encoder token ids of {text:?}"
         );
     }
+    // A long text is tokenized from a prefix; its ids must equal the full text's, truncated.
+    let long: String = g.texts[..3].join("\n\n").repeat(30);
+    let mut tok =
+        tokenizers::Tokenizer::from_file(fixtures().join("encoders/tiny-roberta/tokenizer.json"))
+            .unwrap();
+    tok.with_truncation(Some(tokenizers::TruncationParams {
+        max_length: g.encoder.max_length,
+        ..Default::default()
+    }))
+    .unwrap();
+    assert!(long.len() > 64 * g.encoder.max_length);
+    assert_eq!(
+        enc.token_ids(&long).unwrap(),
+        tok.encode(long.as_str(), true).unwrap().get_ids()
+    );
     let texts: Vec<&str> = g.texts.iter().map(|s| s.as_str()).collect();
     // Batch of 2: batches are formed by length, so this also checks the output order.
     let got = enc.embed(&texts, 2).unwrap();

@@ -109,20 +109,6 @@ impl Progress {
     }
 }
 
-/// The part of a text the encoder can see: it keeps at most 512 tokens, and no token is longer
-/// than a few hundred bytes, so a 256 KiB prefix yields the same tokens (Books3 documents are MBs).
-fn encoder_prefix(text: &str) -> &str {
-    const MAX: usize = 256 << 10;
-    if text.len() <= MAX {
-        return text;
-    }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 /// Runs the ingest.
 pub fn run(args: Args, quiet: bool) -> Result<()> {
     let say = |m: String| {
@@ -172,7 +158,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
             if pending.is_empty() {
                 return Ok(());
             }
-            let texts: Vec<&str> = pending.iter().map(|r| encoder_prefix(&r.text)).collect();
+            let texts: Vec<&str> = pending.iter().map(|r| r.text.as_str()).collect();
             let embeddings = encoder.embed(&texts, args.batch_size)?;
             let docs: Vec<Document> = pending
                 .drain(..)
@@ -261,17 +247,4 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
         serde_json::json!({"added": added, "documents": total, "skipped_bad": bad.len(), "store": args.store.display().to_string()})
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn encoder_prefix_cuts_long_texts_on_a_char_boundary() {
-        let long = "é".repeat(200_000);
-        let p = encoder_prefix(&long);
-        assert!(p.len() <= 256 << 10 && long.starts_with(p) && !p.is_empty());
-        assert_eq!(encoder_prefix("short"), "short");
-    }
 }
