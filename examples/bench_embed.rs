@@ -9,23 +9,28 @@ use std::time::Instant;
 use tttnn::corpus::Reader;
 use tttnn::embed::{Device, Encoder};
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// Embedding throughput on the texts of a JSONL file.
+#[derive(clap::Parser)]
+struct Args {
+    /// Encoder directory (model.onnx, tokenizer.json, config.json).
+    encoder: PathBuf,
+    /// Pile-format JSONL file.
+    file: PathBuf,
+    /// Texts per encoder call.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// At most this many documents.
+    #[arg(long, default_value_t = 2000)]
+    docs: usize,
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(
-        args.len() >= 3,
-        "usage: bench_embed ENCODER_DIR FILE.jsonl [--batch-size N] [--docs N]"
-    );
-    let (dir, file) = (PathBuf::from(&args[1]), PathBuf::from(&args[2]));
-    let batch: usize = arg(&args, "--batch-size", 32);
-    let docs: usize = arg(&args, "--docs", 2000);
+    let Args {
+        encoder: dir,
+        file,
+        batch_size: batch,
+        docs,
+    } = clap::Parser::parse();
     let texts: Vec<String> = Reader::open(&file)?
         .take(docs)
         .map(|r| r.map(|r| r.text))

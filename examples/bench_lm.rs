@@ -10,29 +10,34 @@ use tttnn::eval;
 use tttnn::lm::{Device, LanguageModel, Precision};
 use tttnn::ttt::{TrainConfig, Trainer};
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// Seconds per training step and per evaluated document on one HF model directory.
+#[derive(clap::Parser)]
+struct Args {
+    /// HF model directory.
+    model: PathBuf,
+    /// Timed steps (and evaluations), after one warm-up.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Tokens per training chunk and per evaluated document.
+    #[arg(long, default_value_t = 1024)]
+    max_length: usize,
+    /// Where the LM runs.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// bf16 weights and activations.
+    #[arg(long)]
+    bf16: bool,
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let dir = PathBuf::from(args.get(1).ok_or_else(|| {
-        anyhow::anyhow!(
-            "usage: bench_lm MODEL_DIR [--steps N] [--max-length N] [--device cpu|cuda] [--bf16]"
-        )
-    })?);
-    let steps: usize = arg(&args, "--steps", 5);
-    let max_length: usize = arg(&args, "--max-length", 1024);
-    let device = if arg(&args, "--device", "cpu".to_string()) == "cuda" {
-        Device::Cuda
-    } else {
-        Device::Cpu
-    };
-    let precision = if args.iter().any(|a| a == "--bf16") {
+    let Args {
+        model: dir,
+        steps,
+        max_length,
+        device,
+        bf16,
+    } = clap::Parser::parse();
+    let precision = if bf16 {
         Precision::Bf16
     } else {
         Precision::Fp32

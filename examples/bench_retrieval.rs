@@ -7,12 +7,27 @@ use std::time::Instant;
 
 use tttnn::store::{Document, IvfPqParams, SearchMode, Store};
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// Exact against IVF-PQ search on synthetic clustered vectors.
+#[derive(clap::Parser)]
+struct Args {
+    /// Vectors in the store.
+    #[arg(long, default_value_t = 100_000)]
+    rows: usize,
+    /// Dimension.
+    #[arg(long, default_value_t = 1024)]
+    dim: usize,
+    /// Queries per setting.
+    #[arg(long, default_value_t = 100)]
+    queries: usize,
+    /// Neighbours per query.
+    #[arg(long, default_value_t = 50)]
+    k: usize,
+    /// Gaussian clusters (default rows/100).
+    #[arg(long)]
+    clusters: Option<usize>,
+    /// Store directory (reused when it holds the same rows).
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
 }
 
 /// xorshift64* with Box-Muller: deterministic normals without a dependency.
@@ -37,17 +52,16 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let rows: usize = arg(&args, "--rows", 100_000);
-    let dim: usize = arg(&args, "--dim", 1024);
-    let queries: usize = arg(&args, "--queries", 100);
-    let k: usize = arg(&args, "--k", 50);
-    let clusters: usize = arg(&args, "--clusters", (rows / 100).max(1));
-    let dir = std::path::PathBuf::from(arg(
-        &args,
-        "--dir",
-        format!("/tmp/tttnn-bench-retrieval-{rows}x{dim}"),
-    ));
+    let Args {
+        rows,
+        dim,
+        queries,
+        k,
+        clusters,
+        dir,
+    } = clap::Parser::parse();
+    let clusters = clusters.unwrap_or((rows / 100).max(1));
+    let dir = dir.unwrap_or_else(|| format!("/tmp/tttnn-bench-retrieval-{rows}x{dim}").into());
     let mut rng = Rng(0x9E3779B97F4A7C15);
     let centers: Vec<Vec<f32>> = (0..clusters)
         .map(|_| (0..dim).map(|_| rng.normal()).collect())

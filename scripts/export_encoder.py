@@ -13,6 +13,25 @@ from pathlib import Path
 import torch
 
 
+class LastHidden(torch.nn.Module):
+    """The ONNX graph's interface: input_ids + attention_mask -> last_hidden_state."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, input_ids, attention_mask):
+        return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def export_onnx(model, path, example):
+    """Exports an HF encoder with dynamic batch and sequence axes, in eval mode (no dropout)."""
+    torch.onnx.export(LastHidden(model).eval(), example, str(path), input_names=["input_ids", "attention_mask"],
+                      output_names=["last_hidden_state"], opset_version=17, dynamo=False,
+                      dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                                    "last_hidden_state": {0: "batch", 1: "seq"}})
+
+
 def main():
     src, out = Path(sys.argv[1]), Path(sys.argv[2])
     from transformers import AutoModel, AutoTokenizer
@@ -20,21 +39,8 @@ def main():
     model = AutoModel.from_pretrained(src, dtype=torch.float32, attn_implementation="eager").eval()
     tok = AutoTokenizer.from_pretrained(src)
     out.mkdir(parents=True, exist_ok=True)
-
-    class LastHidden(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
     enc = tok(["a short text", "a somewhat longer text to pad the batch"], padding=True, return_tensors="pt")
-    ex = (enc["input_ids"], enc["attention_mask"])
-    torch.onnx.export(LastHidden(model).eval(), ex, str(out / "model.onnx"), input_names=["input_ids", "attention_mask"],
-                      output_names=["last_hidden_state"], opset_version=17, dynamo=False,
-                      dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                                    "last_hidden_state": {0: "batch", 1: "seq"}})
+    export_onnx(model, out / "model.onnx", (enc["input_ids"], enc["attention_mask"]))
     shutil.copy(src / "config.json", out / "config.json")
     shutil.copy(src / "tokenizer.json", out / "tokenizer.json")
     import onnxruntime as ort

@@ -30,6 +30,9 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, processors
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from export_encoder import export_onnx  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 SEED = 1216
 LM_VOCAB = 384
@@ -221,19 +224,8 @@ def main():
     cfg.save_pretrained(d)
     enc_tok.save(str(d / "tokenizer.json"))
 
-    class LastHidden(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
     ex = (torch.tensor([[0, 5, 6, 2], [0, 7, 2, 1]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]))
-    torch.onnx.export(LastHidden(enc).eval(), ex, str(d / "model.onnx"), input_names=["input_ids", "attention_mask"],
-                      output_names=["last_hidden_state"], opset_version=17, dynamo=False,
-                      dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                                    "last_hidden_state": {0: "batch", 1: "seq"}})
+    export_onnx(enc, d / "model.onnx", ex)
     # The original's embedding (spec 1.1): truncate to max length incl. specials, empty text -> " ",
     # masked mean over non-pad positions (<s>, </s> included), fp32, no normalisation.
     enc_ids = []

@@ -291,19 +291,37 @@ impl Store {
         self.table.version().await.map_err(|e| self.err(e))
     }
 
-    /// Highest line of `source` already stored: ingest resumes after it.
-    pub async fn max_line(&self, source: &str) -> Result<Option<u64>> {
-        let batches: Vec<RecordBatch> = self
-            .table
-            .query()
-            .only_if(format!("source = '{}'", source.replace('\'', "''")))
-            .select(Select::columns(&["line"]))
-            .execute()
+    /// Rows matching `filter` (a Lance SQL predicate), the given columns only.
+    async fn scan(
+        &self,
+        filter: Option<String>,
+        columns: &[&str],
+        limit: Option<usize>,
+    ) -> Result<Vec<RecordBatch>> {
+        let mut q = self.table.query().select(Select::columns(columns));
+        if let Some(f) = filter {
+            q = q.only_if(f);
+        }
+        if let Some(n) = limit {
+            q = q.limit(n);
+        }
+        q.execute()
             .await
             .map_err(|e| self.err(e))?
             .try_collect()
             .await
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| self.err(e))
+    }
+
+    /// Highest line of `source` already stored: ingest resumes after it.
+    pub async fn max_line(&self, source: &str) -> Result<Option<u64>> {
+        let batches = self
+            .scan(
+                Some(format!("source = {}", sql_str(source))),
+                &["line"],
+                None,
+            )
+            .await?;
         let mut max = None;
         for b in &batches {
             let lines = b
@@ -323,23 +341,17 @@ impl Store {
         prefix: &str,
         source: &str,
     ) -> Result<Option<String>> {
-        let esc = |s: &str| s.replace('\'', "''");
-        let batches: Vec<RecordBatch> = self
-            .table
-            .query()
-            .only_if(format!(
-                "starts_with(id, '{}') AND source <> '{}'",
-                esc(prefix),
-                esc(source)
-            ))
-            .select(Select::columns(&["source"]))
-            .limit(1)
-            .execute()
-            .await
-            .map_err(|e| self.err(e))?
-            .try_collect()
-            .await
-            .map_err(|e| self.err(e))?;
+        let batches = self
+            .scan(
+                Some(format!(
+                    "starts_with(id, {}) AND source <> {}",
+                    sql_str(prefix),
+                    sql_str(source)
+                )),
+                &["source"],
+                Some(1),
+            )
+            .await?;
         Ok(batches
             .iter()
             .find(|b| b.num_rows() > 0)
@@ -349,16 +361,7 @@ impl Store {
 
     /// Every document id, in no particular order.
     pub async fn ids(&self) -> Result<Vec<String>> {
-        let batches: Vec<RecordBatch> = self
-            .table
-            .query()
-            .select(Select::columns(&["id"]))
-            .execute()
-            .await
-            .map_err(|e| self.err(e))?
-            .try_collect()
-            .await
-            .map_err(|e| self.err(e))?;
+        let batches = self.scan(None, &["id"], None).await?;
         let mut out = Vec::new();
         for b in &batches {
             out.extend(string_column(b, "id")?);
@@ -371,10 +374,7 @@ impl Store {
         if sources.is_empty() {
             return Ok(0);
         }
-        let list: Vec<String> = sources
-            .iter()
-            .map(|s| format!("'{}'", s.replace('\'', "''")))
-            .collect();
+        let list: Vec<String> = sources.iter().map(|s| sql_str(s)).collect();
         self.table
             .count_rows(Some(format!("source IN ({})", list.join(", "))))
             .await
@@ -383,18 +383,13 @@ impl Store {
 
     /// The stored embedding and text of document `id`.
     pub async fn document(&self, id: &str) -> Result<Option<(Vec<f32>, String)>> {
-        let batches: Vec<RecordBatch> = self
-            .table
-            .query()
-            .only_if(format!("id = '{}'", id.replace('\'', "''")))
-            .select(Select::columns(&["embedding", "text"]))
-            .limit(1)
-            .execute()
-            .await
-            .map_err(|e| self.err(e))?
-            .try_collect()
-            .await
-            .map_err(|e| self.err(e))?;
+        let batches = self
+            .scan(
+                Some(format!("id = {}", sql_str(id))),
+                &["embedding", "text"],
+                Some(1),
+            )
+            .await?;
         for b in &batches {
             if b.num_rows() == 0 {
                 continue;
@@ -542,6 +537,11 @@ impl Store {
         out.sort_by(|a, b| a.distance.total_cmp(&b.distance));
         Ok(out)
     }
+}
+
+/// A SQL string literal for a Lance filter.
+fn sql_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 fn string_column(b: &RecordBatch, name: &str) -> Result<Vec<String>> {

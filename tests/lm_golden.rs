@@ -105,11 +105,10 @@ fn unsupported_model_type_lists_the_supported_ones() {
     );
 }
 
-#[test]
-fn one_token_chunks_are_skipped_and_counted() {
-    let g = golden();
+/// The tiny GPT-2 with an AdamW trainer (lr 1e-3, chunks of 24 tokens).
+fn tiny_gpt2_with_trainer() -> (LanguageModel, Trainer) {
     let lm = LanguageModel::load(&fixtures().join("models/tiny-gpt2"), Device::Cpu).unwrap();
-    let mut trainer = Trainer::new(
+    let trainer = Trainer::new(
         &lm,
         TrainConfig {
             lr: 1e-3,
@@ -118,6 +117,13 @@ fn one_token_chunks_are_skipped_and_counted() {
         },
     )
     .unwrap();
+    (lm, trainer)
+}
+
+#[test]
+fn one_token_chunks_are_skipped_and_counted() {
+    let g = golden();
+    let (lm, mut trainer) = tiny_gpt2_with_trainer();
     let tokens = &g.lm_token_ids[0][..25];
     let r = trainer.train_on_tokens(&lm, tokens).unwrap();
     assert_eq!(
@@ -138,16 +144,7 @@ fn optimizer_state_is_carried_or_reset_between_documents() {
     let g = golden();
     let tokens = &g.lm_token_ids[0][..48];
     let after_one_document = |policy: OptimizerState| -> Vec<Tensor> {
-        let lm = LanguageModel::load(&fixtures().join("models/tiny-gpt2"), Device::Cpu).unwrap();
-        let mut trainer = Trainer::new(
-            &lm,
-            TrainConfig {
-                lr: 1e-3,
-                max_length: 24,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let (lm, mut trainer) = tiny_gpt2_with_trainer();
         trainer.train_on_tokens(&lm, tokens).unwrap();
         let first: Vec<Tensor> = lm
             .var_store()
