@@ -105,6 +105,15 @@ fn unsupported_model_type_lists_the_supported_ones() {
     );
 }
 
+/// Deep copies of the model's weights.
+fn weights(lm: &LanguageModel) -> Vec<Tensor> {
+    lm.var_store()
+        .trainable_variables()
+        .iter()
+        .map(|t| t.copy())
+        .collect()
+}
+
 /// The tiny GPT-2 with an AdamW trainer (lr 1e-3, chunks of 24 tokens).
 fn tiny_gpt2_with_trainer() -> (LanguageModel, Trainer) {
     let lm = LanguageModel::load(&fixtures().join("models/tiny-gpt2"), Device::Cpu).unwrap();
@@ -146,20 +155,10 @@ fn optimizer_state_is_carried_or_reset_between_documents() {
     let after_one_document = |policy: OptimizerState| -> Vec<Tensor> {
         let (lm, mut trainer) = tiny_gpt2_with_trainer();
         trainer.train_on_tokens(&lm, tokens).unwrap();
-        let first: Vec<Tensor> = lm
-            .var_store()
-            .trainable_variables()
-            .iter()
-            .map(|t| t.copy())
-            .collect();
+        let first = weights(&lm);
         trainer.finish_document(&lm, policy).unwrap();
         trainer.train_on_tokens(&lm, tokens).unwrap();
-        let second: Vec<Tensor> = lm
-            .var_store()
-            .trainable_variables()
-            .iter()
-            .map(|t| t.copy())
-            .collect();
+        let second = weights(&lm);
         first
             .iter()
             .zip(&second)
