@@ -82,9 +82,51 @@ pub fn count_words(text: &str) -> u64 {
 /// Σ log p(token) of `text` under `lm` in eval mode with no gradient.
 pub fn loglikelihood(lm: &LanguageModel, text: &str) -> Result<DocScore> {
     let tokens = lm.encode(text)?;
-    let loglik = tch::no_grad(|| {
-        let mut total = 0f64;
-        for w in rolling_windows(&tokens, lm.eot_id, lm.n_ctx) {
+    let loglik = score_tokens(lm, &tokens, &[], None)?[0];
+    Ok(DocScore {
+        loglik,
+        bytes: text.len() as u64,
+        words: count_words(text),
+        tokens: tokens.len() as u64,
+    })
+}
+
+/// A next-token distribution mixed into the LM's, `p = α·mixture + (1 − α)·p_LM` (the kNN-LM
+/// "interpolate" baseline, spec §4.2); several α are scored from one forward pass.
+pub struct Mixture<'a> {
+    /// A distribution over the LM's vocabulary, `[vocab]`, summing to 1.
+    pub distribution: &'a Tensor,
+    /// The weights α to score.
+    pub alphas: &'a [f64],
+}
+
+/// Σ log p(token) of `tokens` with lm-eval's rolling windows; `context` (tokens placed before the
+/// document in its only window, replacing the EOT prefix) must fit with the document in `n_ctx`.
+/// Returns one log-likelihood, or one per α of `mixture`.
+pub fn score_tokens(
+    lm: &LanguageModel,
+    tokens: &[i64],
+    context: &[i64],
+    mixture: Option<&Mixture>,
+) -> Result<Vec<f64>> {
+    let mut windows = rolling_windows(tokens, lm.eot_id, lm.n_ctx);
+    if !context.is_empty() {
+        if windows.len() != 1 || context.len() + tokens.len() - 1 > lm.n_ctx {
+            return Err(crate::Error::Internal(format!(
+                "{} context tokens and a {}-token document do not fit one {}-token window",
+                context.len(),
+                tokens.len(),
+                lm.n_ctx
+            )));
+        }
+        let mut input = context.to_vec();
+        input.extend_from_slice(&tokens[..tokens.len() - 1]);
+        windows[0].input = input;
+    }
+    let n_out = mixture.map(|m| m.alphas.len()).unwrap_or(1);
+    let totals = tch::no_grad(|| {
+        let mut totals = vec![0f64; n_out];
+        for w in &windows {
             let input = Tensor::from_slice(&w.input).unsqueeze(0).to(lm.device());
             let logits = lm.forward(&input, false).squeeze_dim(0);
             let n = w.targets.len() as i64;
@@ -92,22 +134,53 @@ pub fn loglikelihood(lm: &LanguageModel, text: &str) -> Result<DocScore> {
                 .narrow(0, logits.size()[0] - n, n)
                 .to_kind(Kind::Float);
             let targets = Tensor::from_slice(&w.targets).to(lm.device()).unsqueeze(1);
-            // log p(t) = logit_t - logsumexp(logits): log_softmax then gather, without writing a
-            // [n, vocab] tensor of log-probs.
-            let logp = scored.gather(1, &targets, false) - scored.logsumexp([-1], true);
-            total += logp
-                .to_kind(Kind::Double)
-                .sum(Kind::Double)
-                .double_value(&[]);
+            match mixture {
+                None => {
+                    // log p(t) = logit_t - logsumexp(logits): log_softmax then gather, without
+                    // writing a [n, vocab] tensor of log-probs.
+                    let logp = scored.gather(1, &targets, false) - scored.logsumexp([-1], true);
+                    totals[0] += logp
+                        .to_kind(Kind::Double)
+                        .sum(Kind::Double)
+                        .double_value(&[]);
+                }
+                Some(m) => {
+                    // The LM's log p(t) as above, mixed in f64 so α = 0 gives the base score.
+                    let logp_lm = (scored.gather(1, &targets, false)
+                        - scored.logsumexp([-1], true))
+                    .squeeze_dim(1)
+                    .to_kind(Kind::Double);
+                    let p_mix_t = m
+                        .distribution
+                        .to_device(lm.device())
+                        .to_kind(Kind::Double)
+                        .index_select(0, &targets.squeeze_dim(1));
+                    for (i, &alpha) in m.alphas.iter().enumerate() {
+                        let p = logp_lm.exp() * (1.0 - alpha) + &p_mix_t * alpha;
+                        totals[i] += p.log().sum(Kind::Double).double_value(&[]);
+                    }
+                }
+            }
         }
-        total
+        totals
     });
-    Ok(DocScore {
-        loglik,
-        bytes: text.len() as u64,
-        words: count_words(text),
-        tokens: tokens.len() as u64,
-    })
+    Ok(totals)
+}
+
+/// The unigram distribution of `tokens` over a `vocab`-sized vocabulary (counts / length).
+pub fn unigram(tokens: &[i64], vocab: i64) -> Tensor {
+    let counts = Tensor::zeros([vocab], (Kind::Double, tch::Device::Cpu));
+    if tokens.is_empty() {
+        return counts;
+    }
+    // Ids past the model's vocabulary (added tokens) have no probability to mix into.
+    let ids: Vec<i64> = tokens
+        .iter()
+        .copied()
+        .filter(|&t| t >= 0 && t < vocab)
+        .collect();
+    let ones = Tensor::ones([ids.len() as i64], (Kind::Double, tch::Device::Cpu));
+    counts.index_add(0, &Tensor::from_slice(&ids), &ones) / ids.len().max(1) as f64
 }
 
 /// The split protocol (`--split_text`, spec §3.2): the first 1024 tokens when the document has at
@@ -201,6 +274,15 @@ mod tests {
         for w in &w {
             assert!(w.input.len() <= 4 && w.input.len() >= w.targets.len());
         }
+    }
+
+    #[test]
+    fn unigram_is_a_distribution() {
+        let u = unigram(&[1, 1, 3], 5);
+        let v: Vec<f64> = Vec::<f64>::try_from(&u).unwrap();
+        assert_eq!(v.len(), 5);
+        assert!((v[1] - 2.0 / 3.0).abs() < 1e-12 && (v[3] - 1.0 / 3.0).abs() < 1e-12);
+        assert!((v.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     }
 
     #[test]

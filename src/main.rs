@@ -2,7 +2,12 @@ use clap::Parser;
 use tttnn::cli::Cli;
 
 fn main() {
-    let cli = Cli::parse();
+    // Usage errors are bad input (exit 1), not clap's default 2, which means an internal error here.
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let code = if e.use_stderr() { 1 } else { 0 };
+        let _ = e.print();
+        std::process::exit(code);
+    });
     // Lance logs every read and commit at info: only its warnings are worth a user's screen.
     let level = if cli.quiet {
         "error"

@@ -50,6 +50,8 @@ pub struct Neighbor {
     pub distance: f32,
     /// Full text.
     pub text: String,
+    /// Stored embedding (SIFT selects on it).
+    pub embedding: Vec<f32>,
 }
 
 /// How to search.
@@ -99,6 +101,21 @@ pub struct Retrieval {
     pub max_distance: Option<f32>,
     /// Leave this document out (the query document itself when it is in the store).
     pub exclude_id: Option<String>,
+    /// Search only documents of this split (the original indexes only the training set).
+    pub split: Option<String>,
+}
+
+/// Where a stored document came from, without its text or embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocRef {
+    /// Document id.
+    pub id: String,
+    /// The Pile set name.
+    pub set_name: String,
+    /// Source file.
+    pub source: String,
+    /// 1-based line in the source file.
+    pub line: u64,
 }
 
 /// IVF-PQ parameters.
@@ -369,6 +386,38 @@ impl Store {
         Ok(out)
     }
 
+    /// Documents of `split` (and of set `set_name` if given) in file order: by source, then line.
+    pub async fn documents_of(&self, split: &str, set_name: Option<&str>) -> Result<Vec<DocRef>> {
+        let mut filter = format!("split = {}", sql_str(split));
+        if let Some(set) = set_name {
+            filter += &format!(" AND set_name = {}", sql_str(set));
+        }
+        let batches = self
+            .scan(Some(filter), &["id", "set_name", "source", "line"], None)
+            .await?;
+        let mut out = Vec::new();
+        for b in &batches {
+            let lines = b
+                .column_by_name("line")
+                .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+                .ok_or_else(|| Error::Internal("line column is not UInt64".into()))?;
+            let ids = string_column(b, "id")?;
+            let sets = string_column(b, "set_name")?;
+            let sources = string_column(b, "source")?;
+            for (i, ((id, set_name), source)) in ids.into_iter().zip(sets).zip(sources).enumerate()
+            {
+                out.push(DocRef {
+                    id,
+                    set_name,
+                    source,
+                    line: lines.value(i),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.source, a.line).cmp(&(&b.source, b.line)));
+        Ok(out)
+    }
+
     /// Number of rows from any of `sources`.
     pub async fn count_from(&self, sources: &[String]) -> Result<usize> {
         if sources.is_empty() {
@@ -447,7 +496,9 @@ impl Store {
     /// `max_distance` away, at most `k` of them.
     pub async fn retrieve(&self, vector: &[f32], r: &Retrieval) -> Result<Vec<Neighbor>> {
         let extra = usize::from(r.exclude_id.is_some());
-        let mut out = self.nearest(vector, r.k + extra, r.mode).await?;
+        let mut out = self
+            .nearest_in(vector, r.k + extra, r.mode, r.split.as_deref())
+            .await?;
         if let Some(id) = &r.exclude_id {
             out.retain(|n| &n.id != id);
         }
@@ -480,6 +531,17 @@ impl Store {
         k: usize,
         mode: SearchMode,
     ) -> Result<Vec<Neighbor>> {
+        self.nearest_in(vector, k, mode, None).await
+    }
+
+    /// [`Store::nearest`] among the documents of one split only (filtered before the search).
+    pub async fn nearest_in(
+        &self,
+        vector: &[f32],
+        k: usize,
+        mode: SearchMode,
+        split: Option<&str>,
+    ) -> Result<Vec<Neighbor>> {
         if vector.len() != self.dim {
             return Err(Error::Internal(format!(
                 "query vector is {}-d, store is {}-d",
@@ -493,8 +555,17 @@ impl Store {
             .map_err(|e| self.err(e))?
             .column("embedding")
             .distance_type(DistanceType::L2)
-            .select(Select::columns(&["id", "set_name", "text", "_distance"]))
+            .select(Select::columns(&[
+                "id",
+                "set_name",
+                "text",
+                "embedding",
+                "_distance",
+            ]))
             .limit(k);
+        if let Some(split) = split {
+            query = query.only_if(format!("split = {}", sql_str(split)));
+        }
         query = match mode {
             SearchMode::Exact => query.bypass_vector_index(),
             SearchMode::Indexed {
@@ -524,13 +595,23 @@ impl Store {
                 .column_by_name("_distance")
                 .and_then(|c| c.as_any().downcast_ref::<Float32Array>())
                 .ok_or_else(|| Error::Internal("search result has no _distance column".into()))?;
+            let emb = b
+                .column_by_name("embedding")
+                .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
+                .ok_or_else(|| Error::Internal("embedding column is not a FixedSizeList".into()))?;
             for i in 0..b.num_rows() {
+                let values = emb.value(i);
+                let values = values
+                    .as_any()
+                    .downcast_ref::<Float32Array>()
+                    .ok_or_else(|| Error::Internal("embedding values are not Float32".into()))?;
                 // LanceDB's L2 is the squared distance; the original filters on the unsquared one.
                 out.push(Neighbor {
                     id: ids[i].clone(),
                     set_name: sets[i].clone(),
                     distance: dist.value(i).max(0.0).sqrt(),
                     text: texts[i].clone(),
+                    embedding: values.values().to_vec(),
                 });
             }
         }

@@ -1,7 +1,8 @@
 //! Test-time training as the original does it (spec §2): each neighbour is tokenized whole, cut
 //! into non-overlapping `max_length` chunks, and each chunk gets one AdamW step (batch 1, train
 //! mode, mean causal-LM loss, clip-norm 1.0). Weights are restored in place after each document.
-use tch::nn::{self, OptimizerConfig};
+use std::path::Path;
+
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -81,9 +82,148 @@ pub struct TextTraining {
     pub mean_loss: f64,
 }
 
+/// torch's `AdamW` (the single-tensor path `torch.optim.AdamW` takes on CPU), written out so its
+/// moments can be saved and restored: a resumed run continues with the state the original carries
+/// across documents (spec §2), which libtorch's C++ optimizer does not expose.
+pub struct AdamW {
+    config: TrainConfig,
+    /// Weights by HF name, sorted, so a saved state maps back by name.
+    params: Vec<(String, Tensor)>,
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+    step: i64,
+}
+
+impl AdamW {
+    /// Fresh state (zero moments, step 0) over all of `lm`'s weights.
+    pub fn new(lm: &LanguageModel, config: TrainConfig) -> Self {
+        let mut params: Vec<(String, Tensor)> = lm.var_store().variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let zeros = |p: &[(String, Tensor)]| -> Vec<Tensor> {
+            tch::no_grad(|| p.iter().map(|(_, t)| t.zeros_like()).collect())
+        };
+        Self {
+            config,
+            exp_avg: zeros(&params),
+            exp_avg_sq: zeros(&params),
+            params,
+            step: 0,
+        }
+    }
+
+    /// Steps taken so far (AdamW's bias correction depends on it).
+    pub fn steps(&self) -> i64 {
+        self.step
+    }
+
+    fn zero_grad(&self) {
+        for (_, p) in &self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.detach_().zero_();
+            }
+        }
+    }
+
+    /// `torch.nn.utils.clip_grad_norm_`: the 2-norm of the per-weight norms, coefficient clamped at 1.
+    fn clip_grad_norm(&self, max_norm: f64) {
+        tch::no_grad(|| {
+            let grads: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|(_, p)| p.grad())
+                .filter(|g| g.defined())
+                .collect();
+            if grads.is_empty() {
+                return;
+            }
+            let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+            let total = Tensor::stack(&norms, 0).norm();
+            let coef = ((total + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
+            for mut g in grads {
+                let _ = g.g_mul_(&coef);
+            }
+        })
+    }
+
+    fn update(&mut self) {
+        self.step += 1;
+        let c = &self.config;
+        let bias1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bias2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
+        let step_size = c.lr / bias1;
+        tch::no_grad(|| {
+            for (i, (_, p)) in self.params.iter().enumerate() {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let mut p = p.shallow_clone();
+                let _ = p.g_mul_scalar_(1.0 - c.lr * c.weight_decay);
+                let m = &mut self.exp_avg[i];
+                let _ = m.lerp_(&g, 1.0 - c.beta1);
+                let v = &mut self.exp_avg_sq[i];
+                let _ = v.g_mul_scalar_(c.beta2);
+                let _ = v.g_add_(&(&g * &g * (1.0 - c.beta2)));
+                let denom = (v.sqrt() / bias2_sqrt) + c.eps;
+                let _ = p.g_sub_(&(&*m / denom * step_size));
+            }
+        })
+    }
+
+    /// Writes the moments, step count and a caller's `tag` (safetensors, by weight name)
+    /// atomically to `path`.
+    pub fn save(&self, path: &Path, tag: i64) -> Result<()> {
+        let mut named: Vec<(String, Tensor)> = Vec::with_capacity(2 * self.params.len() + 1);
+        for (i, (name, _)) in self.params.iter().enumerate() {
+            named.push((
+                format!("exp_avg.{name}"),
+                self.exp_avg[i].to_device(tch::Device::Cpu),
+            ));
+            named.push((
+                format!("exp_avg_sq.{name}"),
+                self.exp_avg_sq[i].to_device(tch::Device::Cpu),
+            ));
+        }
+        named.push(("step".into(), Tensor::from_slice(&[self.step])));
+        named.push(("tag".into(), Tensor::from_slice(&[tag])));
+        let tmp = path.with_extension("tmp");
+        Tensor::write_safetensors(&named, &tmp)
+            .map_err(|e| Error::torch(format!("writing {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    }
+
+    /// Restores state written by [`AdamW::save`] for the same model; returns its tag.
+    pub fn load(&mut self, path: &Path) -> Result<i64> {
+        let tensors = Tensor::read_safetensors(path)
+            .map_err(|e| Error::bad_file(path, format!("not an optimizer state: {e}")))?;
+        let mut by_name: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+        let mut take = |name: String| {
+            by_name.remove(&name).ok_or_else(|| {
+                Error::bad_file(
+                    path,
+                    format!("optimizer state has no `{name}`: saved for another model?"),
+                )
+            })
+        };
+        let step = take("step".into())?;
+        let tag = take("tag".into())?;
+        let mut exp_avg = Vec::with_capacity(self.params.len());
+        let mut exp_avg_sq = Vec::with_capacity(self.params.len());
+        for (name, p) in &self.params {
+            exp_avg.push(take(format!("exp_avg.{name}"))?.to_device(p.device()));
+            exp_avg_sq.push(take(format!("exp_avg_sq.{name}"))?.to_device(p.device()));
+        }
+        self.exp_avg = exp_avg;
+        self.exp_avg_sq = exp_avg_sq;
+        self.step = step.int64_value(&[0]);
+        Ok(tag.int64_value(&[0]))
+    }
+}
+
 /// An LM being fine-tuned, with its optimizer and a copy of the pretrained weights.
 pub struct Trainer {
-    opt: nn::Optimizer,
+    opt: AdamW,
     config: TrainConfig,
     pretrained: Vec<(Tensor, Tensor)>,
 }
@@ -91,7 +231,7 @@ pub struct Trainer {
 impl Trainer {
     /// Creates the AdamW optimizer over all of `lm`'s weights and snapshots them on the same device.
     pub fn new(lm: &LanguageModel, config: TrainConfig) -> Result<Self> {
-        let opt = Self::optimizer(lm, &config)?;
+        let opt = AdamW::new(lm, config);
         let pretrained = tch::no_grad(|| {
             lm.var_store().trainable_variables().into_iter().map(|v| {
                 let copy = v.detach().copy();
@@ -106,18 +246,6 @@ impl Trainer {
         })
     }
 
-    fn optimizer(lm: &LanguageModel, c: &TrainConfig) -> Result<nn::Optimizer> {
-        nn::AdamW {
-            beta1: c.beta1,
-            beta2: c.beta2,
-            wd: c.weight_decay,
-            eps: c.eps,
-            amsgrad: false,
-        }
-        .build(lm.var_store(), c.lr)
-        .map_err(|e| Error::torch("creating AdamW", e))
-    }
-
     /// Restores the pretrained weights in place (no reload from disk).
     pub fn reset_weights(&mut self) {
         tch::no_grad(|| {
@@ -129,8 +257,13 @@ impl Trainer {
 
     /// Drops AdamW's moments and step count (a departure from the original, which carries them).
     pub fn reset_optimizer(&mut self, lm: &LanguageModel) -> Result<()> {
-        self.opt = Self::optimizer(lm, &self.config)?;
+        self.opt = AdamW::new(lm, self.config);
         Ok(())
+    }
+
+    /// The optimizer, to save or restore its state.
+    pub fn optimizer(&mut self) -> &mut AdamW {
+        &mut self.opt
     }
 
     /// Ends a test document: restores the pretrained weights and applies the optimizer policy.
@@ -192,7 +325,7 @@ impl Trainer {
             self.opt.zero_grad();
             loss.backward();
             self.opt.clip_grad_norm(self.config.clip_norm);
-            self.opt.step();
+            self.opt.update();
             loss_sum += value;
             out.steps += 1;
         }

@@ -87,7 +87,11 @@ fn duckdb_migrates_appends_and_aggregates() {
         let db = Db::open(&path).unwrap();
         assert_eq!(
             db.applied_migrations().unwrap(),
-            vec!["001_runs".to_string()]
+            vec![
+                "001_runs".to_string(),
+                "002_runner".to_string(),
+                "003_baselines".to_string()
+            ]
         );
         let c = db.connection();
         let id: i64 = c
@@ -120,7 +124,7 @@ fn duckdb_migrates_appends_and_aggregates() {
     }
     // Reopening applies nothing twice and keeps the data; a read-only handle sees it too.
     let db = Db::open(&path).unwrap();
-    assert_eq!(db.applied_migrations().unwrap().len(), 1);
+    assert_eq!(db.applied_migrations().unwrap().len(), 3);
     drop(db);
     let ro = Db::open_read_only(&path).unwrap();
     let n: i64 = ro

@@ -1,25 +1,13 @@
 //! `tttnn ingest`, `index` and `search` on real JSONL inputs with the committed tiny encoder.
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use common::{ok, tttnn};
 
-fn tttnn() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tttnn"))
-}
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 fn encoder() -> PathBuf {
     common::fixtures().join("encoders/tiny-roberta")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn ingest(store: &Path, files: &[&Path], extra: &[&str]) -> Output {

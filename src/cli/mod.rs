@@ -3,8 +3,12 @@ pub mod doctor;
 pub mod eval;
 pub mod index;
 pub mod ingest;
+pub mod merge;
+pub mod report;
+pub mod run;
 pub mod search;
 pub mod smoke;
+pub mod sql;
 
 use clap::{Parser, Subcommand};
 
@@ -37,29 +41,19 @@ pub enum Command {
     Search(search::Args),
     /// Bits per byte, byte and word perplexity of text files under an LM (lm-eval's protocol).
     Eval(eval::Args),
-    /// Run TTT-NN on a task and record it in DuckDB (not built yet: issue #5).
-    Run(Pending),
-    /// Run SQL against a results database (not built yet: issue #5).
-    Sql(Pending),
-    /// Plot bits per byte against k (not built yet: issue #5).
-    Report(Pending),
-}
-
-/// Arguments of a subcommand that is not built yet; accepted so the error is about the command.
-#[derive(Debug, clap::Args)]
-pub struct Pending {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<String>,
+    /// Run TTT-NN on a task's test documents and record every number in DuckDB; resumable.
+    Run(Box<run::Args>),
+    /// Run SQL (or a bundled query: table1, bpb_vs_k, cost, compare_runs) against a results database.
+    Sql(sql::Args),
+    /// Plot bits per byte against k per task, and before/after bars (PNG and SVG).
+    Report(report::Args),
+    /// Merge the databases of a sharded run into one run.
+    Merge(merge::Args),
 }
 
 impl Command {
     /// Runs the subcommand.
     pub fn run(self, quiet: bool) -> crate::Result<()> {
-        let pending = |name: &str, issue: u32| {
-            Err(crate::Error::Internal(format!(
-                "`tttnn {name}` is not built yet (tracked in issue #{issue})"
-            )))
-        };
         match self {
             Command::Doctor(a) => doctor::run(a),
             Command::Smoke(a) => smoke::run(a, quiet),
@@ -67,9 +61,10 @@ impl Command {
             Command::Index(a) => index::run(a, quiet),
             Command::Search(a) => search::run(a),
             Command::Eval(a) => eval::run(a, quiet),
-            Command::Run(_) => pending("run", 5),
-            Command::Sql(_) => pending("sql", 5),
-            Command::Report(_) => pending("report", 5),
+            Command::Run(a) => run::run(*a, quiet),
+            Command::Sql(a) => sql::run(a),
+            Command::Report(a) => report::run(a, quiet),
+            Command::Merge(a) => merge::run(a, quiet),
         }
     }
 }

@@ -29,6 +29,9 @@ pub struct Args {
     /// Drop neighbours farther than this (unsquared L2).
     #[arg(long)]
     pub max_distance: Option<f32>,
+    /// Search only documents of this split (e.g. `train`: the original retrieves training documents).
+    #[arg(long)]
+    pub split: Option<String>,
     /// Use this stored document's embedding as the query, and leave the document itself out.
     #[arg(long, conflicts_with = "text")]
     pub doc_id: Option<String>,
@@ -87,6 +90,7 @@ pub fn run(args: Args) -> Result<()> {
         mode,
         max_distance: args.max_distance,
         exclude_id,
+        split: args.split.clone(),
     };
     let t = std::time::Instant::now();
     let neighbors = rt.block_on(store.retrieve(&vector, &r))?;

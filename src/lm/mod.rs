@@ -65,6 +65,8 @@ pub struct LanguageModel {
     pub n_ctx: usize,
     /// End-of-text token: the prefix of the first evaluation window.
     pub eot_id: i64,
+    /// Size of the output vocabulary (the logits' last dimension).
+    pub vocab_size: i64,
     /// Where it was loaded from.
     pub dir: PathBuf,
 }
@@ -83,13 +85,14 @@ impl LanguageModel {
             message: e.to_string(),
         })?;
         let vs = VarStore::new(device);
-        let (network, n_ctx, eos) = match model_type.as_str() {
+        let (network, n_ctx, eos, vocab_size) = match model_type.as_str() {
             "gpt2" => {
                 let cfg: gpt2::Config = serde_json::from_str(&text).map_err(bad)?;
                 (
                     Network::Gpt2(gpt2::Gpt2::new(vs.root(), &cfg)),
                     cfg.n_positions as usize,
                     cfg.eos_token_id,
+                    cfg.vocab_size,
                 )
             }
             "gpt_neo" => {
@@ -98,6 +101,7 @@ impl LanguageModel {
                     Network::GptNeo(gpt_neo::GptNeo::new(vs.root(), &cfg)),
                     cfg.max_position_embeddings as usize,
                     cfg.eos_token_id,
+                    cfg.vocab_size,
                 )
             }
             "llama" | "qwen2" => {
@@ -108,6 +112,7 @@ impl LanguageModel {
                     Network::Llama(llama::Llama::new(vs.root(), &cfg)),
                     cfg.max_position_embeddings as usize,
                     cfg.eos(),
+                    cfg.vocab_size,
                 )
             }
             other => {
@@ -136,6 +141,7 @@ impl LanguageModel {
             tokenizer,
             n_ctx,
             eot_id,
+            vocab_size,
             dir: dir.to_path_buf(),
         })
     }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::{Command, Output};
 
 use serde::Deserialize;
 use tch::Tensor;
@@ -66,4 +67,39 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .abs()
         .max()
         .double_value(&[])
+}
+
+/// The real `tttnn` binary.
+pub fn tttnn() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tttnn"))
+}
+
+/// Stdout of a command that must have succeeded (stderr shown if not).
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Writes `train` and `test` JSONL into `dir` and ingests them as those splits of `dir/store` with
+/// the committed tiny encoder; returns the store.
+pub fn ingest_splits(dir: &std::path::Path, train: &str, test: &str) -> PathBuf {
+    let store = dir.join("store");
+    for (split, text) in [("train", train), ("test", test)] {
+        let file = dir.join(format!("{split}.jsonl"));
+        std::fs::write(&file, text).unwrap();
+        ok(tttnn()
+            .args(["ingest", "--quiet", "--split", split, "--store"])
+            .arg(&store)
+            .arg("--encoder")
+            .arg(fixtures().join("encoders/tiny-roberta"))
+            .arg(file)
+            .output()
+            .unwrap());
+    }
+    store
 }

@@ -1,0 +1,423 @@
+//! `tttnn run`, `sql`, `report` and `merge` end to end from the CLI on the committed tiny models:
+//! the recorded numbers equal the LM engine's, a killed run resumes to the same rows, shards merge
+//! into the unsharded run.
+mod common;
+
+use common::{ok, tttnn};
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use tttnn::eval;
+use tttnn::lm::{Device, LanguageModel};
+use tttnn::records::Db;
+use tttnn::store::Store;
+use tttnn::task;
+use tttnn::ttt::{TrainConfig, Trainer};
+
+fn model() -> PathBuf {
+    common::fixtures().join("models/tiny-gpt2")
+}
+
+fn encoder() -> PathBuf {
+    common::fixtures().join("encoders/tiny-roberta")
+}
+
+/// A store of the fixture corpus: every fourth document is a test document, the rest train.
+fn build_store(dir: &Path) -> PathBuf {
+    let lines: Vec<String> = std::fs::read_to_string(common::fixtures().join("corpus.jsonl"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let (mut train, mut test) = (String::new(), String::new());
+    for (i, l) in lines.iter().enumerate() {
+        let out = if i % 4 == 1 { &mut test } else { &mut train };
+        out.push_str(l);
+        out.push('\n');
+    }
+    let store = common::ingest_splits(dir, &train, &test);
+    ok(tttnn()
+        .args(["index", "--quiet", "--kind", "flat", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap());
+    store
+}
+
+/// The settings most tests run with.
+const K3: [&str; 4] = ["--task", "pile_all", "--neighbors", "3"];
+
+fn run_cmd(store: &Path, db: &Path, extra: &[&str]) -> Command {
+    let mut c = tttnn();
+    c.args(["run", "--lr", "1e-3", "--val-portion", "1.0"])
+        .arg("--store")
+        .arg(store)
+        .arg("--encoder")
+        .arg(encoder())
+        .arg("--model")
+        .arg(model())
+        .arg("--db")
+        .arg(db)
+        .args(extra);
+    c
+}
+
+/// (doc, k) → loglik of every curve point of `run`.
+fn curve(db: &Path, run: i64) -> BTreeMap<(String, i64), f64> {
+    let db = Db::open_read_only(db).unwrap();
+    let mut stmt = db
+        .connection()
+        .prepare("SELECT doc_id, k, loglik FROM curve WHERE run_id = ? ORDER BY ALL")
+        .unwrap();
+    let rows = stmt
+        .query_map([run], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
+        .unwrap();
+    rows.map(|r| r.unwrap()).collect()
+}
+
+/// (doc, rank) → (neighbour, distance) of `run`.
+fn neighbors(db: &Path, run: i64) -> BTreeMap<(String, i64), (String, f64)> {
+    let db = Db::open_read_only(db).unwrap();
+    let mut stmt = db
+        .connection()
+        .prepare("SELECT doc_id, rank, neighbor_id, distance FROM neighbors WHERE run_id = ?")
+        .unwrap();
+    let rows = stmt
+        .query_map([run], |r| {
+            Ok(((r.get(0)?, r.get(1)?), (r.get(2)?, r.get(3)?)))
+        })
+        .unwrap();
+    rows.map(|r| r.unwrap()).collect()
+}
+
+#[test]
+fn run_records_what_the_engine_computes_and_sql_and_report_read_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = build_store(dir.path());
+    let db = dir.path().join("results.duckdb");
+    let table = ok(run_cmd(&store, &db, &[&K3[..], &["--quiet"]].concat())
+        .output()
+        .unwrap());
+    assert!(
+        table.contains("pile_all") && table.contains("pile_github"),
+        "{table}"
+    );
+
+    // The documents are the CPython Random(1216) shuffle of each set's test documents in file order.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = rt.block_on(Store::open(&store)).unwrap();
+    let records = Db::open_read_only(&db).unwrap();
+    let mut stmt = records
+        .connection()
+        .prepare("SELECT doc_id, set_name, position, seq, complete FROM docs WHERE run_id = 1 ORDER BY seq")
+        .unwrap();
+    let docs: Vec<(String, String, i64, i64, bool)> = stmt
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    drop(stmt);
+    drop(records);
+    let mut sets: Vec<String> = docs.iter().map(|d| d.1.clone()).collect();
+    sets.dedup();
+    let mut expected = Vec::new();
+    for set in &sets {
+        let in_order = rt.block_on(s.documents_of("test", Some(set))).unwrap();
+        for i in task::test_subset(in_order.len(), 1.0, task::SEED) {
+            expected.push(in_order[i].id.clone());
+        }
+    }
+    assert_eq!(
+        docs.iter().map(|d| d.0.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(
+        docs.iter().all(|d| d.4),
+        "every document has its 3 neighbours"
+    );
+
+    // Replay the run with the library: same neighbours, same numbers.
+    let curve = curve(&db, 1);
+    let nbrs = neighbors(&db, 1);
+    assert!(
+        nbrs.values().all(|(id, _)| id.starts_with("train.jsonl:")),
+        "neighbours come from the train split only"
+    );
+    let lm = LanguageModel::load(&model(), Device::Cpu).unwrap();
+    let mut trainer = Trainer::new(
+        &lm,
+        TrainConfig {
+            lr: 1e-3,
+            max_length: lm.n_ctx,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut last_set = String::new();
+    for (doc_id, set, _, _, _) in &docs {
+        if *set != last_set {
+            trainer.reset_optimizer(&lm).unwrap();
+            last_set = set.clone();
+        }
+        let (_, text) = rt.block_on(s.document(doc_id)).unwrap().unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(1.0);
+        let base = eval::loglikelihood(&lm, &text).unwrap();
+        assert!(
+            close(base.loglik, curve[&(doc_id.clone(), 0)]),
+            "{doc_id} k=0"
+        );
+        for rank in 1..=3 {
+            let (nid, _) = &nbrs[&(doc_id.clone(), rank)];
+            let (_, ntext) = rt.block_on(s.document(nid)).unwrap().unwrap();
+            trainer.train_on_text(&lm, &ntext).unwrap();
+            let ll = eval::loglikelihood(&lm, &text).unwrap().loglik;
+            assert!(
+                close(ll, curve[&(doc_id.clone(), rank)]),
+                "{doc_id} k={rank}: {ll} vs {}",
+                curve[&(doc_id.clone(), rank)]
+            );
+        }
+        trainer.reset_weights();
+    }
+
+    // Canned SQL in every format.
+    let csv = ok(tttnn()
+        .args(["sql", "bpb_vs_k", "--format", "csv", "--run", "1", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap());
+    assert!(csv.starts_with("run_id,task,k,docs,bits_per_byte"), "{csv}");
+    assert_eq!(
+        csv.lines().filter(|l| l.contains(",pile_all,")).count(),
+        4,
+        "{csv}"
+    );
+    let json = ok(tttnn()
+        .args(["sql", "cost", "--format", "json", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap());
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["s_per_neighbor"].as_f64().unwrap() > 0.0),
+        "{json}"
+    );
+    let parquet = dir.path().join("t.parquet");
+    ok(tttnn()
+        .args(["sql", "SELECT * FROM docs", "--format", "parquet", "--out"])
+        .arg(&parquet)
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap());
+    assert_eq!(&std::fs::read(&parquet).unwrap()[..4], b"PAR1");
+    let file = dir.path().join("q.sql");
+    std::fs::write(&file, "SELECT count(*) AS n FROM curve WHERE run_id = 1;").unwrap();
+    let t = ok(tttnn()
+        .arg("sql")
+        .arg(&file)
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap());
+    assert!(t.contains(&format!("| {} |", curve.len())), "{t}");
+    let bad = tttnn()
+        .args(["sql", "SELECT nope FROM docs", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+
+    let plots = dir.path().join("plots");
+    let listed = ok(tttnn()
+        .args(["report", "--quiet", "--db"])
+        .arg(&db)
+        .arg("--out")
+        .arg(&plots)
+        .output()
+        .unwrap());
+    assert_eq!(listed.lines().count(), 4, "{listed}");
+    let png = std::fs::read(plots.join("run-1-bpb_vs_k.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let svg = std::fs::read_to_string(plots.join("run-1-before_after.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("github"));
+}
+
+#[test]
+fn killed_run_resumes_to_the_rows_of_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = build_store(dir.path());
+    let whole = dir.path().join("whole.duckdb");
+    ok(run_cmd(&store, &whole, &[&K3[..], &["--quiet"]].concat())
+        .output()
+        .unwrap());
+
+    let killed = dir.path().join("killed.duckdb");
+    let mut child = run_cmd(&store, &killed, &[&K3[..], &["-v"]].concat())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = 0;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        // Kill in the middle of the fifth document, after its second neighbour.
+        if line.starts_with("doc ") {
+            seen += 1;
+        }
+        if seen == 4 && line.contains(" k=2 ") {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let partial = curve(&killed, 1).len();
+    assert!(
+        partial > 0 && partial < curve(&whole, 1).len(),
+        "killed mid-run: {partial} points"
+    );
+
+    ok(tttnn()
+        .args(["run", "--quiet", "--resume", "1", "--db"])
+        .arg(&killed)
+        .output()
+        .unwrap());
+    assert_eq!(curve(&killed, 1), curve(&whole, 1));
+    assert_eq!(neighbors(&killed, 1), neighbors(&whole, 1));
+    let db = Db::open_read_only(&killed).unwrap();
+    let status: String = db
+        .connection()
+        .query_row("SELECT status FROM runs WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(status, "finished");
+    assert!(!PathBuf::from(format!("{}.optimizer/run-1.safetensors", killed.display())).exists());
+}
+
+#[test]
+fn merged_shards_equal_the_unsharded_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = build_store(dir.path());
+    // Carried AdamW state depends on which documents a worker saw (as the original's ranks), so
+    // shards reproduce the unsharded run exactly with per-document state.
+    let reset = [&K3[..], &["--quiet", "--optimizer-state", "reset"]].concat();
+    let whole = dir.path().join("whole.duckdb");
+    ok(run_cmd(&store, &whole, &reset).output().unwrap());
+    let mut shards = Vec::new();
+    for i in 0..2 {
+        let db = dir.path().join(format!("shard{i}.duckdb"));
+        ok(run_cmd(
+            &store,
+            &db,
+            &[&reset[..], &["--shard", &format!("{i}/2")]].concat(),
+        )
+        .output()
+        .unwrap());
+        shards.push(db);
+    }
+    let merged = dir.path().join("merged.duckdb");
+    let id = ok(tttnn()
+        .arg("merge")
+        .arg(&merged)
+        .args(&shards)
+        .output()
+        .unwrap());
+    assert_eq!(id.trim(), "1");
+    assert_eq!(curve(&merged, 1), curve(&whole, 1));
+    assert_eq!(neighbors(&merged, 1), neighbors(&whole, 1));
+    let t1 = |db: &Path| {
+        ok(tttnn()
+            .args(["sql", "table1", "--format", "csv", "--db"])
+            .arg(db)
+            .output()
+            .unwrap())
+    };
+    assert_eq!(t1(&merged), t1(&whole));
+
+    // One shard missing, or given twice: a clear error, exit 1.
+    let out = tttnn()
+        .arg("merge")
+        .arg(dir.path().join("m2.duckdb"))
+        .arg(&shards[0])
+        .arg(&shards[0])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("given twice"));
+}
+
+#[test]
+fn bad_settings_and_a_busy_database_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = build_store(dir.path());
+    let config = dir.path().join("run.toml");
+    std::fs::write(&config, "neighbors = 2\nneighbours = 3\n").unwrap();
+    let db = dir.path().join("r.duckdb");
+    let out = run_cmd(
+        &store,
+        &db,
+        &[&K3[..], &["--config", config.to_str().unwrap()]].concat(),
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("run.toml:2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = run_cmd(&store, &db, &["--task", "pile_arxiv"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no `test` documents of set `ArXiv`"));
+
+    // TOML settings apply; a flag beats the file.
+    std::fs::write(
+        &config,
+        "task = \"pile_all\"\nneighbors = 2\neval_at = \"1\"\nlimit_docs = 1\n",
+    )
+    .unwrap();
+    ok(run_cmd(
+        &store,
+        &db,
+        &[
+            "--quiet",
+            "--config",
+            config.to_str().unwrap(),
+            "--neighbors",
+            "3",
+        ],
+    )
+    .output()
+    .unwrap());
+    let points = curve(&db, 1);
+    let docs: std::collections::BTreeSet<&String> = points.keys().map(|(d, _)| d).collect();
+    assert!(
+        points.keys().all(|(_, k)| [0, 1, 3].contains(k)),
+        "{points:?}"
+    );
+    assert_eq!(
+        points.len(),
+        docs.len() * 3,
+        "one document per set, k = 0, 1, 3"
+    );
+
+    let holder = Db::open(&db).unwrap();
+    let out = run_cmd(&store, &db, &K3).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(holder);
+}
