@@ -225,7 +225,7 @@ fn draw_bars<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((0..n as i32).into_segmented(), 0f64..hi.max(0.1))?;
+        .build_cartesian_2d((0..(n as i32 - 1)).into_segmented(), 0f64..hi.max(0.1))?;
     chart
         .configure_mesh()
         .disable_x_mesh()
