@@ -447,6 +447,18 @@ impl Db {
             .map_err(|e| self.err(e))
     }
 
+    /// Sets the SQL variable `runs` the bundled queries filter on: these run ids, or NULL for all.
+    pub fn select_runs(&self, runs: &[i64]) -> Result<()> {
+        let list = if runs.is_empty() {
+            "NULL::BIGINT[]".to_string()
+        } else {
+            format!("{runs:?}::BIGINT[]")
+        };
+        self.conn
+            .execute_batch(&format!("SET VARIABLE runs = {list}"))
+            .map_err(|e| self.err(e))
+    }
+
     /// The underlying connection, for queries.
     pub fn connection(&self) -> &Connection {
         &self.conn

@@ -155,8 +155,8 @@ pub struct RunConfig {
     pub neighbors: usize,
     /// AdamW learning rate.
     pub lr: f64,
-    /// Tokens per training chunk (defaults to the model's context).
-    pub max_length: usize,
+    /// Tokens per training chunk; `None` is the model's context length, as the paper.
+    pub max_length: Option<usize>,
     /// Split the test documents come from.
     pub split: String,
     /// Split neighbours are retrieved from (the original indexes only training documents).
@@ -241,11 +241,8 @@ impl RunConfig {
         if !(self.lr >= 0.0 && self.lr.is_finite()) {
             return bad("lr", format!("{} is not a learning rate", self.lr));
         }
-        if self.max_length < 2 {
-            return bad(
-                "max_length",
-                format!("{} leaves no next token to predict", self.max_length),
-            );
+        if let Some(n) = self.max_length.filter(|&n| n < 2) {
+            return bad("max_length", format!("{n} leaves no next token to predict"));
         }
         if let Some(a) = self.alpha {
             if !(0.0..=1.0).contains(&a) {
@@ -442,7 +439,7 @@ pub fn run(
         &lm,
         TrainConfig {
             lr: cfg.lr,
-            max_length: cfg.max_length,
+            max_length: cfg.max_length.unwrap_or(lm.n_ctx),
             ..Default::default()
         },
     )?;
@@ -463,7 +460,7 @@ pub fn run(
                 store_version: rt.block_on(store.version())? as i64,
                 neighbors: cfg.neighbors as i64,
                 lr: cfg.lr,
-                max_length: cfg.max_length as i64,
+                max_length: cfg.max_length.unwrap_or(lm.n_ctx) as i64,
                 device: format!("{:?}", cfg.device).to_lowercase(),
                 encoder_provider,
                 config,
@@ -570,6 +567,13 @@ struct Outcome {
 }
 
 impl Outcome {
+    /// Starts a document's outcome with the base model's score of `text` (k = 0), timed.
+    fn scored(lm: &LanguageModel, text: &str) -> Result<Self> {
+        let t = Instant::now();
+        let score = eval::loglikelihood(lm, text)?;
+        Ok(Self::new(score, t.elapsed().as_secs_f64()))
+    }
+
     fn new(score: DocScore, eval_s: f64) -> Self {
         Outcome {
             curve: vec![(0, score.loglik)],
@@ -593,6 +597,25 @@ struct Ctx<'a> {
     rt: &'a tokio::runtime::Runtime,
     store: &'a Store,
     lm: &'a LanguageModel,
+}
+
+/// The mixture distribution of the `interpolate` baseline: the neighbours' unigram distributions
+/// weighted by softmax(−distance) (spec §4.2).
+fn knn_distribution(neighbors: &[Neighbor], unigrams: &[tch::Tensor]) -> tch::Tensor {
+    let max = neighbors
+        .iter()
+        .map(|n| -f64::from(n.distance))
+        .fold(f64::MIN, f64::max);
+    let w: Vec<f64> = neighbors
+        .iter()
+        .map(|n| (-f64::from(n.distance) - max).exp())
+        .collect();
+    let z: f64 = w.iter().sum();
+    let mut dist = unigrams[0].zeros_like();
+    for (u, w) in unigrams.iter().zip(&w) {
+        dist += u * (w / z);
+    }
+    dist
 }
 
 impl Ctx<'_> {
@@ -633,25 +656,17 @@ impl Ctx<'_> {
         }
     }
 
-    /// The mixture distribution of the `interpolate` baseline: neighbours' unigram distributions
-    /// weighted by softmax(−distance) (spec §4.2).
-    fn knn_distribution(&self, neighbors: &[Neighbor]) -> Result<tch::Tensor> {
-        let max = neighbors
+    /// Each neighbour's unigram distribution over the LM's vocabulary (spec §4.2).
+    fn unigrams(&self, neighbors: &[Neighbor]) -> Result<Vec<tch::Tensor>> {
+        neighbors
             .iter()
-            .map(|n| -f64::from(n.distance))
-            .fold(f64::MIN, f64::max);
-        let w: Vec<f64> = neighbors
-            .iter()
-            .map(|n| (-f64::from(n.distance) - max).exp())
-            .collect();
-        let z: f64 = w.iter().sum();
-        let mut dist =
-            tch::Tensor::zeros([self.lm.vocab_size], (tch::Kind::Double, tch::Device::Cpu));
-        for (nb, w) in neighbors.iter().zip(&w) {
-            let tokens = self.lm.encode(&nb.text)?;
-            dist += eval::unigram(&tokens, self.lm.vocab_size) * (w / z);
-        }
-        Ok(dist)
+            .map(|nb| {
+                Ok(eval::unigram(
+                    &self.lm.encode(&nb.text)?,
+                    self.lm.vocab_size,
+                ))
+            })
+            .collect()
     }
 
     /// interpolate's α for a task: fixed, or the best of [`ALPHA_GRID`] on up to `alpha_docs`
@@ -682,7 +697,7 @@ impl Ctx<'_> {
             if neighbors.is_empty() {
                 continue;
             }
-            let knn = self.knn_distribution(&neighbors)?;
+            let knn = knn_distribution(&neighbors, &self.unigrams(&neighbors)?);
             let tokens = self.lm.encode(&text)?;
             let scores = eval::score_tokens(
                 self.lm,
@@ -763,20 +778,14 @@ fn run_documents(
                 let a = alpha.map(|a| a.1).unwrap_or((DEFAULT_ALPHA, "default"));
                 interpolate(&ctx, &text, &neighbors, a)?
             }
-            Method::None => {
-                let t = Instant::now();
-                let base = eval::loglikelihood(lm, &text)?;
-                Outcome::new(base, t.elapsed().as_secs_f64())
-            }
+            Method::None => Outcome::scored(lm, &text)?,
         };
         if cfg.select == Selection::Sift {
             // Adaptive SIFT stops when more picks would not help: the model stays as it is, so
             // the curve's end point is its last state.
-            if let Some(&(_, last)) = outcome.curve.last() {
-                if outcome.curve.last().map(|c| c.0) != Some(cfg.neighbors) && !neighbors.is_empty()
-                {
-                    outcome.curve.push((cfg.neighbors, last));
-                }
+            let &(k, last) = outcome.curve.last().expect("the curve starts at k = 0");
+            if k != cfg.neighbors && !neighbors.is_empty() {
+                outcome.curve.push((cfg.neighbors, last));
             }
             outcome.complete = !neighbors.is_empty();
         }
@@ -793,10 +802,7 @@ fn run_documents(
             bytes: outcome.score.bytes,
             words: outcome.score.words,
             tokens: outcome.score.tokens as usize,
-            neighbors_used: match cfg.method {
-                Method::DynamicEval => outcome.neighbors.len(),
-                _ => neighbors.len(),
-            },
+            neighbors_used: outcome.neighbors.len(),
             complete: outcome.complete,
             retrieval_s,
             train_s: outcome.train_s,
@@ -877,9 +883,7 @@ fn ttt_nn(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Outcome> {
     let (cfg, lm) = (ctx.cfg, ctx.lm);
-    let t = Instant::now();
-    let base = eval::loglikelihood(lm, text)?;
-    let mut out = Outcome::new(base, t.elapsed().as_secs_f64());
+    let mut out = Outcome::scored(lm, text)?;
     let last = neighbors.len();
     for (r, nb) in neighbors.iter().enumerate() {
         let t = Instant::now();
@@ -913,9 +917,7 @@ fn dynamic_eval(
     let (cfg, lm) = (ctx.cfg, ctx.lm);
     let (prefix, rest) = eval::split_text(lm, text)?;
     let prefix_tokens = lm.encode(&prefix)?;
-    let t = Instant::now();
-    let base = eval::loglikelihood(lm, &rest)?;
-    let mut out = Outcome::new(base, t.elapsed().as_secs_f64());
+    let mut out = Outcome::scored(lm, &rest)?;
     for iteration in 1..=cfg.neighbors {
         let t = Instant::now();
         let trained = trainer.train_on_tokens(lm, &prefix_tokens)?;
@@ -977,9 +979,7 @@ fn score_at_points(
 /// alone (recorded as a fallback), as the original does.
 fn in_context(ctx: &Ctx, text: &str, neighbors: &[Neighbor]) -> Result<Outcome> {
     let (cfg, lm) = (ctx.cfg, ctx.lm);
-    let t = Instant::now();
-    let base = eval::loglikelihood(lm, text)?;
-    let mut out = Outcome::new(base, t.elapsed().as_secs_f64());
+    let mut out = Outcome::scored(lm, text)?;
     let tokens = lm.encode(text)?;
     let fits = !tokens.is_empty() && tokens.len() <= lm.n_ctx;
     let nb_tokens: Vec<Vec<i64>> = neighbors
@@ -987,14 +987,14 @@ fn in_context(ctx: &Ctx, text: &str, neighbors: &[Neighbor]) -> Result<Outcome> 
         .map(|n| lm.encode(&n.text))
         .collect::<Result<_>>()?;
     let budget = (lm.n_ctx + 1).saturating_sub(tokens.len());
-    let mut used = 0;
+    let (base, mut used) = (out.score.loglik, 0);
     score_at_points(ctx, neighbors, &mut out, |k| {
         Ok(if fits {
             let context = context_tokens(&nb_tokens, k, budget, cfg.in_context_order);
             used = context.len();
             eval::score_tokens(lm, &tokens, &context, None)?[0]
         } else {
-            base.loglik
+            base
         })
     })?;
     for r in &mut out.neighbors {
@@ -1014,12 +1014,11 @@ fn interpolate(
     alpha: (f64, &'static str),
 ) -> Result<Outcome> {
     let (cfg, lm) = (ctx.cfg, ctx.lm);
-    let t = Instant::now();
-    let base = eval::loglikelihood(lm, text)?;
-    let mut out = Outcome::new(base, t.elapsed().as_secs_f64());
+    let mut out = Outcome::scored(lm, text)?;
     let tokens = lm.encode(text)?;
+    let unigrams = ctx.unigrams(neighbors)?;
     score_at_points(ctx, neighbors, &mut out, |k| {
-        let knn = ctx.knn_distribution(&neighbors[..k])?;
+        let knn = knn_distribution(&neighbors[..k], &unigrams[..k]);
         let mixture = Mixture {
             distribution: &knn,
             alphas: &[alpha.0],

@@ -443,20 +443,12 @@ impl Store {
             if b.num_rows() == 0 {
                 continue;
             }
-            let emb = b
-                .column_by_name("embedding")
-                .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
-                .ok_or_else(|| Error::Internal("embedding column is not a FixedSizeList".into()))?;
-            let values = emb.value(0);
-            let values = values
-                .as_any()
-                .downcast_ref::<Float32Array>()
-                .ok_or_else(|| Error::Internal("embedding values are not Float32".into()))?;
+            let embedding = embedding_at(embedding_column(b)?, 0)?;
             let text = string_column(b, "text")?
                 .into_iter()
                 .next()
                 .unwrap_or_default();
-            return Ok(Some((values.values().to_vec(), text)));
+            return Ok(Some((embedding, text)));
         }
         Ok(None)
     }
@@ -595,23 +587,15 @@ impl Store {
                 .column_by_name("_distance")
                 .and_then(|c| c.as_any().downcast_ref::<Float32Array>())
                 .ok_or_else(|| Error::Internal("search result has no _distance column".into()))?;
-            let emb = b
-                .column_by_name("embedding")
-                .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
-                .ok_or_else(|| Error::Internal("embedding column is not a FixedSizeList".into()))?;
+            let embeddings = embedding_column(b)?;
             for i in 0..b.num_rows() {
-                let values = emb.value(i);
-                let values = values
-                    .as_any()
-                    .downcast_ref::<Float32Array>()
-                    .ok_or_else(|| Error::Internal("embedding values are not Float32".into()))?;
                 // LanceDB's L2 is the squared distance; the original filters on the unsquared one.
                 out.push(Neighbor {
                     id: ids[i].clone(),
                     set_name: sets[i].clone(),
                     distance: dist.value(i).max(0.0).sqrt(),
                     text: texts[i].clone(),
-                    embedding: values.values().to_vec(),
+                    embedding: embedding_at(embeddings, i)?,
                 });
             }
         }
@@ -623,6 +607,22 @@ impl Store {
 /// A SQL string literal for a Lance filter.
 fn sql_str(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
+}
+
+fn embedding_column(b: &RecordBatch) -> Result<&FixedSizeListArray> {
+    b.column_by_name("embedding")
+        .and_then(|c| c.as_any().downcast_ref::<FixedSizeListArray>())
+        .ok_or_else(|| Error::Internal("embedding column is not a FixedSizeList".into()))
+}
+
+/// Row `i` of an embedding column.
+fn embedding_at(column: &FixedSizeListArray, i: usize) -> Result<Vec<f32>> {
+    let values = column.value(i);
+    values
+        .as_any()
+        .downcast_ref::<Float32Array>()
+        .map(|v| v.values().to_vec())
+        .ok_or_else(|| Error::Internal("embedding values are not Float32".into()))
 }
 
 fn string_column(b: &RecordBatch, name: &str) -> Result<Vec<String>> {

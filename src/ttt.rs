@@ -111,11 +111,6 @@ impl AdamW {
         }
     }
 
-    /// Steps taken so far (AdamW's bias correction depends on it).
-    pub fn steps(&self) -> i64 {
-        self.step
-    }
-
     fn zero_grad(&self) {
         for (_, p) in &self.params {
             let mut g = p.grad();

@@ -32,13 +32,7 @@ fn load(db: &Db, runs: &[i64]) -> Result<BTreeMap<i64, Curves>> {
         source: e,
     };
     let conn = db.connection();
-    let list = if runs.is_empty() {
-        "NULL::BIGINT[]".to_string()
-    } else {
-        format!("{:?}::BIGINT[]", runs)
-    };
-    conn.execute_batch(&format!("SET VARIABLE runs = {list}"))
-        .map_err(err)?;
+    db.select_runs(runs)?;
     let sql = super::sql::builtin("bpb_vs_k").unwrap_or_default();
     let mut stmt = conn.prepare(sql).map_err(err)?;
     let rows = stmt

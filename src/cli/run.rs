@@ -174,9 +174,8 @@ fn required<T>(value: Option<T>, field: &str) -> Result<T> {
     })
 }
 
-/// Resolves flags, env and the TOML file into a run config and the database path.
-fn resolve(a: &Args) -> Result<(RunConfig, PathBuf)> {
-    let f: FileSettings = config::load_toml(a.config.as_deref())?;
+/// Resolves flags, env and the TOML file's settings into a run config.
+fn resolve(a: &Args, f: FileSettings) -> Result<RunConfig> {
     let shard = match (a.shard, f.shard) {
         (Some(s), _) => s,
         (None, Some(s)) => s.parse().map_err(|m| Error::BadSetting {
@@ -186,10 +185,6 @@ fn resolve(a: &Args) -> Result<(RunConfig, PathBuf)> {
         (None, None) => Shard::ALL,
     };
     let model = required(a.model.clone().or(f.model), "model")?;
-    let max_length = match a.max_length.or(f.max_length) {
-        Some(n) => n,
-        None => model_context(&model)?,
-    };
     let nprobes = if a.exact {
         None
     } else {
@@ -218,7 +213,7 @@ fn resolve(a: &Args) -> Result<(RunConfig, PathBuf)> {
             config::pick(a.neighbors, f.neighbors, 50)
         },
         lr: config::pick(a.lr, f.lr, 2e-5),
-        max_length,
+        max_length: a.max_length.or(f.max_length),
         split: config::pick(a.split.clone(), f.split, "test".into()),
         neighbor_split: config::pick(a.neighbor_split.clone(), f.neighbor_split, "train".into()),
         val_portion: config::pick(a.val_portion, f.val_portion, 0.2),
@@ -251,37 +246,19 @@ fn resolve(a: &Args) -> Result<(RunConfig, PathBuf)> {
             ContextOrder::NearestLast,
         ),
     };
-    let db = config::pick(a.db.clone(), f.db, PathBuf::from("results.duckdb"));
-    Ok((cfg, db))
-}
-
-/// The model's context length from its config.json (training chunks default to it, as the paper).
-fn model_context(dir: &std::path::Path) -> Result<usize> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::bad_file(&path, e.to_string()))?;
-    ["n_positions", "max_position_embeddings", "n_ctx"]
-        .iter()
-        .find_map(|k| v.get(k).and_then(|x| x.as_u64()))
-        .map(|n| n as usize)
-        .ok_or_else(|| {
-            Error::bad_file(
-                &path,
-                "no n_positions or max_position_embeddings: give --max-length",
-            )
-        })
+    Ok(cfg)
 }
 
 /// Runs the subcommand.
 pub fn run(args: Args, quiet: bool) -> Result<()> {
-    let (cfg, db_path, resume) = match args.resume {
+    let file: FileSettings = config::load_toml(args.config.as_deref())?;
+    let db_path = config::pick(
+        args.db.clone(),
+        file.db.clone(),
+        PathBuf::from("results.duckdb"),
+    );
+    let (cfg, db, resume) = match args.resume {
         Some(id) => {
-            let db_path = args
-                .db
-                .clone()
-                .or(config::load_toml::<FileSettings>(args.config.as_deref())?.db)
-                .unwrap_or_else(|| PathBuf::from("results.duckdb"));
             let db = Db::open(&db_path)?;
             let (status, json) = db
                 .run_config(id)?
@@ -296,15 +273,11 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
                     format!("run {id} has a config this tttnn cannot read: {e}"),
                 )
             })?;
-            drop(db);
-            (cfg, db_path, Some(id))
+            (cfg, db, Some(id))
         }
-        None => {
-            let (cfg, db) = resolve(&args)?;
-            (cfg, db, None)
-        }
+        // Settings are checked before the database is created.
+        None => (resolve(&args, file)?, Db::open(&db_path)?, None),
     };
-    let db = Db::open(&db_path)?;
     let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(

@@ -7,7 +7,7 @@ use super::sql;
 use crate::corpus;
 use crate::embed::{self, Encoder};
 use crate::error::{Error, Result};
-use crate::lm::{Device, LanguageModel, Precision};
+use crate::lm::{Device, Precision};
 use crate::records::Db;
 use crate::runner::{self, ContextOrder, EvalAt, Event, Method, RunConfig};
 use crate::select::{Selection, Sift};
@@ -115,7 +115,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
         name: Some("smoke".into()),
         store: store_path.clone(),
         encoder: Some(args.fixtures.join("encoders/tiny-roberta")),
-        max_length: LanguageModel::load(&model, args.device)?.n_ctx,
+        max_length: None,
         model,
         task: Task::All,
         neighbors: args.neighbors,

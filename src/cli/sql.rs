@@ -123,19 +123,7 @@ pub fn print_query(
         line: None,
         message: format!("query failed: {e}"),
     };
-    let list = if runs.is_empty() {
-        "NULL::BIGINT[]".to_string()
-    } else {
-        format!(
-            "[{}]::BIGINT[]",
-            runs.iter()
-                .map(|r| r.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    conn.execute_batch(&format!("SET VARIABLE runs = {list}"))
-        .map_err(err)?;
+    db.select_runs(runs)?;
     let mut stmts = statements(sql);
     let last = stmts.pop().ok_or_else(|| Error::BadSetting {
         field: "query".into(),
