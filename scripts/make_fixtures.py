@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers, processors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_encoder import export_onnx  # noqa: E402
+from export_encoder import export_onnx, fuse  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 SEED = 1216
@@ -226,6 +226,7 @@ def main():
 
     ex = (torch.tensor([[0, 5, 6, 2], [0, 7, 2, 1]]), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]))
     export_onnx(enc, d / "model.onnx", ex)
+    fuse(d / "model.onnx", cfg)  # as scripts/export_encoder.py does; the golden test checks the result
     # The original's embedding (spec 1.1): truncate to max length incl. specials, empty text -> " ",
     # masked mean over non-pad positions (<s>, </s> included), fp32, no normalisation.
     enc_ids = []

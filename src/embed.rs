@@ -212,42 +212,58 @@ impl Encoder {
         Ok(self.token_ids_batch(&[text])?.remove(0))
     }
 
-    /// Token ids of many texts, tokenized in parallel.
+    /// Token ids of many texts, tokenized in parallel, [`TOKENIZE_CHUNK`] texts at a time.
     ///
-    /// Only the first `max_length` tokens count, so a long text is first tokenized from a prefix cut
+    /// Only the first `max_length` tokens count, so a long text is tokenized from a prefix cut
     /// just before a whitespace character (pre-tokenizers split there, so the tokens before the cut
-    /// are those of the full text); if that prefix does not fill `max_length`, the full text is used.
+    /// are those of the full text). Prefixes grow from [`PREFIX_WINDOWS`]·`max_length` bytes until
+    /// one fills `max_length`; failing that, the full text is used.
     pub fn token_ids_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        let window = self.max_length() * 64;
-        let inputs: Vec<&str> = texts
-            .iter()
-            .map(|t| {
-                if t.is_empty() {
-                    " "
-                } else {
-                    prefix_at_whitespace(t, window)
-                }
-            })
-            .collect();
-        let encs = self
-            .tokenizer
-            .encode_batch(inputs.clone(), true)
-            .map_err(|e| self.tok_err(e))?;
         let mut out = Vec::with_capacity(texts.len());
-        for ((enc, input), text) in encs.into_iter().zip(&inputs).zip(texts) {
-            if input.len() < text.len() && enc.get_overflowing().is_empty() {
-                out.push(
-                    self.tokenizer
-                        .encode(*text, true)
-                        .map_err(|e| self.tok_err(e))?
-                        .get_ids()
-                        .to_vec(),
-                );
-            } else {
-                out.push(enc.get_ids().to_vec());
-            }
+        for chunk in texts.chunks(TOKENIZE_CHUNK) {
+            out.extend(self.token_ids_chunk(chunk)?);
         }
         Ok(out)
+    }
+
+    fn token_ids_chunk(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let texts: Vec<&str> = texts
+            .iter()
+            .map(|t| if t.is_empty() { " " } else { t })
+            .collect();
+        let mut out: Vec<Option<Vec<u32>>> = vec![None; texts.len()];
+        let mut todo: Vec<usize> = (0..texts.len()).collect();
+        let windows = PREFIX_WINDOWS
+            .iter()
+            .map(|w| w * self.max_length())
+            .chain([usize::MAX]);
+        for window in windows {
+            if todo.is_empty() {
+                break;
+            }
+            let inputs: Vec<&str> = todo
+                .iter()
+                .map(|&i| prefix_at_whitespace(texts[i], window))
+                .collect();
+            let encs = self
+                .tokenizer
+                .encode_batch(inputs.clone(), true)
+                .map_err(|e| self.tok_err(e))?;
+            let mut short = Vec::new();
+            for ((&i, enc), input) in todo.iter().zip(encs).zip(&inputs) {
+                // A cut prefix stands for the whole text only when it overflows max_length.
+                if input.len() < texts[i].len() && enc.get_overflowing().is_empty() {
+                    short.push(i);
+                } else {
+                    out[i] = Some(enc.get_ids().to_vec());
+                }
+            }
+            todo = short;
+        }
+        Ok(out
+            .into_iter()
+            .map(|ids| ids.expect("the last window is the whole text"))
+            .collect())
     }
 
     fn tok_err(&self, e: impl std::fmt::Display) -> Error {
@@ -320,6 +336,14 @@ impl Encoder {
             .collect())
     }
 }
+
+/// Texts per tokenizer call: the tokenizer keeps offsets, token strings and overflow windows for
+/// every token of its input, so one call over a whole commit of long documents could take gigabytes.
+const TOKENIZE_CHUNK: usize = 256;
+
+/// Prefix lengths tried, in bytes per token of `max_length`: 512 tokens of prose or code fit in
+/// 4 KiB; only texts of very long tokens need the larger cut or the whole text.
+const PREFIX_WINDOWS: [usize; 2] = [8, 64];
 
 /// `text` cut before the last whitespace character at or before byte `max` (whole when shorter,
 /// or when no whitespace precedes `max`).

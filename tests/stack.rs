@@ -80,6 +80,51 @@ fn lancedb_ivf_pq_finds_each_vector_itself() {
 }
 
 #[test]
+fn split_search_returns_the_nearest_of_that_split() {
+    // Points on a line, 1.0 apart: d0..d199, every third one a test document. Near 0 the test
+    // documents are rare; from 150 on every point is a test document, so the 2k nearest of all
+    // hold fewer than k training documents and the search must filter before it.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let split = |i: u64| {
+        if i.is_multiple_of(3) || i >= 150 {
+            "test"
+        } else {
+            "train"
+        }
+    };
+    let docs: Vec<Document> = (0..200u64)
+        .map(|i| Document {
+            id: format!("d{i}"),
+            split: split(i).into(),
+            set_name: "s".into(),
+            source: "synthetic".into(),
+            line: i + 1,
+            text: String::new(),
+            embedding: vec![i as f32, 0.0, 0.0, 0.0],
+        })
+        .collect();
+    let store = rt.block_on(Store::open_or_create(dir.path(), 4)).unwrap();
+    rt.block_on(store.add(&docs)).unwrap();
+    for (q, k) in [(0.2f32, 5), (60.4, 10), (199.0, 8)] {
+        let got: Vec<String> = rt
+            .block_on(store.nearest_in(&[q, 0.0, 0.0, 0.0], k, SearchMode::Exact, Some("train")))
+            .unwrap()
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
+        let mut want: Vec<&Document> = docs.iter().filter(|d| d.split == "train").collect();
+        want.sort_by(|a, b| {
+            (a.embedding[0] - q)
+                .abs()
+                .total_cmp(&(b.embedding[0] - q).abs())
+        });
+        let want: Vec<String> = want[..k].iter().map(|d| d.id.clone()).collect();
+        assert_eq!(got, want, "query {q}");
+    }
+}
+
+#[test]
 fn duckdb_migrates_appends_and_aggregates() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.duckdb");
@@ -159,10 +204,26 @@ fn ort_encoder_matches_pytorch() {
     }))
     .unwrap();
     assert!(long.len() > 64 * g.encoder.max_length);
-    assert_eq!(
-        enc.token_ids(&long).unwrap(),
-        tok.encode(long.as_str(), true).unwrap().get_ids()
-    );
+    // Prefixes grow from 8 to 64 bytes per token, then the whole text: one text settled by each.
+    let word = "y".repeat(20 * g.encoder.max_length);
+    let late_space = format!("x {word} {long}");
+    let no_space = format!("x {word}{word}{word}{word}");
+    for text in [&long, &late_space, &no_space] {
+        assert_eq!(
+            enc.token_ids(text).unwrap(),
+            tok.encode(text.as_str(), true).unwrap().get_ids(),
+            "ids of a {}-byte text",
+            text.len()
+        );
+    }
+    // Many texts go through the tokenizer in chunks; each keeps its place.
+    let many: Vec<&str> = (0..600)
+        .map(|i| g.texts[i % g.texts.len()].as_str())
+        .collect();
+    let ids = enc.token_ids_batch(&many).unwrap();
+    for (text, got) in many.iter().zip(&ids) {
+        assert_eq!(got, &enc.token_ids(text).unwrap());
+    }
     let texts: Vec<&str> = g.texts.iter().map(|s| s.as_str()).collect();
     // Batch of 2: batches are formed by length, so this also checks the output order.
     let got = enc.embed(&texts, 2).unwrap();
