@@ -158,7 +158,7 @@ fn exact_and_ivf_pq_agree() {
     .unwrap();
     assert_eq!(
         (idx["partitions"].as_u64(), idx["sub_vectors"].as_u64()),
-        (Some(24), Some(2))
+        (Some(24), Some(4))
     );
     for id in [
         "docs.jsonl.zst:1",
@@ -178,10 +178,15 @@ fn exact_and_ivf_pq_agree() {
                 .collect()
         };
         let exact = search(&["--exact"]);
-        let ivf = search(&["--nprobes", "24", "--refine-factor", "20"]);
-        let overlap = exact.iter().filter(|i| ivf.contains(i)).count();
-        assert!(overlap >= 9, "{id}: exact {exact:?} vs IVF-PQ {ivf:?}");
-        assert_eq!(exact[0], ivf[0]);
+        // Explicit settings, and the defaults (nprobes 40, refine 5) that an indexed store gets.
+        for ivf in [
+            search(&["--nprobes", "24", "--refine-factor", "20"]),
+            search(&[]),
+        ] {
+            let overlap = exact.iter().filter(|i| ivf.contains(i)).count();
+            assert!(overlap >= 9, "{id}: exact {exact:?} vs IVF-PQ {ivf:?}");
+            assert_eq!(exact[0], ivf[0]);
+        }
     }
     // `--kind flat` drops the ANN index; search is exact again.
     let flat: serde_json::Value = serde_json::from_str(&ok(tttnn()
@@ -308,4 +313,43 @@ fn sets_filter_and_limit() {
         .unwrap()))
     .unwrap();
     assert!(hits.iter().all(|h| h["set_name"] == "Github"));
+}
+
+#[test]
+fn cuda_without_a_cuda_provider_is_a_clear_error() {
+    // CI's ONNX Runtime is the CPU-only wheel: asking for CUDA must fail loudly, not fall back to
+    // the CPU silently (onnxruntime#23372), and before anything is written.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let corpus = common::fixtures().join("corpus.jsonl");
+    let out = ingest(&store, &[&corpus], &["--device", "cuda"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--device cuda: the CUDA execution provider could not be registered")
+            && err.contains("onnxruntime-gpu"),
+        "{err}"
+    );
+    assert!(!store.exists());
+}
+
+#[test]
+fn compaction_leaves_one_version_and_no_replaced_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let corpus = common::fixtures().join("corpus.jsonl");
+    // 81 documents in commits of 10: nine small fragments, merged into one after the ingest.
+    ok(ingest(&store, &[&corpus], &["--commit-rows", "10"]));
+    let files = |sub: &str| -> Vec<String> {
+        std::fs::read_dir(store.join("documents.lance").join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".lance") || name.ends_with(".manifest"))
+            .collect()
+    };
+    let data = files("data");
+    assert_eq!(data.len(), 1, "data files after compaction: {data:?}");
+    let versions = files("_versions");
+    assert_eq!(versions.len(), 1, "versions after compaction: {versions:?}");
+    assert_eq!(ids(&store).len(), 81);
 }

@@ -225,6 +225,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
     }
     progress.finish();
     if added > 0 {
+        say("compacting the store's small files".into());
         rt.block_on(store.compact())?;
     }
     let total = rt.block_on(store.count())?;

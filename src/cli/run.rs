@@ -12,6 +12,7 @@ use crate::lm::{Device, Precision};
 use crate::records::Db;
 use crate::runner::{self, ContextOrder, EvalAt, Event, Method, RunConfig};
 use crate::select::{Selection, Sift};
+use crate::store;
 use crate::task::{Shard, Task, SEED};
 use crate::ttt::OptimizerState;
 
@@ -75,7 +76,8 @@ pub struct Args {
     /// Search the IVF-PQ index probing this many partitions.
     #[arg(long, env = "TTTNN_NPROBES")]
     pub nprobes: Option<usize>,
-    /// With --nprobes: re-rank this many times k candidates exactly.
+    /// With --nprobes: re-rank this many times k candidates by exact distance; 0: none
+    /// [default: 5].
     #[arg(long, env = "TTTNN_REFINE_FACTOR")]
     pub refine_factor: Option<u32>,
     /// At most this many documents per task, from the front of the shuffled subset.
@@ -222,11 +224,15 @@ fn resolve(a: &Args, f: FileSettings) -> Result<RunConfig> {
         optimizer_state: config::pick(a.optimizer_state, f.optimizer_state, OptimizerState::Carry),
         distance_threshold,
         nprobes,
-        refine_factor: if nprobes.is_some() {
-            a.refine_factor.or(f.refine_factor)
-        } else {
-            None
-        },
+        refine_factor: nprobes
+            .map(|_| {
+                config::pick(
+                    a.refine_factor,
+                    f.refine_factor,
+                    store::DEFAULT_REFINE_FACTOR,
+                )
+            })
+            .filter(|&r| r > 0),
         limit_docs: a.limit_docs.or(f.limit_docs),
         shard,
         device: config::pick(a.device, f.device, Device::Cpu),

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use crate::embed::{self, Encoder};
 use crate::error::{Error, Result};
-use crate::store::{Retrieval, SearchMode, Store};
+use crate::store::{self, Retrieval, SearchMode, Store};
 
 /// Search the store: neighbours nearest first, with unsquared L2 distances.
 #[derive(Debug, clap::Args)]
@@ -18,11 +18,11 @@ pub struct Args {
     #[arg(short, long, default_value_t = 50)]
     pub k: usize,
     /// IVF partitions to probe when an index exists.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = store::DEFAULT_NPROBES)]
     pub nprobes: usize,
-    /// Re-rank refine_factor·k IVF-PQ candidates with exact distances.
-    #[arg(long)]
-    pub refine_factor: Option<u32>,
+    /// Re-rank refine_factor·k IVF-PQ candidates by exact distance; 0: none (PQ distances).
+    #[arg(long, default_value_t = store::DEFAULT_REFINE_FACTOR)]
+    pub refine_factor: u32,
     /// Exact brute-force search even when an index exists (the paper's IndexFlatL2).
     #[arg(long)]
     pub exact: bool,
@@ -80,7 +80,7 @@ pub fn run(args: Args) -> Result<()> {
     let mode = if indexed {
         SearchMode::Indexed {
             nprobes: args.nprobes,
-            refine_factor: args.refine_factor,
+            refine_factor: (args.refine_factor > 0).then_some(args.refine_factor),
         }
     } else {
         SearchMode::Exact
