@@ -1,33 +1,67 @@
 //! Retrieval benchmark: exact (brute-force L2, the paper's IndexFlatL2) against IVF-PQ on one
 //! LanceDB store, side by side: latency p50/p99 for k neighbours and IVF-PQ's recall@k against exact.
-//! Synthetic clustered vectors stand in for encoder embeddings at scale.
 //!
-//!     cargo run --example bench_retrieval -- [--rows 100000] [--dim 1024] [--queries 100] [--k 50] [--dir DIR]
+//! Vectors are synthetic clustered ones at scale (the default: `--rows 100000 --dim 1024`), or a
+//! real store made by `tttnn ingest` (`--store DIR`), whose `--query-split` documents are the
+//! queries, searched among `--search-split` documents with the query document left out, as
+//! `tttnn run` retrieves. Commands and figures: docs/benchmarks.md.
+//!
+//!     cargo run --example bench_retrieval -- [--rows 100000] [--dim 1024] [--queries 100] [--k 50]
+//!     cargo run --example bench_retrieval -- --store runs/demo/store --queries 100
+use std::path::PathBuf;
 use std::time::Instant;
 
-use tttnn::store::{Document, IvfPqParams, SearchMode, Store};
+use tttnn::store::{Document, IvfPqParams, Retrieval, SearchMode, Store};
 
-/// Exact against IVF-PQ search on synthetic clustered vectors.
+/// Exact against IVF-PQ search, on synthetic clustered vectors or a real store.
 #[derive(clap::Parser)]
 struct Args {
-    /// Vectors in the store.
+    /// Synthetic vectors in the store.
     #[arg(long, default_value_t = 100_000)]
     rows: usize,
-    /// Dimension.
+    /// Synthetic dimension.
     #[arg(long, default_value_t = 1024)]
     dim: usize,
+    /// Synthetic Gaussian clusters (default rows/100).
+    #[arg(long)]
+    clusters: Option<usize>,
+    /// Synthetic store directory (reused when it holds the same rows).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Synthetic: search with the runner's `split = 'train'` filter (every synthetic row is train),
+    /// to measure what the filter costs.
+    #[arg(long)]
+    filter_split: bool,
+    /// A real store (`tttnn ingest`) instead of synthetic vectors.
+    #[arg(long, conflicts_with_all = ["rows", "dim", "clusters", "dir", "filter_split"])]
+    store: Option<PathBuf>,
+    /// Real store: the split whose documents are the queries.
+    #[arg(long, default_value = "test")]
+    query_split: String,
+    /// Real store: the split searched (the original indexes training documents only).
+    #[arg(long, default_value = "train")]
+    search_split: String,
     /// Queries per setting.
     #[arg(long, default_value_t = 100)]
     queries: usize,
     /// Neighbours per query.
     #[arg(long, default_value_t = 50)]
     k: usize,
-    /// Gaussian clusters (default rows/100).
+    /// IVF partitions probed, one setting each.
+    #[arg(long, value_delimiter = ',', default_value = "10,20,40")]
+    nprobes: Vec<usize>,
+    /// Refine factors (0: none), one setting each with every nprobes.
+    #[arg(long, value_delimiter = ',', default_value = "0,2,5,10")]
+    refine: Vec<u32>,
+    /// IVF partitions when the index is built (default: tttnn index's rule, √rows).
     #[arg(long)]
-    clusters: Option<usize>,
-    /// Store directory (reused when it holds the same rows).
+    partitions: Option<u32>,
+    /// PQ sub-vectors when the index is built (default: tttnn index's rule, dim/8).
     #[arg(long)]
-    dir: Option<std::path::PathBuf>,
+    sub_vectors: Option<u32>,
+    /// Rebuild the IVF-PQ index even when the store has one.
+    #[arg(long)]
+    rebuild_index: bool,
 }
 
 /// xorshift64* with Box-Muller: deterministic normals without a dependency.
@@ -50,18 +84,22 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let Args {
-        rows,
-        dim,
-        queries,
-        k,
-        clusters,
-        dir,
-    } = clap::Parser::parse();
-    let clusters = clusters.unwrap_or((rows / 100).max(1));
-    let dir = dir.unwrap_or_else(|| format!("/tmp/tttnn-bench-retrieval-{rows}x{dim}").into());
+/// One query: its vector, the id to leave out and the split to search.
+struct Query {
+    vector: Vec<f32>,
+    exclude_id: Option<String>,
+    split: Option<String>,
+}
+
+/// Writes `rows` clustered vectors into a fresh store at `dir` (or reuses it) and returns the
+/// store with `queries` fresh points of the same clusters.
+async fn synthetic(args: &Args) -> anyhow::Result<(Store, Vec<Query>, String)> {
+    let (rows, dim) = (args.rows, args.dim);
+    let clusters = args.clusters.unwrap_or((rows / 100).max(1));
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| format!("/tmp/tttnn-bench-retrieval-{rows}x{dim}").into());
     let mut rng = Rng(0x9E3779B97F4A7C15);
     let centers: Vec<Vec<f32>> = (0..clusters)
         .map(|_| (0..dim).map(|_| rng.normal()).collect())
@@ -69,7 +107,6 @@ async fn main() -> anyhow::Result<()> {
     let point = |rng: &mut Rng, c: usize| -> Vec<f32> {
         centers[c].iter().map(|x| x + 0.5 * rng.normal()).collect()
     };
-
     let fresh = !dir.join("documents.lance").exists();
     let store = Store::open_or_create(&dir, dim).await?;
     if fresh || store.count().await? != rows {
@@ -98,61 +135,141 @@ async fn main() -> anyhow::Result<()> {
             "wrote {rows} x {dim} vectors in {:.1}s",
             t.elapsed().as_secs_f64()
         );
-        let p = IvfPqParams::sized_for(rows, dim).map_err(anyhow::Error::msg)?;
+    } else {
+        // Advance the generator past the stored points so the queries are the same either way.
+        for i in 0..rows {
+            point(&mut rng, i % clusters);
+        }
+    }
+    let queries = (0..args.queries)
+        .map(|i| Query {
+            vector: point(&mut rng, (i * 7919) % clusters),
+            exclude_id: None,
+            split: args.filter_split.then(|| "train".to_string()),
+        })
+        .collect();
+    let mut what = format!("synthetic: {clusters} Gaussian clusters, σ 0.5");
+    if args.filter_split {
+        what += ", filtered on split = 'train'";
+    }
+    Ok((store, queries, what))
+}
+
+/// A real store: the stored embeddings of `queries` documents of the query split, spread evenly
+/// over its documents in file order.
+async fn real(args: &Args, path: &std::path::Path) -> anyhow::Result<(Store, Vec<Query>, String)> {
+    let store = Store::open(path).await?;
+    let docs = store.documents_of(&args.query_split, None).await?;
+    anyhow::ensure!(
+        !docs.is_empty(),
+        "{}: no `{}` documents to query with (--query-split)",
+        path.display(),
+        args.query_split
+    );
+    let n = args.queries.min(docs.len());
+    let mut queries = Vec::with_capacity(n);
+    for i in 0..n {
+        let d = &docs[i * docs.len() / n];
+        let (vector, _) = store
+            .document(&d.id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("document {} vanished", d.id))?;
+        queries.push(Query {
+            vector,
+            exclude_id: Some(d.id.clone()),
+            split: Some(args.search_split.clone()),
+        });
+    }
+    let what = format!(
+        "{}: {} queries from `{}`, searching `{}`",
+        path.display(),
+        n,
+        args.query_split,
+        args.search_split
+    );
+    Ok((store, queries, what))
+}
+
+/// Latencies (ms) and result ids of every query under `mode`.
+async fn run(
+    store: &Store,
+    queries: &[Query],
+    k: usize,
+    mode: SearchMode,
+) -> anyhow::Result<(Vec<f64>, Vec<Vec<String>>)> {
+    let mut ms = Vec::with_capacity(queries.len());
+    let mut ids = Vec::with_capacity(queries.len());
+    for q in queries {
+        let r = Retrieval {
+            k,
+            mode,
+            max_distance: None,
+            exclude_id: q.exclude_id.clone(),
+            split: q.split.clone(),
+        };
+        let t = Instant::now();
+        let found = store.retrieve(&q.vector, &r).await?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        ids.push(found.into_iter().map(|n| n.id).collect());
+    }
+    Ok((ms, ids))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Args = clap::Parser::parse();
+    let (store, queries, what) = match &args.store {
+        Some(path) => real(&args, path).await?,
+        None => synthetic(&args).await?,
+    };
+    let (rows, dim, k) = (store.count().await?, store.dim(), args.k);
+    if args.rebuild_index || store.vector_indexes().await?.is_empty() {
+        let mut p = IvfPqParams::sized_for(rows, dim).map_err(anyhow::Error::msg)?;
+        p.partitions = args.partitions.unwrap_or(p.partitions);
+        p.sub_vectors = args.sub_vectors.unwrap_or(p.sub_vectors);
         let t = Instant::now();
         store.create_ivf_pq(p).await?;
-        eprintln!("IVF-PQ {p:?} built in {:.1}s", t.elapsed().as_secs_f64());
+        println!(
+            "IVF-PQ index: {} partitions, {} sub-vectors, {} bits, built in {:.1} s",
+            p.partitions,
+            p.sub_vectors,
+            p.bits,
+            t.elapsed().as_secs_f64()
+        );
     }
-    let qs: Vec<Vec<f32>> = (0..queries)
-        .map(|i| point(&mut rng, (i * 7919) % clusters))
-        .collect();
-    let mut exact_ms = Vec::new();
-    let mut truth = Vec::new();
-    for q in &qs {
-        let t = Instant::now();
-        let r = store.nearest(q, k, SearchMode::Exact).await?;
-        exact_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        truth.push(r.into_iter().map(|n| n.id).collect::<Vec<_>>());
-    }
-    let (p50, p99) = (
-        percentile(&mut exact_ms.clone(), 0.5),
-        percentile(&mut exact_ms, 0.99),
-    );
+    println!("{rows} rows x {dim} dims; {what}; k = {k}\n");
+    let (mut exact_ms, truth) = run(&store, &queries, k, SearchMode::Exact).await?;
+    let p50 = percentile(&mut exact_ms, 0.5);
+    let p99 = percentile(&mut exact_ms, 0.99);
     println!("| rows | dim | search | nprobes | refine | p50 ms | p99 ms | recall@{k} | speed-up vs exact (p50) |");
     println!("|---|---|---|---|---|---|---|---|---|");
     println!("| {rows} | {dim} | exact | - | - | {p50:.2} | {p99:.2} | 1.000 | 1.0x |");
-    for (nprobes, refine) in [
-        (10, None),
-        (20, None),
-        (20, Some(5)),
-        (40, Some(5)),
-        (40, Some(10)),
-        (80, Some(10)),
-    ] {
-        let mut ms = Vec::new();
-        let mut hits = 0;
-        for (q, t_ids) in qs.iter().zip(&truth) {
-            let t = Instant::now();
-            let r = store
-                .nearest(
-                    q,
-                    k,
-                    SearchMode::Indexed {
-                        nprobes,
-                        refine_factor: refine,
-                    },
+    for &nprobes in &args.nprobes {
+        for &refine in &args.refine {
+            let mode = SearchMode::Indexed {
+                nprobes,
+                refine_factor: (refine > 0).then_some(refine),
+            };
+            let (mut ms, found) = run(&store, &queries, k, mode).await?;
+            let (hits, wanted) = found.iter().zip(&truth).fold((0, 0), |(h, w), (f, t)| {
+                (
+                    h + f.iter().filter(|id| t.contains(id)).count(),
+                    w + t.len(),
                 )
-                .await?;
-            ms.push(t.elapsed().as_secs_f64() * 1e3);
-            hits += r.iter().filter(|n| t_ids.contains(&n.id)).count();
+            });
+            let recall = hits as f64 / wanted.max(1) as f64;
+            let a = percentile(&mut ms, 0.5);
+            let b = percentile(&mut ms, 0.99);
+            let refine = if refine > 0 {
+                refine.to_string()
+            } else {
+                "-".into()
+            };
+            println!(
+                "| {rows} | {dim} | IVF-PQ | {nprobes} | {refine} | {a:.2} | {b:.2} | {recall:.3} | {:.1}x |",
+                p50 / a
+            );
         }
-        let recall = hits as f64 / (k * qs.len()) as f64;
-        let (a, b) = (percentile(&mut ms.clone(), 0.5), percentile(&mut ms, 0.99));
-        println!(
-            "| {rows} | {dim} | IVF-PQ | {nprobes} | {} | {a:.2} | {b:.2} | {recall:.3} | {:.1}x |",
-            refine.map(|r| r.to_string()).unwrap_or("-".into()),
-            p50 / a
-        );
     }
     Ok(())
 }

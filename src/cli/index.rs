@@ -14,8 +14,8 @@ pub enum Kind {
     Flat,
 }
 
-/// Build the store's vector index. Defaults: √rows partitions, dim/16 sub-vectors (dim/8 when 16
-/// does not divide dim), 8 bits; IVF-PQ needs at least 256 rows.
+/// Build the store's vector index. Defaults: √rows partitions, dim/8 sub-vectors (8 dimensions
+/// each), 8 bits; IVF-PQ needs at least 256 rows.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The LanceDB store directory.
@@ -27,7 +27,7 @@ pub struct Args {
     /// IVF partitions (default √rows).
     #[arg(long)]
     pub partitions: Option<u32>,
-    /// PQ sub-vectors; must divide the dimension (default dim/16).
+    /// PQ sub-vectors; must divide the dimension (default dim/8).
     #[arg(long)]
     pub sub_vectors: Option<u32>,
     /// Bits per PQ code.
