@@ -2,12 +2,15 @@
 //! batches, the original's pooling) on the texts of a JSONL file; `scripts/bench-embed` runs it
 //! beside the Python reference (scripts/bench_embed_reference.py) on the same texts.
 //!
+//! `scripts/device-check` runs it on the GPU machine (docs/gpu.md).
+//!
 //!     cargo run --example bench_embed -- ENCODER_DIR FILE.jsonl [--batch-size 32] [--docs 2000]
+//!         [--device cpu|cuda] [--precision fp32|tf32|fp16] [--save EMBEDDINGS.json]
 use std::path::PathBuf;
 use std::time::Instant;
 
 use tttnn::corpus::Reader;
-use tttnn::embed::{Device, Encoder};
+use tttnn::embed::{Device, Encoder, Precision};
 
 /// Embedding throughput on the texts of a JSONL file.
 #[derive(clap::Parser)]
@@ -22,6 +25,15 @@ struct Args {
     /// At most this many documents.
     #[arg(long, default_value_t = 2000)]
     docs: usize,
+    /// Where the encoder runs.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// Encoder precision (tf32 and fp16 on CUDA only).
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    precision: Precision,
+    /// Write the embeddings here as a JSON array of arrays (compares devices and precisions).
+    #[arg(long)]
+    save: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,22 +42,28 @@ fn main() -> anyhow::Result<()> {
         file,
         batch_size: batch,
         docs,
+        device,
+        precision,
+        save,
     } = clap::Parser::parse();
     let texts: Vec<String> = Reader::open(&file)?
         .take(docs)
         .map(|r| r.map(|r| r.text))
         .collect::<Result<_, _>>()?;
-    let mut enc = Encoder::load(&dir, Device::Cpu)?;
+    let mut enc = Encoder::load_with(&dir, device, precision)?;
     let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
     enc.embed(&refs[..batch.min(refs.len())], batch)?;
     let t = Instant::now();
     let out = enc.embed(&refs, batch)?;
     let s = t.elapsed().as_secs_f64();
+    if let Some(path) = &save {
+        std::fs::write(path, serde_json::to_vec(&out)?)?;
+    }
     let bytes: usize = texts.iter().map(|t| t.len()).sum();
     println!(
         "{}",
         serde_json::json!({"impl": "tttnn", "encoder": dir.display().to_string(), "docs": out.len(), "batch_size": batch,
-            "max_length": enc.max_length(), "seconds": s, "docs_per_s": out.len() as f64 / s, "mb_per_s": bytes as f64 / 1e6 / s})
+            "max_length": enc.max_length(), "provider": enc.provider(), "precision": precision.name(), "seconds": s, "docs_per_s": out.len() as f64 / s, "mb_per_s": bytes as f64 / 1e6 / s})
     );
     Ok(())
 }

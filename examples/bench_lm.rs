@@ -2,7 +2,10 @@
 //! AdamW) and per evaluated document (lm-eval rolling windows), on one HF model directory.
 //! `scripts/bench-lm` runs it beside the Python reference (scripts/bench_lm_reference.py) in one go.
 //!
+//! `scripts/device-check` runs it on the GPU machine (docs/gpu.md).
+//!
 //!     cargo run --release --example bench_lm -- MODEL_DIR [--steps 5] [--max-length 1024] [--device cpu]
+//!         [--precision fp32|tf32|bf16] [--save-trained WEIGHTS.safetensors]
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -24,9 +27,12 @@ struct Args {
     /// Where the LM runs.
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
-    /// bf16 weights and activations.
+    /// fp32 (the original), tf32 (CUDA) or bf16 (mixed precision: fp32 masters and AdamW state).
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    precision: Precision,
+    /// Write the fp32 weights after the training steps here (safetensors, HF names): compares devices.
     #[arg(long)]
-    bf16: bool,
+    save_trained: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,25 +41,23 @@ fn main() -> anyhow::Result<()> {
         steps,
         max_length,
         device,
-        bf16,
+        precision,
+        save_trained,
     } = clap::Parser::parse();
-    let precision = if bf16 {
-        Precision::Bf16
-    } else {
-        Precision::Fp32
-    };
-    let mut lm = LanguageModel::load(&dir, device)?;
-    lm.set_precision(precision);
+    let lm = LanguageModel::load(&dir, device)?;
     let n_params = lm.num_parameters();
-    // Deterministic token stream: ids cycle through the vocabulary's low range.
+    // Deterministic token stream: ids cycle through the vocabulary's low range (up to 5,000 ids,
+    // fewer for the tiny fixture vocabularies).
+    let span = 5000.min(lm.vocab_size - 10);
     let tokens: Vec<i64> = (0..(max_length * (steps + 1)) as i64)
-        .map(|i| (i * 7919) % 5000 + 10)
+        .map(|i| (i * 7919) % span + 10)
         .collect();
     let mut trainer = Trainer::new(
         &lm,
         TrainConfig {
             lr: 2e-5,
             max_length,
+            precision,
             ..Default::default()
         },
     )?;
@@ -68,6 +72,9 @@ fn main() -> anyhow::Result<()> {
         step_times.push(t.elapsed().as_secs_f64());
     }
     let step_s = median(&mut step_times);
+    if let Some(path) = &save_trained {
+        trainer.save_weights(path)?;
+    }
     let text = lm.decode(&tokens[..max_length])?;
     eval::loglikelihood(&lm, &text)?;
     let mut eval_times = Vec::new();

@@ -24,6 +24,33 @@ pub enum Device {
     Cuda,
 }
 
+/// Numeric precision of the encoder.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// fp32 as the original; on CUDA with TF32 matmuls off (ONNX Runtime's CUDA provider turns
+    /// them on by default).
+    #[default]
+    Fp32,
+    /// fp32 with TF32 matmuls on CUDA: a departure (10-bit mantissa products).
+    Tf32,
+    /// `model.fp16.onnx` (scripts/export_encoder.py --fp16), CUDA only: a departure.
+    Fp16,
+}
+
+impl Precision {
+    /// The name recorded with a store's embeddings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "fp32+tf32",
+            Precision::Fp16 => "fp16",
+        }
+    }
+}
+
 /// The fields of an HF `config.json` the encoder needs.
 #[derive(Debug, Clone, Deserialize)]
 pub struct EncoderConfig {
@@ -103,6 +130,39 @@ pub fn init_ort() -> Result<&'static (PathBuf, ort::environment::Environment)> {
         })
 }
 
+/// The loaded ONNX Runtime's version (from its build string, `git-branch=rel-1.31.1`).
+pub fn ort_version() -> String {
+    let info = ort::info();
+    info.split(|c: char| c == ',' || c.is_whitespace())
+        .find_map(|part| part.strip_prefix("git-branch=rel-"))
+        .map(str::to_string)
+        .unwrap_or_else(|| info.to_string())
+}
+
+/// Whether ONNX Runtime's CUDA execution provider loads: registers it on a throw-away session
+/// builder, which loads `libonnxruntime_providers_cuda.so` and the CUDA libraries it needs.
+pub fn cuda_provider_check() -> Result<()> {
+    let (_, env) = init_ort()?;
+    let cuda = ort::ep::CUDA::default().build().error_on_failure();
+    Session::builder(env)
+        .map_err(|e| Error::onnx("session builder", e))?
+        .with_execution_providers([cuda])
+        .map(|_| ())
+        .map_err(|e| Error::Library {
+            library: "ONNX Runtime CUDA",
+            message: format!(
+                "{e} (the CPU-only `onnxruntime` wheel has no CUDA provider; `scripts/setup --cuda` \
+                 installs `onnxruntime-gpu`, whose CUDA libraries must be on LD_LIBRARY_PATH: docs/gpu.md)"
+            ),
+        })
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// A sentence encoder: tokenizer + ONNX graph + the original's pooling.
 pub struct Encoder {
     session: Session,
@@ -110,13 +170,21 @@ pub struct Encoder {
     config: EncoderConfig,
     pad_id: u32,
     needs_token_type_ids: bool,
+    /// The graph pools itself (`scripts/export_encoder.py --pool`): its output is `[batch, dim]`.
+    pooled_in_graph: bool,
     provider: &'static str,
+    precision: Precision,
     dir: PathBuf,
 }
 
 impl Encoder {
-    /// Loads `model.onnx`, `tokenizer.json` and `config.json` from an encoder directory.
+    /// Loads `model.onnx`, `tokenizer.json` and `config.json` from an encoder directory, in fp32.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        Self::load_with(dir, device, Precision::Fp32)
+    }
+
+    /// Loads an encoder directory in `precision` (fp16 reads `model.fp16.onnx`).
+    pub fn load_with(dir: &Path, device: Device, precision: Precision) -> Result<Self> {
         let (_, env) = init_ort()?;
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
@@ -140,11 +208,27 @@ impl Encoder {
         // No padding in the tokenizer: batches are padded after sorting by length (embed_ids).
         tokenizer.with_padding(None);
 
-        let model_path = dir.join("model.onnx");
+        if device == Device::Cpu && precision != Precision::Fp32 {
+            return Err(Error::BadSetting {
+                field: "precision".into(),
+                message: format!(
+                    "encoder precision {} runs on CUDA only (--device cuda)",
+                    precision.name()
+                ),
+            });
+        }
+        let model_path = dir.join(match precision {
+            Precision::Fp16 => "model.fp16.onnx",
+            _ => "model.onnx",
+        });
         if !model_path.is_file() {
+            let how = match precision {
+                Precision::Fp16 => " (make it with scripts/export_encoder.py --fp16)",
+                _ => "",
+            };
             return Err(Error::bad_file(
                 &model_path,
-                "encoder directory has no model.onnx",
+                format!("encoder directory has no {}{how}", file_name(&model_path)),
             ));
         }
         let threads = std::thread::available_parallelism()
@@ -161,14 +245,19 @@ impl Encoder {
             Device::Cpu => "CPUExecutionProvider",
             Device::Cuda => {
                 // ort falls back to CPU silently unless told otherwise (onnxruntime#23372).
-                let cuda = ort::ep::CUDA::default().build().error_on_failure();
+                // TF32 is on by default in ONNX Runtime's CUDA provider (use_tf32): fp32 must mean fp32.
+                let cuda = ort::ep::CUDA::default()
+                    .with_tf32(precision == Precision::Tf32)
+                    .build()
+                    .error_on_failure();
                 builder = builder
                     .with_execution_providers([cuda])
                     .map_err(|e| Error::Library {
                         library: "ONNX Runtime",
                         message: format!(
                         "--device cuda: the CUDA execution provider could not be registered ({e}); \
-                         the CPU-only `onnxruntime` wheel lacks it, `onnxruntime-gpu` has it"
+                         the CPU-only `onnxruntime` wheel lacks it: `scripts/setup --cuda` installs \
+                         `onnxruntime-gpu` (docs/gpu.md)"
                     ),
                     })?;
                 "CUDAExecutionProvider"
@@ -181,15 +270,28 @@ impl Encoder {
             .inputs()
             .iter()
             .any(|i| i.name() == "token_type_ids");
+        let pooled_in_graph = session.outputs().iter().any(|o| o.name() == POOLED_OUTPUT);
         Ok(Self {
             session,
             tokenizer,
             config,
             pad_id,
             needs_token_type_ids,
+            pooled_in_graph,
             provider,
+            precision,
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// What computes this encoder's embeddings, as a store records it.
+    pub fn record(&self) -> crate::store::EncoderRecord {
+        crate::store::EncoderRecord {
+            dir: self.dir.display().to_string(),
+            provider: self.provider.to_string(),
+            precision: self.precision.name().to_string(),
+            ort_version: ort_version(),
+        }
     }
 
     /// Embedding dimension.
@@ -315,15 +417,31 @@ impl Encoder {
             self.session.run(ort::inputs!["input_ids" => ids_t, "attention_mask" => mask_t])
         }
         .map_err(|e| Error::onnx("encoder forward", e))?;
-        let (out_shape, hidden) = outputs[0]
+        let output = if self.pooled_in_graph {
+            POOLED_OUTPUT
+        } else {
+            "last_hidden_state"
+        };
+        let (out_shape, hidden) = outputs[output]
             .try_extract_tensor::<f32>()
-            .map_err(|e| Error::onnx("last_hidden_state", e))?;
+            .map_err(|e| Error::onnx(output, e))?;
         let dim = *out_shape.last().unwrap_or(&0) as usize;
         if dim != self.config.hidden_size {
             return Err(Error::Internal(format!(
                 "encoder output has dimension {dim}, config.json says hidden_size {}",
                 self.config.hidden_size
             )));
+        }
+        if self.pooled_in_graph {
+            // The masked mean came out of the graph; NaN → 0 as in masked_mean.
+            return Ok(hidden
+                .chunks(dim)
+                .map(|v| {
+                    v.iter()
+                        .map(|&x| if x.is_nan() { 0.0 } else { x })
+                        .collect()
+                })
+                .collect());
         }
         Ok((0..rows)
             .map(|r| {
@@ -336,6 +454,10 @@ impl Encoder {
             .collect())
     }
 }
+
+/// Output of a graph that pools inside (the masked mean, `[batch, dim]`): on a GPU this saves
+/// copying `[batch, seq, dim]` hidden states to the host and pooling them there.
+const POOLED_OUTPUT: &str = "embedding";
 
 /// Texts per tokenizer call: the tokenizer keeps offsets, token strings and overflow windows for
 /// every token of its input, so one call over a whole commit of long documents could take gigabytes.

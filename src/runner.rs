@@ -433,13 +433,14 @@ pub fn run(
     let plan = rt.block_on(plan(&store, cfg))?;
     let model_hash = model_hash(&cfg.model)?;
 
-    let mut lm = LanguageModel::load(&cfg.model, cfg.device)?;
-    lm.set_precision(cfg.precision);
+    let lm = LanguageModel::load(&cfg.model, cfg.device)?;
+    // The trainer moves the fp32 weights into flat buffers; bf16 is mixed precision (ttt::adamw).
     let mut trainer = Trainer::new(
         &lm,
         TrainConfig {
             lr: cfg.lr,
             max_length: cfg.max_length.unwrap_or(lm.n_ctx),
+            precision: cfg.precision,
             ..Default::default()
         },
     )?;
@@ -502,7 +503,7 @@ pub fn run(
                 // documents recorded after the last saved state are redone.
                 let path = optimizer_path(db.path(), id);
                 keep_below = if path.is_file() {
-                    trainer.optimizer().load(&path)? + 1
+                    trainer.load_optimizer(&path)? + 1
                 } else {
                     0
                 };
@@ -747,7 +748,7 @@ fn run_documents(
         // a task; at resume the loaded state is kept unless this document starts a task.
         let starts_task = i == 0 || plan[i - 1].task_index != doc.task_index;
         if starts_task && trains {
-            trainer.reset_optimizer(lm)?;
+            trainer.reset_optimizer();
         }
         // Dropout masks depend only on the document, not on what ran before in this process, so
         // a resumed or sharded run draws the same ones.
@@ -790,7 +791,7 @@ fn run_documents(
             outcome.complete = !neighbors.is_empty();
         }
         if trains {
-            trainer.finish_document(lm, cfg.optimizer_state)?;
+            trainer.finish_document(cfg.optimizer_state);
         }
 
         let record = DocRecord {
@@ -819,7 +820,7 @@ fn run_documents(
             if let Some(dir) = state_path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             }
-            trainer.optimizer().save(&state_path, doc.seq as i64)?;
+            trainer.save_optimizer(&state_path, doc.seq as i64)?;
         }
         done.insert(doc.seq);
         let before = outcome.curve[0].1;

@@ -136,6 +136,52 @@ pub struct IvfPqParams {
     pub bits: u32,
 }
 
+/// How a store's embeddings were computed, kept in the Lance table's config (`tttnn.encoder.*`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EncoderRecord {
+    /// Encoder directory.
+    pub dir: String,
+    /// ONNX Runtime execution provider that ran, e.g. `CUDAExecutionProvider`.
+    pub provider: String,
+    /// `fp32`, `fp32+tf32` or `fp16`.
+    pub precision: String,
+    /// ONNX Runtime library version.
+    pub ort_version: String,
+}
+
+impl EncoderRecord {
+    const KEYS: [&'static str; 4] = [
+        "tttnn.encoder.dir",
+        "tttnn.encoder.provider",
+        "tttnn.encoder.precision",
+        "tttnn.encoder.ort_version",
+    ];
+
+    fn entries(&self) -> Vec<(String, String)> {
+        let values = [
+            &self.dir,
+            &self.provider,
+            &self.precision,
+            &self.ort_version,
+        ];
+        Self::KEYS
+            .iter()
+            .zip(values)
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    fn from_config(config: &std::collections::HashMap<String, String>) -> Option<Self> {
+        let get = |i: usize| config.get(Self::KEYS[i]).cloned();
+        Some(Self {
+            dir: get(0)?,
+            provider: get(1)?,
+            precision: get(2)?,
+            ort_version: get(3)?,
+        })
+    }
+}
+
 /// The LanceDB corpus store.
 pub struct Store {
     path: PathBuf,
@@ -245,6 +291,33 @@ impl Store {
                 "documents table has no FixedSizeList `embedding` column",
             )),
         }
+    }
+
+    /// Records which encoder build made the embeddings ingested last (provider, precision, ONNX
+    /// Runtime version) in the table's config, so a store says how its vectors were computed.
+    pub async fn record_encoder(&self, encoder: &EncoderRecord) -> Result<()> {
+        let native = self.table.as_native().ok_or_else(|| {
+            Error::Internal(format!(
+                "{} is not a local Lance table",
+                self.path.display()
+            ))
+        })?;
+        native
+            .update_config(encoder.entries())
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    /// The encoder record of the last ingest, if one was written.
+    pub async fn encoder_record(&self) -> Result<Option<EncoderRecord>> {
+        let native = self.table.as_native().ok_or_else(|| {
+            Error::Internal(format!(
+                "{} is not a local Lance table",
+                self.path.display()
+            ))
+        })?;
+        let manifest = native.manifest().await.map_err(|e| self.err(e))?;
+        Ok(EncoderRecord::from_config(&manifest.config))
     }
 
     /// Embedding dimension.

@@ -54,6 +54,39 @@ fn doctor_reports_a_working_stack() {
 }
 
 #[test]
+fn doctor_cuda_names_what_this_machine_lacks() {
+    // CI has no GPU and the CPU-only ONNX Runtime: `doctor --cuda` must say so line by line and
+    // exit non-zero, without crashing (a signal would leave no exit code).
+    let out = tttnn()
+        .args(["doctor", "--cuda", "--json"])
+        .output()
+        .unwrap();
+    let code = out.status.code();
+    assert!(matches!(code, Some(1) | Some(2)), "exit {code:?}");
+    let checks: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("a JSON report even when checks fail");
+    for c in ["GPU", "libtorch CUDA", "ORT CUDA"] {
+        let check = checks
+            .iter()
+            .find(|x| x["component"] == c)
+            .unwrap_or_else(|| panic!("no `{c}` line in {checks:?}"));
+        assert_eq!(check["ok"], false, "{check}");
+        assert!(!check["detail"].as_str().unwrap().is_empty(), "{check}");
+    }
+    let ort = checks
+        .iter()
+        .find(|x| x["component"] == "ORT CUDA")
+        .unwrap();
+    assert!(
+        ort["detail"]
+            .as_str()
+            .unwrap()
+            .contains("scripts/setup --cuda"),
+        "{ort}"
+    );
+}
+
+#[test]
 fn missing_onnx_runtime_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = tttnn()

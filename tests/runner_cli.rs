@@ -161,7 +161,7 @@ fn run_records_what_the_engine_computes_and_sql_and_report_read_it() {
     let mut last_set = String::new();
     for (doc_id, set, _, _, _) in &docs {
         if *set != last_set {
-            trainer.reset_optimizer(&lm).unwrap();
+            trainer.reset_optimizer();
             last_set = set.clone();
         }
         let (_, text) = rt.block_on(s.document(doc_id)).unwrap().unwrap();

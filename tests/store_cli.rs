@@ -67,6 +67,22 @@ fn ingest_then_search_finds_each_document_itself() {
     let out: serde_json::Value =
         serde_json::from_str(&ok(ingest(&store, &[&corpus], &[]))).unwrap();
     assert_eq!(out["added"], 81);
+    // The store records what computed its embeddings; so does ingest's output.
+    let want = serde_json::json!({
+        "dir": encoder().display().to_string(),
+        "provider": "CPUExecutionProvider",
+        "precision": "fp32",
+        "ort_version": "1.31.1",
+    });
+    assert_eq!(out["encoder"], want);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let recorded = rt
+        .block_on(async {
+            let s = tttnn::store::Store::open(&store).await.unwrap();
+            s.encoder_record().await.unwrap()
+        })
+        .expect("an encoder record in the store");
+    assert_eq!(serde_json::to_value(&recorded).unwrap(), want);
     // Re-running adds nothing: ingest is idempotent.
     let again: serde_json::Value =
         serde_json::from_str(&ok(ingest(&store, &[&corpus], &[]))).unwrap();
@@ -330,6 +346,25 @@ fn cuda_without_a_cuda_provider_is_a_clear_error() {
             && err.contains("onnxruntime-gpu"),
         "{err}"
     );
+    assert!(!store.exists());
+}
+
+#[test]
+fn encoder_departures_need_cuda() {
+    // tf32 and fp16 exist only on ONNX Runtime's CUDA provider: on the CPU they are a usage error
+    // (exit 1) that names the setting, before anything is written.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let corpus = common::fixtures().join("corpus.jsonl");
+    for precision in ["fp16", "tf32"] {
+        let out = ingest(&store, &[&corpus], &["--precision", precision]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("`precision`") && err.contains("runs on CUDA only"),
+            "{err}"
+        );
+    }
     assert!(!store.exists());
 }
 

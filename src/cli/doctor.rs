@@ -9,7 +9,7 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Also try to load libtorch's CUDA backend.
+    /// Also check the GPU (driver, name, memory), libtorch's CUDA backend and ONNX Runtime's CUDA provider.
     #[arg(long)]
     pub cuda: bool,
 }
@@ -41,12 +41,48 @@ pub fn checks(cuda: bool) -> Vec<Check> {
         ),
     });
     if cuda {
+        out.push(match crate::lm::device::gpus() {
+            Ok(g) if !g.is_empty() => Check {
+                component: "GPU",
+                ok: true,
+                detail: g
+                    .iter()
+                    .map(|g| {
+                        format!(
+                            "{}: {} ({:.1} GiB)",
+                            g.index,
+                            g.name,
+                            g.memory_bytes as f64 / (1u64 << 30) as f64
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            },
+            Ok(_) => Check {
+                component: "GPU",
+                ok: false,
+                detail: "the CUDA driver sees no device".into(),
+            },
+            Err(e) => Check {
+                component: "GPU",
+                ok: false,
+                detail: e.to_string(),
+            },
+        });
         let r = crate::lm::Device::Cuda.resolve();
         out.push(Check {
             component: "libtorch CUDA",
             ok: r.is_ok(),
             detail: match r {
-                Ok(_) => format!("{} device(s)", tch::Cuda::device_count()),
+                Ok(_) => format!(
+                    "{} device(s), cuDNN {}",
+                    tch::Cuda::device_count(),
+                    if tch::Cuda::cudnn_is_available() {
+                        "available"
+                    } else {
+                        "missing"
+                    }
+                ),
                 Err(e) => e.to_string(),
             },
         });
@@ -63,6 +99,23 @@ pub fn checks(cuda: bool) -> Vec<Check> {
             detail: e.to_string(),
         },
     });
+    if cuda {
+        out.push(match crate::embed::cuda_provider_check() {
+            Ok(()) => Check {
+                component: "ORT CUDA",
+                ok: true,
+                detail: format!(
+                    "CUDAExecutionProvider loads (ONNX Runtime {})",
+                    crate::embed::ort_version()
+                ),
+            },
+            Err(e) => Check {
+                component: "ORT CUDA",
+                ok: false,
+                detail: e.to_string(),
+            },
+        });
+    }
     let duck = duckdb::Connection::open_in_memory()
         .and_then(|c| c.query_row("SELECT version()", [], |r| r.get::<_, String>(0)));
     out.push(match duck {

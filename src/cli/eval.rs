@@ -84,7 +84,7 @@ fn documents(path: &Path) -> Result<Box<dyn Iterator<Item = Result<String>>>> {
 /// Evaluates every file and prints per-file rows and the total.
 pub fn run(args: Args, quiet: bool) -> Result<()> {
     let mut lm = LanguageModel::load(&args.model, args.device)?;
-    lm.set_precision(args.precision);
+    lm.set_precision(args.precision)?;
     let mut rows = Vec::new();
     let (mut total, mut total_tokens) = (Aggregate::default(), 0);
     for path in &args.files {

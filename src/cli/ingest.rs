@@ -45,6 +45,9 @@ pub struct Args {
     /// Where the encoder runs.
     #[arg(long, value_enum, default_value_t = embed::Device::Cpu, env = "TTTNN_ENCODER_DEVICE")]
     pub device: embed::Device,
+    /// Encoder precision: fp32 (the original's), or the departures tf32 and fp16 (CUDA only).
+    #[arg(long, value_enum, default_value_t = embed::Precision::Fp32, env = "TTTNN_ENCODER_PRECISION")]
+    pub precision: embed::Precision,
     /// Skip malformed lines (bad JSON, invalid UTF-8, no `text`), count and report them.
     #[arg(long)]
     pub skip_bad: bool,
@@ -117,10 +120,23 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
         }
     };
     let wanted: Vec<String> = args.sets.iter().map(|s| corpus::set_name(s)).collect();
-    let mut encoder = Encoder::load(&args.encoder, args.device)?;
+    let mut encoder = Encoder::load_with(&args.encoder, args.device, args.precision)?;
+    let record = encoder.record();
+    say(format!(
+        "encoder {} on {}, {}, ONNX Runtime {}",
+        record.dir, record.provider, record.precision, record.ort_version
+    ));
     let rt = tokio::runtime::Runtime::new()
         .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
     let store = rt.block_on(Store::open_or_create(&args.store, encoder.dim()))?;
+    if let Some(old) = rt.block_on(store.encoder_record())? {
+        if (&old.provider, &old.precision) != (&record.provider, &record.precision) {
+            eprintln!(
+                "ingest: warning: the store's earlier embeddings came from {} in {}, these from {} in {}",
+                old.provider, old.precision, record.provider, record.precision
+            );
+        }
+    }
     let mut sources = Vec::new();
     let mut total_bytes = 0;
     for f in &args.files {
@@ -225,6 +241,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
     }
     progress.finish();
     if added > 0 {
+        rt.block_on(store.record_encoder(&record))?;
         say("compacting the store's small files".into());
         rt.block_on(store.compact())?;
     }
@@ -245,7 +262,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
     }
     println!(
         "{}",
-        serde_json::json!({"added": added, "documents": total, "skipped_bad": bad.len(), "store": args.store.display().to_string()})
+        serde_json::json!({"added": added, "documents": total, "skipped_bad": bad.len(), "store": args.store.display().to_string(), "encoder": record})
     );
     Ok(())
 }

@@ -41,6 +41,9 @@ pub struct Args {
     /// Where the encoder runs.
     #[arg(long, value_enum, default_value_t = embed::Device::Cpu, env = "TTTNN_ENCODER_DEVICE")]
     pub device: embed::Device,
+    /// Encoder precision: fp32 (the original's), or the departures tf32 and fp16 (CUDA only).
+    #[arg(long, value_enum, default_value_t = embed::Precision::Fp32, env = "TTTNN_ENCODER_PRECISION")]
+    pub precision: embed::Precision,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -66,7 +69,7 @@ pub fn run(args: Args) -> Result<()> {
                 field: "encoder".into(),
                 message: "--encoder is needed to embed TEXT".into(),
             })?;
-            let mut enc = Encoder::load(dir, args.device)?;
+            let mut enc = Encoder::load_with(dir, args.device, args.precision)?;
             (enc.embed(&[text.as_str()], 1)?.remove(0), None)
         }
         (None, None) => {

@@ -33,7 +33,7 @@ pub struct Args {
     /// AdamW learning rate (large: the tiny model is random).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
-    /// Where the LM runs.
+    /// Where the LM and the encoder run.
     #[arg(long, value_enum, default_value_t = Device::Cpu, env = "TTTNN_DEVICE")]
     pub device: Device,
     /// Print the result table as JSON.
@@ -64,10 +64,12 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
     ));
 
     let t = Instant::now();
-    let mut encoder = Encoder::load(
-        &args.fixtures.join("encoders/tiny-roberta"),
-        embed::Device::Cpu,
-    )?;
+    // One device for the whole loop: the encoder runs where the LM does.
+    let encoder_device = match args.device {
+        Device::Cpu => embed::Device::Cpu,
+        Device::Cuda => embed::Device::Cuda,
+    };
+    let mut encoder = Encoder::load(&args.fixtures.join("encoders/tiny-roberta"), encoder_device)?;
     let texts: Vec<&str> = records.iter().map(|r| r.text.as_str()).collect();
     let embeddings = encoder.embed(&texts, 16)?;
     let by_line = |r: &corpus::Record| &embeddings[(r.line - 1) as usize];

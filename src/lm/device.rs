@@ -72,3 +72,84 @@ pub fn load_cuda() -> Result<()> {
         ),
     })
 }
+
+/// A CUDA device as the driver reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Gpu {
+    /// Ordinal.
+    pub index: i32,
+    /// Marketing name, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// Total device memory in bytes.
+    pub memory_bytes: u64,
+}
+
+/// The CUDA devices the driver (`libcuda.so.1`) sees, read through the driver API so it needs no
+/// CUDA toolkit; an error names what is missing on a machine without a driver or a GPU.
+pub fn gpus() -> Result<Vec<Gpu>> {
+    type Init = unsafe extern "C" fn(u32) -> i32;
+    type Count = unsafe extern "C" fn(*mut i32) -> i32;
+    type Get = unsafe extern "C" fn(*mut i32, i32) -> i32;
+    type Name = unsafe extern "C" fn(*mut libc::c_char, i32, i32) -> i32;
+    type Mem = unsafe extern "C" fn(*mut usize, i32) -> i32;
+    let fail = |message: String| Error::Library {
+        library: "CUDA driver",
+        message,
+    };
+    let lib = CString::new("libcuda.so.1").expect("no NUL");
+    // SAFETY: dlopen with a valid C string; the handle is kept for the life of the process.
+    let handle = unsafe { libc::dlopen(lib.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    if handle.is_null() {
+        return Err(fail(
+            "libcuda.so.1 not found: no NVIDIA driver on this machine".into(),
+        ));
+    }
+    let sym = |name: &str| -> Result<*mut libc::c_void> {
+        let c = CString::new(name).expect("no NUL");
+        // SAFETY: dlsym on a live handle with a valid C string.
+        let p = unsafe { libc::dlsym(handle, c.as_ptr()) };
+        if p.is_null() {
+            Err(fail(format!("libcuda.so.1 has no {name}")))
+        } else {
+            Ok(p)
+        }
+    };
+    // SAFETY: the driver API's documented signatures (cuda.h), called with valid out-pointers.
+    unsafe {
+        let init: Init = std::mem::transmute(sym("cuInit")?);
+        let count: Count = std::mem::transmute(sym("cuDeviceGetCount")?);
+        let get: Get = std::mem::transmute(sym("cuDeviceGet")?);
+        let name: Name = std::mem::transmute(sym("cuDeviceGetName")?);
+        let mem: Mem = std::mem::transmute(sym("cuDeviceTotalMem_v2")?);
+        let rc = init(0);
+        if rc != 0 {
+            return Err(fail(format!(
+                "cuInit failed with CUDA error {rc} (no usable GPU?)"
+            )));
+        }
+        let mut n = 0;
+        if count(&mut n) != 0 {
+            return Err(fail("cuDeviceGetCount failed".into()));
+        }
+        let mut out = Vec::new();
+        for i in 0..n {
+            let mut dev = 0;
+            let mut buf = [0 as libc::c_char; 256];
+            let mut bytes = 0usize;
+            if get(&mut dev, i) != 0
+                || name(buf.as_mut_ptr(), 256, dev) != 0
+                || mem(&mut bytes, dev) != 0
+            {
+                return Err(fail(format!("cannot query CUDA device {i}")));
+            }
+            out.push(Gpu {
+                index: i,
+                name: std::ffi::CStr::from_ptr(buf.as_ptr())
+                    .to_string_lossy()
+                    .into_owned(),
+                memory_bytes: bytes as u64,
+            });
+        }
+        Ok(out)
+    }
+}

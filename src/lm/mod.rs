@@ -41,11 +41,33 @@ struct ModelType {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// fp32 everywhere, as the original.
+    /// fp32 everywhere, as the original (TF32 matmuls off).
     #[default]
     Fp32,
-    /// bf16 weights, activations and AdamW state: faster on GPUs, a departure from the original.
+    /// fp32 weights and AdamW state with TF32 matmuls on CUDA: a departure (10-bit mantissa products).
+    Tf32,
+    /// Mixed precision, a departure: bf16 working weights, activations and gradients; training keeps
+    /// fp32 master weights and AdamW state (`ttt::FlatWeights`). Evaluation alone runs in bf16.
     Bf16,
+}
+
+impl Precision {
+    /// Sets libtorch's matmul mode for this precision; TF32 exists on CUDA only.
+    pub fn apply(self, device: tch::Device) -> Result<()> {
+        if self != Precision::Tf32 {
+            return Ok(());
+        }
+        if device == tch::Device::Cpu {
+            return Err(Error::BadSetting {
+                field: "precision".into(),
+                message: "tf32 is a CUDA matmul mode; use fp32 or bf16 on the CPU".into(),
+            });
+        }
+        // libtorch reads this once, at its first cuBLAS matmul (at::Context::allowTF32CuBLAS);
+        // tch 0.24 has no binding for torch.backends.cuda.matmul.allow_tf32.
+        std::env::set_var("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1");
+        Ok(())
+    }
 }
 
 /// The network behind a [`LanguageModel`].
@@ -146,12 +168,15 @@ impl LanguageModel {
         })
     }
 
-    /// Casts the weights to `precision` (before any trainer snapshots them).
-    pub fn set_precision(&mut self, precision: Precision) {
+    /// Casts the weights to `precision` for evaluation alone; training takes the fp32 weights and
+    /// its precision from `TrainConfig` instead (mixed precision keeps fp32 masters).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        precision.apply(self.device())?;
         match precision {
-            Precision::Fp32 => self.vs.float(),
+            Precision::Fp32 | Precision::Tf32 => self.vs.float(),
             Precision::Bf16 => self.vs.bfloat16(),
         }
+        Ok(())
     }
 
     /// Logits `[batch, seq, vocab]`; `train` turns dropout on.

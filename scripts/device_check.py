@@ -1,0 +1,366 @@
+#!/usr/bin/env python3
+"""The GPU check's driver (scripts/device-check runs it; docs/gpu.md says how and why).
+
+Runs tttnn's binaries on one device and PyTorch beside them, in order of importance, each step
+with a time limit and the whole under a budget; a failing step is recorded and the check goes on.
+Writes results.json (every figure) and table.md under --out, and prints the table.
+
+    python3 scripts/device_check.py --device cuda --bin KIT/bin --gpt2-tokenizer FILE --out DIR
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"
+FAMILIES = ["tiny-gpt2", "tiny-gptneo", "tiny-llama", "tiny-qwen2"]
+# Dense peak rates by GPU (vendor datasheets, SXM parts): bf16 tensor cores, TF32, plain fp32.
+PEAKS = {"H100": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
+         "H200": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12}}
+
+
+def rows(out):
+    """`tttnn sql --format json` output: a JSON array, or one object per line."""
+    out = out.strip()
+    try:
+        v = json.loads(out)
+        return v if isinstance(v, list) else [v]
+    except json.JSONDecodeError:
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+class Check:
+    def __init__(self, a):
+        self.a = a
+        self.dev = a.device
+        self.out = Path(a.out)
+        self.work = Path(a.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.start = time.monotonic()
+        self.results = {"device": self.dev, "steps": {}, "correctness": {}, "lm_speed": [],
+                        "embed_speed": [], "end_to_end": {}}
+        self.py = sys.executable
+
+    def left(self):
+        return self.a.budget_s - (time.monotonic() - self.start)
+
+    def bin(self, name):
+        return str(Path(self.a.bin) / name)
+
+    def sh(self, cmd, timeout=120, ok_codes=(0,), env=None):
+        """Runs cmd; returns stdout; raises with the stderr tail on a bad exit."""
+        t = time.monotonic()
+        p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
+                           timeout=min(timeout, max(self.left(), 5)), env=env)
+        took = time.monotonic() - t
+        print(f"  $ {' '.join(str(c) for c in cmd)[:160]}  [{took:.1f}s, exit {p.returncode}]", file=sys.stderr)
+        if p.returncode not in ok_codes:
+            raise RuntimeError(f"exit {p.returncode}: {p.stderr[-1500:]}")
+        return p.stdout
+
+    def step(self, name, fn, min_left=20):
+        if self.left() < min_left:
+            self.results["steps"][name] = {"ok": False, "skipped": "budget spent"}
+            print(f"== {name}: skipped, budget spent", file=sys.stderr)
+            return
+        print(f"== {name}", file=sys.stderr)
+        t = time.monotonic()
+        try:
+            fn()
+            self.results["steps"][name] = {"ok": True, "seconds": round(time.monotonic() - t, 1)}
+        except Exception as e:  # a failed step is a finding, not the end of the check
+            traceback.print_exc()
+            self.results["steps"][name] = {"ok": False, "seconds": round(time.monotonic() - t, 1),
+                                           "error": str(e)[-2000:]}
+        self.save()
+
+    def save(self):
+        (self.out / "results.json").write_text(json.dumps(self.results, indent=1))
+
+    # --- steps ------------------------------------------------------------------------------------
+
+    def doctor(self):
+        # --cuda on a CPU-only machine must fail cleanly (exit 1 or 2, a line per missing piece).
+        ok = (0,) if self.dev == "cuda" else (0, 1, 2)
+        out = self.sh([self.bin("tttnn"), "doctor", "--cuda", "--json"], ok_codes=ok)
+        self.results["doctor"] = json.loads(out)
+        try:
+            q = "name,memory.total,driver_version"
+            smi = self.sh(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"], timeout=20)
+            self.results["gpu"] = smi.strip()
+        except Exception:
+            self.results["gpu"] = None
+
+    def smoke(self):
+        out = self.sh([self.bin("tttnn"), "smoke", "--device", self.dev, "--out", self.work / "smoke", "--json"],
+                      timeout=120)
+        self.results["correctness"]["smoke"] = json.loads(out)
+
+    def eval_bpb(self):
+        rows = {}
+        worst = 0.0
+        for m in FAMILIES:
+            got = {}
+            for d in ["cpu", self.dev]:
+                out = self.sh([self.bin("tttnn"), "eval", "--model", FIXTURES / "models" / m, "--device", d,
+                               "--json", FIXTURES / "corpus.jsonl"], timeout=60)
+                got[d] = json.loads(out)[0]["bits_per_byte"]
+            rel = abs(got[self.dev] - got["cpu"]) / abs(got["cpu"])
+            worst = max(worst, rel)
+            rows[m] = {"cpu": got["cpu"], self.dev: got[self.dev], "rel_diff": rel}
+        self.results["correctness"]["bits_per_byte"] = {"models": rows, "max_rel_diff": worst,
+                                                        "ok": worst <= 1e-5}
+
+    def encoder(self):
+        got = {}
+        for d in ["cpu", self.dev]:
+            f = self.work / f"emb-{d}.json"
+            self.sh([self.bin("bench_embed"), FIXTURES / "encoders" / "tiny-roberta", FIXTURES / "corpus.jsonl",
+                     "--device", d, "--save", f], timeout=60)
+            got[d] = json.loads(f.read_text())
+        diff = max(abs(x - y) for a, b in zip(got["cpu"], got[self.dev]) for x, y in zip(a, b))
+        self.results["correctness"]["encoder_fp32"] = {"docs": len(got["cpu"]), "max_abs_diff": diff,
+                                                       "ok": diff <= 1e-4}
+
+    def adamw(self):
+        import torch
+        from safetensors.torch import load_file
+        rows = {}
+        worst = 0.0
+        for m in FAMILIES:
+            w = {}
+            for d in ["cpu", self.dev]:
+                f = self.work / f"trained-{m}-{d}.safetensors"
+                self.sh([self.bin("bench_lm"), FIXTURES / "models" / m, "--steps", "3", "--max-length", "32",
+                         "--device", d, "--save-trained", f], timeout=60)
+                w[d] = load_file(str(f))
+            diff = max((w["cpu"][k].double() - w[self.dev][k].double()).abs().max().item() for k in w["cpu"])
+            rows[m] = diff
+            worst = max(worst, diff)
+        self.results["correctness"]["weights_after_4_adamw_steps"] = {
+            "max_abs_diff_by_model": rows, "max_abs_diff": worst, "ok": worst <= 1e-5,
+            "note": "one warm-up and 3 timed steps of 32 tokens at lr 2e-5; fp32"}
+
+    def make_gpt2(self, name, **cfg):
+        d = self.work / name
+        if not (d / "model.safetensors").exists():
+            code = ("import sys, torch\nfrom transformers import GPT2Config, GPT2LMHeadModel\n"
+                    "torch.manual_seed(0)\n"
+                    f"GPT2LMHeadModel(GPT2Config(**{cfg!r})).save_pretrained(sys.argv[1], safe_serialization=True)\n")
+            self.sh([self.py, "-c", code, d], timeout=180)
+            shutil.copy(self.a.gpt2_tokenizer, d / "tokenizer.json")
+        return d
+
+    def lm_speed(self, name, cfg, steps):
+        d = self.make_gpt2(name, **cfg)
+        peaks = self.peaks()
+        for precision in ["fp32", "bf16"]:
+            out = self.sh([self.bin("bench_lm"), d, "--steps", steps, "--device", self.dev, "--precision", precision],
+                          timeout=240)
+            r = json.loads(out)
+            r["mfu"] = r["train_tflops"] * 1e12 / peaks[precision] if peaks else None
+            r["model_name"] = name
+            self.results["lm_speed"].append(r)
+            self.save()
+        out = self.sh([self.py, REPO / "scripts" / "bench_lm_reference.py", d, "--steps", steps, "--device", self.dev,
+                       "--precision", "fp32,bf16"], timeout=300)
+        for line in out.strip().splitlines():
+            r = json.loads(line)
+            r["mfu"] = r["train_tflops"] * 1e12 / peaks[r["precision"]] if peaks else None
+            r["model_name"] = name
+            self.results["lm_speed"].append(r)
+
+    def peaks(self):
+        gpu = self.results.get("gpu") or ""
+        return next((v for k, v in PEAKS.items() if k in gpu), None)
+
+    def embed_speed(self):
+        big = self.dev == "cuda"
+        hf = self.work / ("roberta-large-random" if big else "roberta-tiny-random")
+        enc = self.work / (hf.name + "-onnx")
+        tok = FIXTURES / "encoders" / "tiny-roberta" / "tokenizer.json"
+        vocab = len(json.loads(tok.read_text())["model"]["vocab"])
+        shape = (dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+                 if big else dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128))
+        if not (enc / "model.onnx").exists():
+            code = ("import sys, torch\nfrom transformers import RobertaConfig, RobertaModel\ntorch.manual_seed(0)\n"
+                    f"c = RobertaConfig(vocab_size={vocab}, max_position_embeddings=514, pad_token_id=1, "
+                    f"bos_token_id=0, eos_token_id=2, **{shape!r})\n"
+                    "RobertaModel(c, add_pooling_layer=False).save_pretrained(sys.argv[1])\n")
+            self.sh([self.py, "-c", code, hf], timeout=120)
+            shutil.copy(tok, hf / "tokenizer.json")
+            args = [self.py, REPO / "scripts" / "export_encoder.py", hf, enc, "--skip-check", "--pool"]
+            self.sh(args + (["--fp16"] if big else []), timeout=300)
+        # Texts of a few thousand characters: every one fills the 512-token window.
+        texts = self.work / "texts.jsonl"
+        docs = 2048 if big else 64
+        with open(texts, "w") as f:
+            for i in range(docs):
+                words = " ".join(f"w{(i * 31 + j * 7) % 997}" for j in range(600))
+                f.write(json.dumps({"text": words, "meta": {"pile_set_name": "bench"}}) + "\n")
+        batch = "64" if big else "16"
+        saved = {}
+        for precision in (["fp32", "fp16"] if big else ["fp32"]):
+            saved[precision] = self.work / f"emb-large-{precision}.json"
+            out = self.sh([self.bin("bench_embed"), enc, texts, "--device", self.dev, "--precision", precision,
+                           "--batch-size", batch, "--docs", str(docs), "--save", saved[precision]], timeout=240)
+            r = json.loads(out)
+            r["model_name"] = hf.name
+            self.results["embed_speed"].append(r)
+            self.save()
+        if "fp16" in saved:
+            import numpy as np
+            a32, a16 = (np.array(json.loads(saved[p].read_text())) for p in ["fp32", "fp16"])
+            cos = (a32 * a16).sum(1) / (np.linalg.norm(a32, axis=1) * np.linalg.norm(a16, axis=1))
+            self.results["correctness"]["encoder_fp16_vs_fp32"] = {
+                "docs": len(a32), "max_abs_diff": float(abs(a32 - a16).max()), "min_cosine": float(cos.min())}
+        for precision in (["fp16", "fp32"] if big else ["fp32"]):
+            out = self.sh([self.py, REPO / "scripts" / "bench_embed_reference.py", hf, texts, "--device", self.dev,
+                           "--precision", precision, "--attn", "sdpa", "--batch-size", batch, "--docs", str(docs)],
+                          timeout=240)
+            r = json.loads(out)
+            r["model_name"] = hf.name
+            self.results["embed_speed"].append(r)
+
+    def end_to_end(self):
+        lines = (FIXTURES / "corpus.jsonl").read_text().splitlines(keepends=True)
+        train = self.work / "train.jsonl"
+        test = self.work / "test.jsonl"
+        train.write_text("".join(l for i, l in enumerate(lines) if i % 4 != 1))
+        test.write_text("".join(l for i, l in enumerate(lines) if i % 4 == 1))
+        store = self.work / "e2e-store"
+        shutil.rmtree(store, ignore_errors=True)
+        enc = FIXTURES / "encoders" / "tiny-roberta"
+        for split, f in [("train", train), ("test", test)]:
+            out = self.sh([self.bin("tttnn"), "ingest", "--quiet", "--split", split, "--store", store, "--encoder", enc,
+                           "--device", self.dev, f], timeout=120)
+            self.results["end_to_end"][f"ingest_{split}"] = json.loads(out.strip().splitlines()[-1])
+        self.sh([self.bin("tttnn"), "index", "--quiet", "--kind", "flat", "--store", store], timeout=60)
+        curves = {}
+        for d, precision in [("cpu", "fp32"), (self.dev, "fp32"), (self.dev, "bf16")]:
+            db = self.work / f"e2e-{d}-{precision}.duckdb"
+            if db.exists():
+                db.unlink()
+            self.sh([self.bin("tttnn"), "run", "--quiet", "--lr", "1e-3", "--val-portion", "1.0", "--store", store,
+                     "--encoder", enc, "--model", FIXTURES / "models" / "tiny-gpt2", "--task", "pile_all",
+                     "--neighbors", "3", "--device", d, "--precision", precision, "--db", db], timeout=180)
+            out = self.sh([self.bin("tttnn"), "sql", "SELECT doc_id, k, loglik FROM curve ORDER BY ALL",
+                           "--db", db, "--format", "json"], timeout=30)
+            curves[(d, precision)] = rows(out)
+
+        def rel(x, y):
+            d = [abs(a["loglik"] - b["loglik"]) / max(abs(a["loglik"]), 1.0) for a, b in zip(x, y)]
+            return {"points": len(d), "same_points": len(x) == len(y), "max_rel_diff": max(d) if d else None}
+        self.results["end_to_end"]["fixture_curves"] = rel(curves[("cpu", "fp32")], curves[(self.dev, "fp32")])
+        self.results["end_to_end"]["fixture_curves_bf16_vs_fp32"] = rel(curves[(self.dev, "fp32")],
+                                                                        curves[(self.dev, "bf16")])
+        # Speed on a GPT-2 124M-shaped model (random weights) over the fixture store.
+        big = self.dev == "cuda"
+        model = self.make_gpt2("gpt2-124m-random" if big else "gpt2-tiny-random",
+                               **({} if big else dict(n_layer=2, n_embd=64, n_head=4)))
+        db = self.work / "e2e-speed.duckdb"
+        if db.exists():
+            db.unlink()
+        t = time.monotonic()
+        self.sh([self.bin("tttnn"), "run", "--quiet", "--lr", "2e-5", "--val-portion", "1.0", "--store", store,
+                 "--encoder", enc, "--model", model, "--task", "pile_all", "--neighbors", "10", "--device", self.dev,
+                 "--db", db], timeout=300)
+        wall = time.monotonic() - t
+        cost = rows(self.sh([self.bin("tttnn"), "sql", "cost", "--db", db, "--format", "json"], timeout=30))
+        total = [r for r in cost if r.get("task") == "pile_all"] or cost
+        self.results["end_to_end"]["speed"] = {"model": model.name, "neighbors": 10, "wall_s": wall, "cost": total}
+
+    def table(self):
+        r = self.results
+        L = [f"# tttnn device check: {r.get('gpu') or self.dev}", "",
+             "| step | ok | seconds | note |", "|---|---|---|---|"]
+        for k, v in r["steps"].items():
+            L.append(f"| {k} | {'yes' if v.get('ok') else 'NO'} | {v.get('seconds', '')} | "
+                     f"{(v.get('error') or v.get('skipped') or '').splitlines()[-1][:90] if (v.get('error') or v.get('skipped')) else ''} |")
+        c = r["correctness"]
+        L += ["", "| correctness | value | bound |", "|---|---|---|"]
+        if "bits_per_byte" in c:
+            L.append(f"| bits per byte, fixtures, {self.dev} vs cpu, max rel diff | {c['bits_per_byte']['max_rel_diff']:.2e} | 1e-5 |")
+        if "encoder_fp32" in c:
+            L.append(f"| encoder fp32, {self.dev} vs cpu, max abs diff | {c['encoder_fp32']['max_abs_diff']:.2e} | 1e-4 |")
+        if "weights_after_4_adamw_steps" in c:
+            L.append(f"| weights after AdamW steps, max abs diff | {c['weights_after_4_adamw_steps']['max_abs_diff']:.2e} | 1e-5 |")
+        e = r["end_to_end"].get("fixture_curves_bf16_vs_fp32")
+        if e:
+            L.append(f"| run curves, bf16 mixed vs fp32 on {self.dev}, max rel diff of loglik | {e['max_rel_diff']:.2e} | departure |")
+        if "encoder_fp16_vs_fp32" in c:
+            x = c["encoder_fp16_vs_fp32"]
+            L.append(f"| encoder fp16 vs fp32 (RoBERTa-large random), max abs diff / min cosine | "
+                     f"{x['max_abs_diff']:.2e} / {x['min_cosine']:.6f} | departure |")
+        e = r["end_to_end"].get("fixture_curves")
+        if e:
+            L.append(f"| run curves (tiny-gpt2, k=3), max rel diff of loglik | {e['max_rel_diff']:.2e} | — |")
+        if r["lm_speed"]:
+            L += ["", "| LM | impl | precision | train step (ms) | TFLOP/s | MFU | eval doc (ms) |", "|---|---|---|---|---|---|---|"]
+            for x in r["lm_speed"]:
+                mfu = f"{100 * x['mfu']:.1f}%" if x.get("mfu") else "—"
+                L.append(f"| {x['model_name']} | {x['impl']} | {x['precision']} | {1e3 * x['train_step_s']:.2f} | "
+                         f"{x['train_tflops']:.1f} | {mfu} | {1e3 * x['eval_doc_s']:.2f} |")
+        if r["embed_speed"]:
+            L += ["", "| encoder | impl | precision | batch | sequences/s |", "|---|---|---|---|---|"]
+            for x in r["embed_speed"]:
+                L.append(f"| {x['model_name']} | {x['impl']} | {x.get('precision', 'fp32')} | {x['batch_size']} | {x['docs_per_s']:.0f} |")
+        s = r["end_to_end"].get("speed")
+        if s and s["cost"]:
+            c0 = s["cost"][0]
+            spd = c0.get("s_per_doc")
+            L += ["", f"End to end ({s['model']}, k={s['neighbors']}, fixture store): {s['wall_s']:.1f} s wall; "
+                  f"{c0.get('s_per_neighbor', 0):.3f} s per neighbour, {c0.get('s_per_step', 0) or 0:.4f} s per step, "
+                  f"{3600 / spd if spd else 0:.0f} documents per hour"]
+        L.append(f"\nTotal {time.monotonic() - self.start:.0f} s")
+        text = "\n".join(L) + "\n"
+        (self.out / "table.md").write_text(text)
+        return text
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    ap.add_argument("--bin", required=True, help="directory holding tttnn, bench_lm, bench_embed")
+    ap.add_argument("--gpt2-tokenizer", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", default="/tmp/tttnn-device-check")
+    ap.add_argument("--budget-s", type=float, default=450)
+    ap.add_argument("--only", default="", help="comma-separated step names")
+    a = ap.parse_args()
+    c = Check(a)
+    big = a.device == "cuda"
+    steps = [
+        ("doctor", c.doctor),
+        ("smoke", c.smoke),
+        ("eval_bpb", c.eval_bpb),
+        ("encoder", c.encoder),
+        ("adamw", c.adamw),
+        ("lm_speed_124m", lambda: c.lm_speed("gpt2-124m-random" if big else "gpt2-tiny-random", {} if big else
+                                             dict(n_layer=2, n_embd=64, n_head=4), "10" if big else "2")),
+        ("embed_speed", c.embed_speed),
+        ("end_to_end", c.end_to_end),
+        ("lm_speed_774m", lambda: c.lm_speed("gpt2-774m-random" if big else "gpt2-small-random",
+                                             dict(n_embd=1280, n_layer=36, n_head=20) if big else
+                                             dict(n_layer=4, n_embd=128, n_head=4), "10" if big else "2")),
+    ]
+    only = set(filter(None, a.only.split(",")))
+    for name, fn in steps:
+        if not only or name in only:
+            c.step(name, fn)
+    c.save()
+    print(c.table())
+    failed = [k for k, v in c.results["steps"].items() if not v.get("ok")]
+    bounds = [v.get("ok", True) for v in c.results["correctness"].values() if isinstance(v, dict)]
+    sys.exit(1 if failed or not all(bounds) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+//! Test-time training as the original does it (spec §2): each neighbour is tokenized whole, cut
+//! into non-overlapping `max_length` chunks, and each chunk gets one AdamW step (batch 1, train
+//! mode, mean causal-LM loss, clip-norm 1.0). Weights are restored in place after each document.
+//! AdamW and clipping run on flat buffers (`adamw`): a few kernels per step on any device.
+use std::path::Path;
+
+use tch::{Kind, Tensor};
+
+mod adamw;
+
+pub use adamw::{AdamW, FlatWeights};
+
+use crate::error::Result;
+
+use crate::lm::{LanguageModel, Precision};
+
+/// Label that contributes no loss (torch's default `ignore_index`).
+const IGNORE_INDEX: i64 = -100;
+
+/// Optimizer settings; defaults are torch's `AdamW(lr, eps=1e-8)` as the original builds it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    /// Learning rate (2e-5 for GPT-2, 5e-6 for GPT-Neo in the paper).
+    pub lr: f64,
+    /// Tokens per training chunk (1024 for GPT-2, 2048 for GPT-Neo).
+    pub max_length: usize,
+    /// AdamW β1.
+    pub beta1: f64,
+    /// AdamW β2.
+    pub beta2: f64,
+    /// AdamW ε.
+    pub eps: f64,
+    /// Decoupled weight decay (torch's default 0.01, never overridden by the original).
+    pub weight_decay: f64,
+    /// Gradient-norm clip.
+    pub clip_norm: f64,
+    #[serde(default)]
+    /// fp32 (the original) or bf16 mixed precision (fp32 masters and AdamW state, bf16 compute).
+    pub precision: Precision,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            lr: 2e-5,
+            max_length: 1024,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            clip_norm: 1.0,
+            precision: Precision::Fp32,
+        }
+    }
+}
+
+/// What happens to AdamW's moments between test documents.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerState {
+    /// Keep them across documents, as the original does (its AdamW is created once per task).
+    #[default]
+    Carry,
+    /// Start every document with fresh AdamW state: a departure from the original, order-independent.
+    Reset,
+}
+
+/// What training on one text did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TextTraining {
+    /// Tokens in the text.
+    pub tokens: usize,
+    /// Chunks it was cut into.
+    pub chunks: usize,
+    /// AdamW steps taken.
+    pub steps: usize,
+    /// Chunks of one token: no next-token loss, skipped.
+    pub skipped_short: usize,
+    /// Chunks whose loss was NaN or infinite: skipped, never applied.
+    pub skipped_nonfinite: usize,
+    /// Mean loss over the steps taken.
+    pub mean_loss: f64,
+}
+
+/// An LM being fine-tuned: its weights in flat buffers, the optimizer, the pretrained copy.
+pub struct Trainer {
+    weights: FlatWeights,
+    opt: AdamW,
+    config: TrainConfig,
+}
+
+impl Trainer {
+    /// Moves `lm`'s weights (loaded in fp32) into flat buffers in `config.precision`, snapshots them
+    /// on the same device and creates a fresh AdamW state.
+    pub fn new(lm: &LanguageModel, config: TrainConfig) -> Result<Self> {
+        let weights = FlatWeights::new(lm, config.precision)?;
+        let opt = AdamW::new(&weights, config);
+        Ok(Self {
+            weights,
+            opt,
+            config,
+        })
+    }
+
+    /// Restores the pretrained weights in place (no reload from disk).
+    pub fn reset_weights(&mut self) {
+        self.weights.reset();
+    }
+
+    /// Drops AdamW's moments and step count (a departure from the original, which carries them).
+    pub fn reset_optimizer(&mut self) {
+        self.opt.reset();
+    }
+
+    /// Writes AdamW's state and `tag` to `path` (see [`AdamW::save`]).
+    pub fn save_optimizer(&self, path: &Path, tag: i64) -> Result<()> {
+        self.opt.save(&self.weights, path, tag)
+    }
+
+    /// Restores AdamW's state from `path`; returns the tag saved with it.
+    pub fn load_optimizer(&mut self, path: &Path) -> Result<i64> {
+        self.opt.load(&self.weights, path)
+    }
+
+    /// Writes the fp32 weights (the masters under mixed precision) to `path` as safetensors.
+    pub fn save_weights(&self, path: &Path) -> Result<()> {
+        self.weights.save(path)
+    }
+
+    /// Ends a test document: restores the pretrained weights and applies the optimizer policy.
+    pub fn finish_document(&mut self, policy: OptimizerState) {
+        self.reset_weights();
+        if policy == OptimizerState::Reset {
+            self.reset_optimizer();
+        }
+    }
+
+    /// One AdamW step per `max_length` chunk of `text`, in order.
+    pub fn train_on_text(&mut self, lm: &LanguageModel, text: &str) -> Result<TextTraining> {
+        let tokens = lm.encode(text)?;
+        self.train_on_tokens(lm, &tokens)
+    }
+
+    /// One AdamW step per `max_length` chunk of `tokens`, in order.
+    pub fn train_on_tokens(&mut self, lm: &LanguageModel, tokens: &[i64]) -> Result<TextTraining> {
+        let mut out = TextTraining {
+            tokens: tokens.len(),
+            ..Default::default()
+        };
+        let mut loss_sum = 0.0;
+        for chunk in tokens.chunks(self.config.max_length.max(1)) {
+            out.chunks += 1;
+            if chunk.len() < 2 {
+                out.skipped_short += 1;
+                continue;
+            }
+            let ids = Tensor::from_slice(chunk).unsqueeze(0).to(lm.device());
+            let logits = lm.forward(&ids, true);
+            let n = chunk.len() as i64;
+            let vocab = logits.size()[2];
+            // As HF's ForCausalLMLoss: shift the labels (padding with ignore_index) rather than
+            // slicing the logits, which would copy a [n, vocab] tensor every step.
+            let labels = Tensor::cat(
+                &[
+                    ids.narrow(1, 1, n - 1),
+                    Tensor::full([1, 1], IGNORE_INDEX, (Kind::Int64, lm.device())),
+                ],
+                1,
+            );
+            let loss = logits
+                .view([n, vocab])
+                .to_kind(Kind::Float)
+                .cross_entropy_loss::<Tensor>(
+                    &labels.view([n]),
+                    None,
+                    tch::Reduction::Mean,
+                    IGNORE_INDEX,
+                    0.0,
+                );
+            self.weights.zero_grad();
+            loss.backward();
+            // The one host sync of a step, after backward is queued so the GPU is busy meanwhile:
+            // a non-finite loss must not reach the weights.
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                out.skipped_nonfinite += 1;
+                continue;
+            }
+            self.opt.step(&mut self.weights);
+            loss_sum += value;
+            out.steps += 1;
+        }
+        out.mean_loss = if out.steps > 0 {
+            loss_sum / out.steps as f64
+        } else {
+            f64::NAN
+        };
+        Ok(out)
+    }
+}
