@@ -130,13 +130,44 @@ pub fn init_ort() -> Result<&'static (PathBuf, ort::environment::Environment)> {
         })
 }
 
-/// The loaded ONNX Runtime's version (from its build string, `git-branch=rel-1.31.1`).
+/// The loaded ONNX Runtime's version (`OrtGetApiBase()->GetVersionString()`, e.g. `1.31.1`); the
+/// build-info string does not carry it in every build (the GPU wheel's says `git-branch=HEAD`).
 pub fn ort_version() -> String {
-    let info = ort::info();
-    info.split(|c: char| c == ',' || c.is_whitespace())
-        .find_map(|part| part.strip_prefix("git-branch=rel-"))
-        .map(str::to_string)
-        .unwrap_or_else(|| info.to_string())
+    #[repr(C)]
+    struct ApiBase {
+        get_api: unsafe extern "C" fn(u32) -> *const libc::c_void,
+        get_version_string: unsafe extern "C" fn() -> *const libc::c_char,
+    }
+    let unknown = || "unknown".to_string();
+    let Ok((path, _)) = init_ort() else {
+        return unknown();
+    };
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return unknown();
+    };
+    // SAFETY: the library is already loaded (RTLD_NOLOAD only returns a handle to it);
+    // OrtGetApiBase and GetVersionString are ONNX Runtime's stable C entry points and return
+    // pointers to static data.
+    unsafe {
+        let handle = libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD);
+        if handle.is_null() {
+            return unknown();
+        }
+        let sym = libc::dlsym(handle, c"OrtGetApiBase".as_ptr());
+        if sym.is_null() {
+            return unknown();
+        }
+        let get_base: unsafe extern "C" fn() -> *const ApiBase = std::mem::transmute(sym);
+        let base = get_base();
+        if base.is_null() {
+            return unknown();
+        }
+        let v = ((*base).get_version_string)();
+        if v.is_null() {
+            return unknown();
+        }
+        std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned()
+    }
 }
 
 /// Whether ONNX Runtime's CUDA execution provider loads: registers it on a throw-away session

@@ -87,6 +87,23 @@ fn doctor_cuda_names_what_this_machine_lacks() {
 }
 
 #[test]
+fn tf32_is_a_cuda_mode() {
+    let out = tttnn()
+        .args(["eval", "--precision", "tf32", "--model"])
+        .arg(common::fixtures().join("models/tiny-gpt2"))
+        .arg(common::fixtures().join("corpus.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`precision`") && err.contains("tf32 is a CUDA matmul mode"),
+        "{err}"
+    );
+}
+
+#[test]
 fn missing_onnx_runtime_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = tttnn()

@@ -235,6 +235,35 @@ fn ort_encoder_matches_pytorch() {
 }
 
 #[test]
+fn a_graph_that_pools_itself_gives_the_same_embeddings() {
+    // tiny-roberta-pooled is tiny-roberta's graph with the masked mean appended (output
+    // `embedding`, as `scripts/export_encoder.py --pool` writes): tttnn takes its output as is.
+    let g = golden();
+    let texts: Vec<&str> = g.texts.iter().map(|s| s.as_str()).collect();
+    let mut plain =
+        Encoder::load(&fixtures().join("encoders/tiny-roberta"), EncDevice::Cpu).unwrap();
+    let mut pooled = Encoder::load(
+        &fixtures().join("encoders/tiny-roberta-pooled"),
+        EncDevice::Cpu,
+    )
+    .unwrap();
+    let (a, b) = (
+        plain.embed(&texts, 2).unwrap(),
+        pooled.embed(&texts, 2).unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x.len(), y.len());
+        let d = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-6, "embedding {i} differs by {d}");
+    }
+}
+
+#[test]
 fn tokenizers_match_python() {
     let g = golden();
     let tok = tokenizers::Tokenizer::from_file(fixtures().join("models/tiny-gpt2/tokenizer.json"))

@@ -91,7 +91,11 @@ pub fn checks(cuda: bool) -> Vec<Check> {
         Ok((path, _)) => Check {
             component: "ONNX Runtime",
             ok: true,
-            detail: path.display().to_string(),
+            detail: format!(
+                "{} (version {})",
+                path.display(),
+                crate::embed::ort_version()
+            ),
         },
         Err(e) => Check {
             component: "ONNX Runtime",
@@ -104,10 +108,7 @@ pub fn checks(cuda: bool) -> Vec<Check> {
             Ok(()) => Check {
                 component: "ORT CUDA",
                 ok: true,
-                detail: format!(
-                    "CUDAExecutionProvider loads (ONNX Runtime {})",
-                    crate::embed::ort_version()
-                ),
+                detail: "CUDAExecutionProvider loads".into(),
             },
             Err(e) => Check {
                 component: "ORT CUDA",
