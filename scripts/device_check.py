@@ -103,18 +103,17 @@ class Check:
                       timeout=120)
         self.results["correctness"]["smoke"] = json.loads(out)
 
+    def per_family(self, measure, compare):
+        """compare(measure(family, "cpu"), measure(family, device)) for each fixture family."""
+        return {m: compare(measure(m, "cpu"), measure(m, self.dev)) for m in FAMILIES}
+
     def eval_bpb(self):
-        rows = {}
-        worst = 0.0
-        for m in FAMILIES:
-            got = {}
-            for d in ["cpu", self.dev]:
-                out = self.sh([self.bin("tttnn"), "eval", "--model", FIXTURES / "models" / m, "--device", d,
-                               "--json", FIXTURES / "corpus.jsonl"], timeout=60)
-                got[d] = json.loads(out)[0]["bits_per_byte"]
-            rel = abs(got[self.dev] - got["cpu"]) / abs(got["cpu"])
-            worst = max(worst, rel)
-            rows[m] = {"cpu": got["cpu"], self.dev: got[self.dev], "rel_diff": rel}
+        def bpb(m, d):
+            out = self.sh([self.bin("tttnn"), "eval", "--model", FIXTURES / "models" / m, "--device", d,
+                           "--json", FIXTURES / "corpus.jsonl"], timeout=60)
+            return json.loads(out)[0]["bits_per_byte"]
+        rows = self.per_family(bpb, lambda c, g: {"cpu": c, self.dev: g, "rel_diff": abs(g - c) / abs(c)})
+        worst = max(r["rel_diff"] for r in rows.values())
         self.results["correctness"]["bits_per_byte"] = {"models": rows, "max_rel_diff": worst,
                                                         "ok": worst <= 1e-5}
 
@@ -130,20 +129,16 @@ class Check:
                                                        "ok": diff <= 1e-4}
 
     def adamw(self):
-        import torch
         from safetensors.torch import load_file
-        rows = {}
-        worst = 0.0
-        for m in FAMILIES:
-            w = {}
-            for d in ["cpu", self.dev]:
-                f = self.work / f"trained-{m}-{d}.safetensors"
-                self.sh([self.bin("bench_lm"), FIXTURES / "models" / m, "--steps", "3", "--max-length", "32",
-                         "--device", d, "--save-trained", f], timeout=60)
-                w[d] = load_file(str(f))
-            diff = max((w["cpu"][k].double() - w[self.dev][k].double()).abs().max().item() for k in w["cpu"])
-            rows[m] = diff
-            worst = max(worst, diff)
+
+        def trained(m, d):
+            f = self.work / f"trained-{m}-{d}.safetensors"
+            self.sh([self.bin("bench_lm"), FIXTURES / "models" / m, "--steps", "3", "--max-length", "32",
+                     "--device", d, "--save-trained", f], timeout=60)
+            return load_file(str(f))
+        rows = self.per_family(trained, lambda c, g: max((c[k].double() - g[k].double()).abs().max().item()
+                                                         for k in c))
+        worst = max(rows.values())
         self.results["correctness"]["weights_after_4_adamw_steps"] = {
             "max_abs_diff_by_model": rows, "max_abs_diff": worst, "ok": worst <= 1e-5,
             "note": "one warm-up and 3 timed steps of 32 tokens at lr 2e-5; fp32"}

@@ -179,12 +179,19 @@ pub fn cuda_provider_check() -> Result<()> {
         .map_err(|e| Error::onnx("session builder", e))?
         .with_execution_providers([cuda])
         .map(|_| ())
-        .map_err(|e| Error::Library {
-            library: "ONNX Runtime CUDA",
-            message: format!(
-                "{e} (the CPU-only `onnxruntime` wheel has no CUDA provider; `scripts/setup --cuda` \
-                 installs `onnxruntime-gpu`, whose CUDA libraries must be on LD_LIBRARY_PATH: docs/gpu.md)"
-            ),
+        .map_err(|e| {
+            let e = e.to_string().trim_end().to_string();
+            let hint = if e.contains("not enabled in this build") {
+                "the CPU-only `onnxruntime` wheel has no CUDA provider; `scripts/setup --cuda` installs \
+                 `onnxruntime-gpu` and `TTTNN_CUDA=1 source .tttnn-env` selects it"
+            } else {
+                "the provider needs the NVIDIA driver (libcuda.so.1) and CUDA 13 / cuDNN 9 on \
+                 LD_LIBRARY_PATH: `scripts/setup --cuda`, then `TTTNN_CUDA=1 source .tttnn-env`"
+            };
+            Error::Library {
+                library: "ONNX Runtime CUDA",
+                message: format!("{e} ({hint}; docs/gpu.md)"),
+            }
         })
 }
 
