@@ -174,25 +174,38 @@ pub fn ort_version() -> String {
 /// builder, which loads `libonnxruntime_providers_cuda.so` and the CUDA libraries it needs.
 pub fn cuda_provider_check() -> Result<()> {
     let (_, env) = init_ort()?;
-    let cuda = ort::ep::CUDA::default().build().error_on_failure();
-    Session::builder(env)
-        .map_err(|e| Error::onnx("session builder", e))?
-        .with_execution_providers([cuda])
+    let builder = Session::builder(env).map_err(|e| Error::onnx("session builder", e))?;
+    with_cuda(builder, false)
         .map(|_| ())
-        .map_err(|e| {
-            let e = e.to_string().trim_end().to_string();
-            let hint = if e.contains("not enabled in this build") {
-                "the CPU-only `onnxruntime` wheel has no CUDA provider; `scripts/setup --cuda` installs \
-                 `onnxruntime-gpu` and `TTTNN_CUDA=1 source .tttnn-env` selects it"
-            } else {
-                "the provider needs the NVIDIA driver (libcuda.so.1) and CUDA 13 / cuDNN 9 on \
-                 LD_LIBRARY_PATH: `scripts/setup --cuda`, then `TTTNN_CUDA=1 source .tttnn-env`"
-            };
-            Error::Library {
-                library: "ONNX Runtime CUDA",
-                message: format!("{e} ({hint}; docs/gpu.md)"),
-            }
+        .map_err(|message| Error::Library {
+            library: "ONNX Runtime CUDA",
+            message,
         })
+}
+
+/// Registers ONNX Runtime's CUDA execution provider with `error_on_failure`: ort falls back to the
+/// CPU silently otherwise (onnxruntime#23372). TF32 is on by default in ORT's CUDA provider
+/// (`use_tf32`), so it is set explicitly: fp32 must mean fp32. The error says what to install,
+/// by its cause.
+fn with_cuda(
+    builder: ort::session::builder::SessionBuilder,
+    tf32: bool,
+) -> std::result::Result<ort::session::builder::SessionBuilder, String> {
+    let cuda = ort::ep::CUDA::default()
+        .with_tf32(tf32)
+        .build()
+        .error_on_failure();
+    builder.with_execution_providers([cuda]).map_err(|e| {
+        let e = e.to_string().trim_end().to_string();
+        let hint = if e.contains("not enabled in this build") {
+            "the CPU-only `onnxruntime` wheel has no CUDA provider; `scripts/setup --cuda` installs \
+             `onnxruntime-gpu` and `TTTNN_CUDA=1 source .tttnn-env` selects it"
+        } else {
+            "the provider needs the NVIDIA driver (libcuda.so.1) and CUDA 13 / cuDNN 9 on \
+             LD_LIBRARY_PATH: `scripts/setup --cuda`, then `TTTNN_CUDA=1 source .tttnn-env`"
+        };
+        format!("{e} ({hint}; docs/gpu.md)")
+    })
 }
 
 fn file_name(p: &Path) -> String {
@@ -282,22 +295,14 @@ impl Encoder {
         let provider = match device {
             Device::Cpu => "CPUExecutionProvider",
             Device::Cuda => {
-                // ort falls back to CPU silently unless told otherwise (onnxruntime#23372).
-                // TF32 is on by default in ONNX Runtime's CUDA provider (use_tf32): fp32 must mean fp32.
-                let cuda = ort::ep::CUDA::default()
-                    .with_tf32(precision == Precision::Tf32)
-                    .build()
-                    .error_on_failure();
-                builder = builder
-                    .with_execution_providers([cuda])
-                    .map_err(|e| Error::Library {
+                builder = with_cuda(builder, precision == Precision::Tf32).map_err(|e| {
+                    Error::Library {
                         library: "ONNX Runtime",
                         message: format!(
-                        "--device cuda: the CUDA execution provider could not be registered ({e}); \
-                         the CPU-only `onnxruntime` wheel lacks it: `scripts/setup --cuda` installs \
-                         `onnxruntime-gpu` (docs/gpu.md)"
-                    ),
-                    })?;
+                            "--device cuda: the CUDA execution provider could not be registered: {e}"
+                        ),
+                    }
+                })?;
                 "CUDAExecutionProvider"
             }
         };
@@ -471,14 +476,10 @@ impl Encoder {
             )));
         }
         if self.pooled_in_graph {
-            // The masked mean came out of the graph; NaN → 0 as in masked_mean.
+            // The masked mean came out of the graph.
             return Ok(hidden
                 .chunks(dim)
-                .map(|v| {
-                    v.iter()
-                        .map(|&x| if x.is_nan() { 0.0 } else { x })
-                        .collect()
-                })
+                .map(|v| v.iter().copied().map(nan_to_zero).collect())
                 .collect());
         }
         Ok((0..rows)
@@ -521,8 +522,7 @@ fn prefix_at_whitespace(text: &str, max: usize) -> &str {
     }
 }
 
-/// Mean of the rows of `hidden` (`[seq, dim]`) where `mask` is 1; NaN becomes 0 as the original's
-/// index build does.
+/// Mean of the rows of `hidden` (`[seq, dim]`) where `mask` is 1, NaN as 0 ([`nan_to_zero`]).
 pub fn masked_mean(hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
     let mut sum = vec![0f32; dim];
     let mut n = 0f32;
@@ -534,10 +534,16 @@ pub fn masked_mean(hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
             }
         }
     }
-    sum.iter()
-        .map(|s| s / n)
-        .map(|v| if v.is_nan() { 0.0 } else { v })
-        .collect()
+    sum.iter().map(|s| nan_to_zero(s / n)).collect()
+}
+
+/// NaN becomes 0, as the original's index build does with its embeddings.
+fn nan_to_zero(v: f32) -> f32 {
+    if v.is_nan() {
+        0.0
+    } else {
+        v
+    }
 }
 
 #[cfg(test)]

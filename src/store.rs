@@ -296,13 +296,7 @@ impl Store {
     /// Records which encoder build made the embeddings ingested last (provider, precision, ONNX
     /// Runtime version) in the table's config, so a store says how its vectors were computed.
     pub async fn record_encoder(&self, encoder: &EncoderRecord) -> Result<()> {
-        let native = self.table.as_native().ok_or_else(|| {
-            Error::Internal(format!(
-                "{} is not a local Lance table",
-                self.path.display()
-            ))
-        })?;
-        native
+        self.native()?
             .update_config(encoder.entries())
             .await
             .map_err(|e| self.err(e))
@@ -310,14 +304,18 @@ impl Store {
 
     /// The encoder record of the last ingest, if one was written.
     pub async fn encoder_record(&self) -> Result<Option<EncoderRecord>> {
-        let native = self.table.as_native().ok_or_else(|| {
+        let manifest = self.native()?.manifest().await.map_err(|e| self.err(e))?;
+        Ok(EncoderRecord::from_config(&manifest.config))
+    }
+
+    /// The Lance table under LanceDB's handle: its config lives in the dataset's manifest.
+    fn native(&self) -> Result<&lancedb::table::NativeTable> {
+        self.table.as_native().ok_or_else(|| {
             Error::Internal(format!(
                 "{} is not a local Lance table",
                 self.path.display()
             ))
-        })?;
-        let manifest = native.manifest().await.map_err(|e| self.err(e))?;
-        Ok(EncoderRecord::from_config(&manifest.config))
+        })
     }
 
     /// Embedding dimension.
