@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use tttnn::corpus::Reader;
-use tttnn::embed::{Device, Encoder, Precision};
+use tttnn::embed::{Encoder, Precision};
+use tttnn::Device;
 
 /// Embedding throughput on the texts of a JSONL file.
 #[derive(clap::Parser)]

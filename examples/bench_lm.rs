@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use tttnn::eval;
-use tttnn::lm::{Device, LanguageModel, Precision};
+use tttnn::lm::{LanguageModel, Precision};
+use tttnn::Device;
 use tttnn::ttt::{TrainConfig, Trainer};
 
 /// Seconds per training step and per evaluated document on one HF model directory.

@@ -93,7 +93,7 @@ struct Query {
 
 /// Writes `rows` clustered vectors into a fresh store at `dir` (or reuses it) and returns the
 /// store with `queries` fresh points of the same clusters.
-async fn synthetic(args: &Args) -> anyhow::Result<(Store, Vec<Query>, String)> {
+fn synthetic(args: &Args) -> anyhow::Result<(Store, Vec<Query>, String)> {
     let (rows, dim) = (args.rows, args.dim);
     let clusters = args.clusters.unwrap_or((rows / 100).max(1));
     let dir = args
@@ -108,8 +108,8 @@ async fn synthetic(args: &Args) -> anyhow::Result<(Store, Vec<Query>, String)> {
         centers[c].iter().map(|x| x + 0.5 * rng.normal()).collect()
     };
     let fresh = !dir.join("documents.lance").exists();
-    let store = Store::open_or_create(&dir, dim).await?;
-    if fresh || store.count().await? != rows {
+    let store = Store::open_or_create(&dir, dim)?;
+    if fresh || store.count()? != rows {
         anyhow::ensure!(
             fresh,
             "{} holds a different store; remove it",
@@ -128,9 +128,9 @@ async fn synthetic(args: &Args) -> anyhow::Result<(Store, Vec<Query>, String)> {
                     embedding: point(&mut rng, i % clusters),
                 })
                 .collect();
-            store.add(&docs).await?;
+            store.add(&docs)?;
         }
-        store.compact().await?;
+        store.compact()?;
         eprintln!(
             "wrote {rows} x {dim} vectors in {:.1}s",
             t.elapsed().as_secs_f64()
@@ -157,9 +157,9 @@ async fn synthetic(args: &Args) -> anyhow::Result<(Store, Vec<Query>, String)> {
 
 /// A real store: the stored embeddings of `queries` documents of the query split, spread evenly
 /// over its documents in file order.
-async fn real(args: &Args, path: &std::path::Path) -> anyhow::Result<(Store, Vec<Query>, String)> {
-    let store = Store::open(path).await?;
-    let docs = store.documents_of(&args.query_split, None).await?;
+fn real(args: &Args, path: &std::path::Path) -> anyhow::Result<(Store, Vec<Query>, String)> {
+    let store = Store::open(path)?;
+    let docs = store.documents_of(&args.query_split, None)?;
     anyhow::ensure!(
         !docs.is_empty(),
         "{}: no `{}` documents to query with (--query-split)",
@@ -170,12 +170,11 @@ async fn real(args: &Args, path: &std::path::Path) -> anyhow::Result<(Store, Vec
     let mut queries = Vec::with_capacity(n);
     for i in 0..n {
         let d = &docs[i * docs.len() / n];
-        let (vector, _) = store
-            .document(&d.id)
-            .await?
+        let doc = store
+            .document(&d.id)?
             .ok_or_else(|| anyhow::anyhow!("document {} vanished", d.id))?;
         queries.push(Query {
-            vector,
+            vector: doc.embedding,
             exclude_id: Some(d.id.clone()),
             split: Some(args.search_split.clone()),
         });
@@ -191,7 +190,7 @@ async fn real(args: &Args, path: &std::path::Path) -> anyhow::Result<(Store, Vec
 }
 
 /// Latencies (ms) and result ids of every query under `mode`.
-async fn run(
+fn run(
     store: &Store,
     queries: &[Query],
     k: usize,
@@ -208,27 +207,24 @@ async fn run(
             split: q.split.clone(),
         };
         let t = Instant::now();
-        let found = store.retrieve(&q.vector, &r).await?;
+        let found = store.retrieve(&q.vector, &r)?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
         ids.push(found.into_iter().map(|n| n.id).collect());
     }
     Ok((ms, ids))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args: Args = clap::Parser::parse();
     let (store, queries, what) = match &args.store {
-        Some(path) => real(&args, path).await?,
-        None => synthetic(&args).await?,
+        Some(path) => real(&args, path)?,
+        None => synthetic(&args)?,
     };
-    let (rows, dim, k) = (store.count().await?, store.dim(), args.k);
-    if args.rebuild_index || store.vector_indexes().await?.is_empty() {
-        let mut p = IvfPqParams::sized_for(rows, dim).map_err(anyhow::Error::msg)?;
-        p.partitions = args.partitions.unwrap_or(p.partitions);
-        p.sub_vectors = args.sub_vectors.unwrap_or(p.sub_vectors);
+    let (rows, dim, k) = (store.count()?, store.dim(), args.k);
+    if args.rebuild_index || store.vector_indexes()?.is_empty() {
+        let p = IvfPqParams::resolve(rows, dim, args.partitions, args.sub_vectors, 8)?;
         let t = Instant::now();
-        store.create_ivf_pq(p).await?;
+        store.create_ivf_pq(p)?;
         println!(
             "IVF-PQ index: {} partitions, {} sub-vectors, {} bits, built in {:.1} s",
             p.partitions,
@@ -238,7 +234,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("{rows} rows x {dim} dims; {what}; k = {k}\n");
-    let (mut exact_ms, truth) = run(&store, &queries, k, SearchMode::Exact).await?;
+    let (mut exact_ms, truth) = run(&store, &queries, k, SearchMode::Exact)?;
     let p50 = percentile(&mut exact_ms, 0.5);
     let p99 = percentile(&mut exact_ms, 0.99);
     println!("| rows | dim | search | nprobes | refine | p50 ms | p99 ms | recall@{k} | speed-up vs exact (p50) |");
@@ -250,7 +246,7 @@ async fn main() -> anyhow::Result<()> {
                 nprobes,
                 refine_factor: (refine > 0).then_some(refine),
             };
-            let (mut ms, found) = run(&store, &queries, k, mode).await?;
+            let (mut ms, found) = run(&store, &queries, k, mode)?;
             let (hits, wanted) = found.iter().zip(&truth).fold((0, 0), |(h, w), (f, t)| {
                 (
                     h + f.iter().filter(|id| t.contains(id)).count(),

@@ -32,10 +32,10 @@ rows AS (
     FROM j WHERE weight IS NOT NULL
     GROUP BY run_id
 )
-SELECT r.id AS run_id, r.method, r.device, rows.task, rows.docs, rows.neighbors, rows.steps,
+SELECT r.id AS run_id, r.method, s.device, rows.task, rows.docs, rows.neighbors, rows.steps,
        round(s_per_neighbor, 3) AS s_per_neighbor,
        round(s_per_step, 4)     AS s_per_step,
        round(retrieval_s, 4)    AS retrieval_s_per_doc,
        round(s_per_doc, 2)      AS s_per_doc
-FROM rows JOIN runs r ON r.id = rows.run_id
+FROM rows JOIN runs r ON r.id = rows.run_id JOIN run_settings s ON s.run_id = r.id
 ORDER BY run_id, rows.task = 'pile_all', rows.task;

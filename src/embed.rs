@@ -10,19 +10,10 @@ use serde::Deserialize;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
+use crate::Device;
 
 /// The ONNX Runtime version our `ort` build (api-31) is written against.
 pub const ORT_VERSION: &str = "1.31";
-
-/// Where the encoder runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    /// ONNX Runtime's CPU execution provider.
-    Cpu,
-    /// ONNX Runtime's CUDA execution provider; an error if the loaded library lacks it.
-    Cuda,
-}
 
 /// Numeric precision of the encoder.
 #[derive(
@@ -67,6 +58,13 @@ pub struct EncoderConfig {
 }
 
 impl EncoderConfig {
+    /// Reads an encoder directory's `config.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::bad_file(&path, e.to_string()))
+    }
+
     /// Longest input in tokens, special tokens included: 512 for RoBERTa's 514 positions.
     pub fn max_length(&self) -> usize {
         match self.model_type.as_str() {
@@ -79,8 +77,7 @@ impl EncoderConfig {
     }
 }
 
-static ORT_ENV: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment), String>> =
-    OnceLock::new();
+static ORT_ENV: OnceLock<Result<(PathBuf, ort::environment::Environment)>> = OnceLock::new();
 
 /// Finds ONNX Runtime's shared library: `TTTNN_ORT_DYLIB`, then `ORT_DYLIB_PATH`.
 pub fn ort_library_path() -> Result<PathBuf> {
@@ -110,23 +107,32 @@ pub fn ort_library_path() -> Result<PathBuf> {
 pub fn init_ort() -> Result<&'static (PathBuf, ort::environment::Environment)> {
     ORT_ENV
         .get_or_init(|| {
-            let path = ort_library_path().map_err(|e| e.to_string())?;
+            let path = ort_library_path()?;
             let env = ort::init_from(&path)
                 .map_err(|e| {
-                    format!(
-                        "cannot load {} (expected ONNX Runtime {ORT_VERSION}.x): {e}",
-                        path.display()
+                    Error::library(
+                        "ONNX Runtime",
+                        format!(
+                            "cannot load {} (expected ONNX Runtime {ORT_VERSION}.x): {e}",
+                            path.display()
+                        ),
                     )
                 })?
                 .with_name("tttnn")
                 .build()
-                .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", path.display()))?;
+                .map_err(|e| {
+                    Error::library(
+                        "ONNX Runtime",
+                        format!("cannot start ONNX Runtime from {}: {e}", path.display()),
+                    )
+                })?;
             Ok((path, env))
         })
         .as_ref()
-        .map_err(|message| Error::Library {
-            library: "ONNX Runtime",
-            message: message.clone(),
+        // The error is cached for the process; each caller gets its own copy of the message.
+        .map_err(|e| match e {
+            Error::Library { library, message } => Error::library(library, message.clone()),
+            other => Error::library("ONNX Runtime", other.to_string()),
         })
 }
 
@@ -175,12 +181,7 @@ pub fn ort_version() -> String {
 pub fn cuda_provider_check() -> Result<()> {
     let (_, env) = init_ort()?;
     let builder = Session::builder(env).map_err(|e| Error::onnx("session builder", e))?;
-    with_cuda(builder, false)
-        .map(|_| ())
-        .map_err(|message| Error::Library {
-            library: "ONNX Runtime CUDA",
-            message,
-        })
+    with_cuda(builder, false, "ONNX Runtime CUDA").map(|_| ())
 }
 
 /// Registers ONNX Runtime's CUDA execution provider with `error_on_failure`: ort falls back to the
@@ -190,7 +191,8 @@ pub fn cuda_provider_check() -> Result<()> {
 fn with_cuda(
     builder: ort::session::builder::SessionBuilder,
     tf32: bool,
-) -> std::result::Result<ort::session::builder::SessionBuilder, String> {
+    library: &'static str,
+) -> Result<ort::session::builder::SessionBuilder> {
     let cuda = ort::ep::CUDA::default()
         .with_tf32(tf32)
         .build()
@@ -204,7 +206,7 @@ fn with_cuda(
             "the provider needs the NVIDIA driver (libcuda.so.1) and CUDA 13 / cuDNN 9 on \
              LD_LIBRARY_PATH: `scripts/setup --cuda`, then `TTTNN_CUDA=1 source .tttnn-env`"
         };
-        format!("{e} ({hint}; docs/gpu.md)")
+        Error::library(library, format!("{e} ({hint}; docs/gpu.md)"))
     })
 }
 
@@ -237,10 +239,7 @@ impl Encoder {
     /// Loads an encoder directory in `precision` (fp16 reads `model.fp16.onnx`).
     pub fn load_with(dir: &Path, device: Device, precision: Precision) -> Result<Self> {
         let (_, env) = init_ort()?;
-        let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let config: EncoderConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::bad_file(&config_path, e.to_string()))?;
+        let config = EncoderConfig::load(dir)?;
         let tok_path = dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| Error::Tokenizer {
             path: tok_path.clone(),
@@ -260,13 +259,13 @@ impl Encoder {
         tokenizer.with_padding(None);
 
         if device == Device::Cpu && precision != Precision::Fp32 {
-            return Err(Error::BadSetting {
-                field: "precision".into(),
-                message: format!(
+            return Err(Error::setting(
+                "precision",
+                format!(
                     "encoder precision {} runs on CUDA only (--device cuda)",
                     precision.name()
                 ),
-            });
+            ));
         }
         let model_path = dir.join(match precision {
             Precision::Fp16 => "model.fp16.onnx",
@@ -295,14 +294,13 @@ impl Encoder {
         let provider = match device {
             Device::Cpu => "CPUExecutionProvider",
             Device::Cuda => {
-                builder = with_cuda(builder, precision == Precision::Tf32).map_err(|e| {
-                    Error::Library {
-                        library: "ONNX Runtime",
-                        message: format!(
-                            "--device cuda: the CUDA execution provider could not be registered: {e}"
-                        ),
-                    }
-                })?;
+                builder = with_cuda(builder, precision == Precision::Tf32, "ONNX Runtime")
+                    .map_err(|e| {
+                        Error::library(
+                            "ONNX Runtime",
+                            format!("--device cuda: the CUDA execution provider could not be registered: {e}"),
+                        )
+                    })?;
                 "CUDAExecutionProvider"
             }
         };
@@ -470,10 +468,13 @@ impl Encoder {
             .map_err(|e| Error::onnx(output, e))?;
         let dim = *out_shape.last().unwrap_or(&0) as usize;
         if dim != self.config.hidden_size {
-            return Err(Error::Internal(format!(
-                "encoder output has dimension {dim}, config.json says hidden_size {}",
-                self.config.hidden_size
-            )));
+            return Err(Error::bad_file(
+                &self.dir,
+                format!(
+                    "encoder output has dimension {dim}, config.json says hidden_size {}",
+                    self.config.hidden_size
+                ),
+            ));
         }
         if self.pooled_in_graph {
             // The masked mean came out of the graph.

@@ -67,6 +67,30 @@ pub enum Error {
     #[error("tokenizer {}: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },
 
+    /// Arrow refused a batch we built.
+    #[error("Arrow ({context}): {source}")]
+    Arrow {
+        context: String,
+        #[source]
+        source: arrow_schema::ArrowError,
+    },
+
+    /// JSON we wrote or read back (a run's config, a report) failed.
+    #[error("JSON ({context}): {source}")]
+    Json {
+        context: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// The async runtime LanceDB needs could not start.
+    #[error("tokio runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+
+    /// A plot could not be drawn or written.
+    #[error("plot {}: {message}", path.display())]
+    Plot { path: PathBuf, message: String },
+
     /// Something that should not happen did; a bug or an unexpected upstream state.
     #[error("internal error: {0}")]
     Internal(String),
@@ -119,6 +143,80 @@ impl Error {
         }
     }
 
+    /// A setting (flag, env var or TOML key `field`) with a value we cannot accept.
+    pub fn setting(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::BadSetting {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A native library that is missing or of the wrong version.
+    pub fn library(library: &'static str, message: impl Into<String>) -> Self {
+        Error::Library {
+            library,
+            message: message.into(),
+        }
+    }
+
+    /// A LanceDB error on the store at `path`.
+    pub fn store(path: impl Into<PathBuf>, source: lancedb::Error) -> Self {
+        Error::Store {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A DuckDB error on the results database at `path`.
+    pub fn records(path: impl Into<PathBuf>, source: duckdb::Error) -> Self {
+        Error::Records {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A tokenizer at `path` that failed to load or encode.
+    pub fn tokenizer(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
+        Error::Tokenizer {
+            path: path.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// An Arrow error with what we were building.
+    pub fn arrow(context: impl Into<String>, source: arrow_schema::ArrowError) -> Self {
+        Error::Arrow {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A JSON error with what we were reading or writing.
+    pub fn json(context: impl Into<String>, source: serde_json::Error) -> Self {
+        Error::Json {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The tokio runtime failed to start.
+    pub fn runtime(source: std::io::Error) -> Self {
+        Error::Runtime(source)
+    }
+
+    /// A plot at `path` that could not be drawn or written.
+    pub fn plot(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
+        Error::Plot {
+            path: path.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// A bug or an upstream state that should not happen.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::Internal(message.into())
+    }
+
     /// An ONNX Runtime error with what we were doing.
     pub fn onnx(context: impl Into<String>, source: ort::Error) -> Self {
         Error::Onnx {
@@ -137,6 +235,11 @@ mod tests {
         let e = Error::bad_line("data/x.jsonl", 7, "missing field `text`");
         assert_eq!(e.to_string(), "data/x.jsonl:7: missing field `text`");
         assert_eq!(e.exit_code(), 1);
-        assert_eq!(Error::Internal("x".into()).exit_code(), 2);
+        assert_eq!(Error::internal("x").exit_code(), 2);
+        assert_eq!(Error::setting("lr", "-1 is not a learning rate").exit_code(), 1);
+        assert_eq!(
+            Error::setting("lr", "bad").to_string(),
+            "invalid setting `lr`: bad"
+        );
     }
 }

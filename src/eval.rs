@@ -200,6 +200,30 @@ pub fn split_point(len: usize) -> usize {
     }
 }
 
+/// Bits per byte of a log-likelihood over `bytes`: `-ll / bytes / ln 2` (docs/spec.md §3.2).
+pub fn bits_per_byte(loglik: f64, bytes: u64) -> f64 {
+    -loglik / bytes.max(1) as f64 / std::f64::consts::LN_2
+}
+
+/// The mixture distribution of the `interpolate` baseline: the neighbours' unigram distributions
+/// weighted by softmax(−distance) over their unsquared L2 distances (docs/spec.md §4.2).
+pub fn knn_distribution(distances: &[f32], unigrams: &[Tensor]) -> Tensor {
+    let max = distances
+        .iter()
+        .map(|d| -f64::from(*d))
+        .fold(f64::MIN, f64::max);
+    let w: Vec<f64> = distances
+        .iter()
+        .map(|d| (-f64::from(*d) - max).exp())
+        .collect();
+    let z: f64 = w.iter().sum();
+    let mut dist = unigrams[0].zeros_like();
+    for (u, w) in unigrams.iter().zip(&w) {
+        dist += u * (w / z);
+    }
+    dist
+}
+
 /// Micro-averaged task metrics over documents.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Aggregate {
@@ -224,7 +248,7 @@ impl Aggregate {
 
     /// `-Σll / Σbytes / ln 2`.
     pub fn bits_per_byte(&self) -> f64 {
-        -self.loglik / self.bytes as f64 / std::f64::consts::LN_2
+        bits_per_byte(self.loglik, self.bytes)
     }
 
     /// `exp(-Σll / Σbytes)`.
@@ -241,6 +265,32 @@ impl Aggregate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bits_per_byte_is_nats_per_byte_over_ln2() {
+        assert!((bits_per_byte(-std::f64::consts::LN_2 * 8.0, 4) - 2.0).abs() < 1e-12);
+        assert_eq!(bits_per_byte(0.0, 0), 0.0);
+    }
+
+    #[test]
+    fn knn_mixture_weights_neighbours_by_softmax_of_minus_distance() {
+        let a = unigram(&[0, 0, 1], 3);
+        let b = unigram(&[2], 3);
+        let d = knn_distribution(&[1.0, 2.0], &[a.shallow_clone(), b.shallow_clone()]);
+        let wa = 1.0 / (1.0 + (-1.0f64).exp());
+        let got: Vec<f64> = Vec::try_from(&d).unwrap();
+        let ua: Vec<f64> = Vec::try_from(&a).unwrap();
+        let ub: Vec<f64> = Vec::try_from(&b).unwrap();
+        for i in 0..3 {
+            let want = wa * ua[i] + (1.0 - wa) * ub[i];
+            assert!((got[i] - want).abs() < 1e-12, "{i}: {} vs {want}", got[i]);
+        }
+        assert!((got.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        // Equal distances: the plain mean, whatever their size (the max is subtracted first).
+        let far = knn_distribution(&[500.0, 500.0], &[a.shallow_clone(), b]);
+        let mean: Vec<f64> = Vec::try_from(&far).unwrap();
+        assert!((mean[2] - 0.5 * ub[2]).abs() < 1e-12 && mean[2].is_finite());
+    }
 
     #[test]
     fn windows_score_every_token_once() {

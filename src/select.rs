@@ -23,6 +23,13 @@ pub enum Selection {
     Sift,
 }
 
+impl Selection {
+    /// Whether neighbours are chosen by SIFT.
+    pub fn is_sift(self) -> bool {
+        self == Selection::Sift
+    }
+}
+
 /// SIFT's settings.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sift {

@@ -70,6 +70,7 @@ impl TryFrom<String> for Task {
 /// A slice of the documents for one of N workers: document `i` goes to shard `i mod N`, as the
 /// original deals documents to its ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct Shard {
     /// This worker, 0-based.
     pub index: usize,
@@ -98,6 +99,19 @@ impl FromStr for Shard {
             return Err(bad());
         }
         Ok(Shard { index, count })
+    }
+}
+
+impl From<Shard> for String {
+    fn from(s: Shard) -> String {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for Shard {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
     }
 }
 

@@ -1,7 +1,9 @@
 //! `tttnn doctor`: what the native stack looks like on this machine.
 use serde::Serialize;
 
-use crate::error::Result;
+use tttnn::{Error, Result};
+
+use super::ui::Printer;
 
 /// Check libtorch, CUDA, ONNX Runtime, libduckdb and protoc.
 #[derive(Debug, clap::Args)]
@@ -16,7 +18,7 @@ pub struct Args {
 
 /// One line of the report.
 #[derive(Debug, Serialize)]
-pub struct Check {
+struct Check {
     /// What was checked.
     pub component: &'static str,
     /// Whether it works.
@@ -26,7 +28,7 @@ pub struct Check {
 }
 
 /// Runs every check.
-pub fn checks(cuda: bool) -> Vec<Check> {
+fn checks(cuda: bool) -> Vec<Check> {
     let mut out = Vec::new();
     let t = tch::Tensor::from_slice(&[1f32, 2., 3.])
         .sum(tch::Kind::Float)
@@ -36,12 +38,12 @@ pub fn checks(cuda: bool) -> Vec<Check> {
         ok: t == 6.0,
         detail: format!(
             "tch 0.24.0, expects torch {}; lib dir {}",
-            crate::lm::TORCH_VERSION,
+            tttnn::lm::TORCH_VERSION,
             std::env::var("TTTNN_LIBTORCH_LIB").unwrap_or_else(|_| "(rpath)".into())
         ),
     });
     if cuda {
-        out.push(match crate::lm::device::gpus() {
+        out.push(match tttnn::lm::device::gpus() {
             Ok(g) if !g.is_empty() => Check {
                 component: "GPU",
                 ok: true,
@@ -69,7 +71,7 @@ pub fn checks(cuda: bool) -> Vec<Check> {
                 detail: e.to_string(),
             },
         });
-        let r = crate::lm::Device::Cuda.resolve();
+        let r = tttnn::Device::Cuda.to_tch();
         out.push(Check {
             component: "libtorch CUDA",
             ok: r.is_ok(),
@@ -87,14 +89,14 @@ pub fn checks(cuda: bool) -> Vec<Check> {
             },
         });
     }
-    out.push(match crate::embed::init_ort() {
+    out.push(match tttnn::embed::init_ort() {
         Ok((path, _)) => Check {
             component: "ONNX Runtime",
             ok: true,
             detail: format!(
                 "{} (version {})",
                 path.display(),
-                crate::embed::ort_version()
+                tttnn::embed::ort_version()
             ),
         },
         Err(e) => Check {
@@ -104,7 +106,7 @@ pub fn checks(cuda: bool) -> Vec<Check> {
         },
     });
     if cuda {
-        out.push(match crate::embed::cuda_provider_check() {
+        out.push(match tttnn::embed::cuda_provider_check() {
             Ok(()) => Check {
                 component: "ORT CUDA",
                 ok: true,
@@ -150,29 +152,22 @@ pub fn checks(cuda: bool) -> Vec<Check> {
 }
 
 /// Prints the report; exits non-zero when something is broken.
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args, p: &Printer) -> Result<()> {
     let checks = checks(args.cuda);
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&checks)
-                .map_err(|e| crate::Error::Internal(e.to_string()))?
-        );
+        p.out(serde_json::to_string_pretty(&checks).map_err(|e| Error::json("doctor report", e))?)?;
     } else {
         for c in &checks {
-            println!(
+            p.out(format!(
                 "{:<14} {:<4} {}",
                 c.component,
                 if c.ok { "ok" } else { "FAIL" },
                 c.detail
-            );
+            ))?;
         }
     }
     match checks.iter().find(|c| !c.ok && c.component != "protoc") {
-        Some(c) => Err(crate::Error::Library {
-            library: c.component,
-            message: c.detail.clone(),
-        }),
+        Some(c) => Err(Error::library(c.component, c.detail.clone())),
         None => Ok(()),
     }
 }

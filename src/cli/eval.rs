@@ -4,10 +4,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::corpus;
-use crate::error::{Error, Result};
-use crate::eval::{self, Aggregate};
-use crate::lm::{Device, LanguageModel, Precision};
+use tttnn::corpus;
+use tttnn::eval::{self, Aggregate};
+use tttnn::lm::{LanguageModel, Precision};
+use tttnn::{Device, Error, Result};
+
+use super::ui::Printer;
 
 /// Bits per byte, byte and word perplexity of text files under an LM.
 ///
@@ -82,7 +84,7 @@ fn documents(path: &Path) -> Result<Box<dyn Iterator<Item = Result<String>>>> {
 }
 
 /// Evaluates every file and prints per-file rows and the total.
-pub fn run(args: Args, quiet: bool) -> Result<()> {
+pub fn run(args: Args, p: &Printer) -> Result<()> {
     let mut lm = LanguageModel::load(&args.model, args.device)?;
     lm.set_precision(args.precision)?;
     let mut rows = Vec::new();
@@ -98,8 +100,8 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
             tokens += s.tokens;
             agg.add(&s);
             total.add(&s);
-            if !quiet && agg.docs % 100 == 0 {
-                eprintln!("eval: {}: {} documents", path.display(), agg.docs);
+            if agg.docs % 100 == 0 {
+                p.say(format!("eval: {}: {} documents", path.display(), agg.docs));
             }
         }
         total_tokens += tokens;
@@ -109,12 +111,9 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
         rows.push(Row::new("total".into(), &total, total_tokens));
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(|e| Error::Internal(e.to_string()))?
-        );
+        p.out(serde_json::to_string_pretty(&rows).map_err(|e| Error::json("eval rows", e))?)?;
     } else {
-        println!(
+        p.out(format!(
             "{:<40} {:>6} {:>9} {:>10} {:>14} {:>15} {:>15}",
             "file",
             "docs",
@@ -123,9 +122,9 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
             "bits_per_byte",
             "byte_perplexity",
             "word_perplexity"
-        );
+        ))?;
         for r in &rows {
-            println!(
+            p.out(format!(
                 "{:<40} {:>6} {:>9} {:>10} {:>14.4} {:>15.4} {:>15.2}",
                 r.file,
                 r.docs,
@@ -134,7 +133,7 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
                 r.bits_per_byte,
                 r.byte_perplexity,
                 r.word_perplexity
-            );
+            ))?;
         }
     }
     Ok(())

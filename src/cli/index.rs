@@ -2,8 +2,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::error::{Error, Result};
-use crate::store::{IvfPqParams, Store};
+use tttnn::store::{IvfPqParams, Store};
+use tttnn::Result;
+
+use super::ui::Printer;
 
 /// Kind of vector index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -36,58 +38,29 @@ pub struct Args {
 }
 
 /// Builds or drops the index.
-pub fn run(args: Args, quiet: bool) -> Result<()> {
-    let rt = tokio::runtime::Runtime::new()
-        .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
-    let store = rt.block_on(Store::open(&args.store))?;
-    let rows = rt.block_on(store.count())?;
+pub fn run(args: Args, p: &Printer) -> Result<()> {
+    let store = Store::open(&args.store)?;
+    let rows = store.count()?;
     let t = Instant::now();
     match args.kind {
         Kind::Flat => {
-            let n = rt.block_on(store.drop_vector_indexes())?;
-            println!(
-                "{}",
-                serde_json::json!({"kind": "flat", "rows": rows, "dropped_indexes": n})
-            );
+            let n = store.drop_vector_indexes()?;
+            p.out(serde_json::json!({"kind": "flat", "rows": rows, "dropped_indexes": n}))
         }
         Kind::IvfPq => {
-            let bad = |m: String| Error::BadSetting {
-                field: "index".into(),
-                message: m,
-            };
-            let mut p = match (args.partitions, args.sub_vectors) {
-                (Some(partitions), Some(sub_vectors)) => IvfPqParams {
-                    partitions,
-                    sub_vectors,
-                    bits: args.bits,
-                },
-                _ => IvfPqParams::sized_for(rows, store.dim()).map_err(bad)?,
-            };
-            p.partitions = args.partitions.unwrap_or(p.partitions);
-            p.sub_vectors = args.sub_vectors.unwrap_or(p.sub_vectors);
-            p.bits = args.bits;
-            if p.sub_vectors == 0 || !store.dim().is_multiple_of(p.sub_vectors as usize) {
-                return Err(Error::BadSetting {
-                    field: "sub-vectors".into(),
-                    message: format!(
-                        "{} does not divide the dimension {}",
-                        p.sub_vectors,
-                        store.dim()
-                    ),
-                });
-            }
-            if !quiet {
-                eprintln!(
-                    "index: IVF-PQ over {rows} rows: {} partitions, {} sub-vectors, {} bits",
-                    p.partitions, p.sub_vectors, p.bits
-                );
-            }
-            rt.block_on(store.create_ivf_pq(p))?;
-            println!(
-                "{}",
-                serde_json::json!({"kind": "ivf-pq", "rows": rows, "partitions": p.partitions, "sub_vectors": p.sub_vectors, "bits": p.bits, "seconds": t.elapsed().as_secs_f64()})
-            );
+            let params = IvfPqParams::resolve(
+                rows,
+                store.dim(),
+                args.partitions,
+                args.sub_vectors,
+                args.bits,
+            )?;
+            p.say(format!(
+                "index: IVF-PQ over {rows} rows: {} partitions, {} sub-vectors, {} bits",
+                params.partitions, params.sub_vectors, params.bits
+            ));
+            store.create_ivf_pq(params)?;
+            p.out(serde_json::json!({"kind": "ivf-pq", "rows": rows, "partitions": params.partitions, "sub_vectors": params.sub_vectors, "bits": params.bits, "seconds": t.elapsed().as_secs_f64()}))
         }
     }
-    Ok(())
 }

@@ -1,8 +1,10 @@
 //! `tttnn merge`: shard databases (`tttnn run --shard I/N`, one file each) into one run.
 use std::path::PathBuf;
 
-use crate::error::Result;
-use crate::records::Db;
+use tttnn::records::Db;
+use tttnn::Result;
+
+use super::ui::Printer;
 
 /// Merge the DuckDB files of a sharded run (`--shard I/N`) into one run in OUT.
 ///
@@ -18,16 +20,13 @@ pub struct Args {
 }
 
 /// Runs the subcommand.
-pub fn run(args: Args, quiet: bool) -> Result<()> {
+pub fn run(args: Args, p: &Printer) -> Result<()> {
     let db = Db::open(&args.out)?;
     let id = db.merge_shards(&args.inputs)?;
-    if !quiet {
-        eprintln!(
-            "merged {} shard(s) into run {id} of {}",
-            args.inputs.len(),
-            args.out.display()
-        );
-    }
-    println!("{id}");
-    Ok(())
+    p.say(format!(
+        "merged {} shard(s) into run {id} of {}",
+        args.inputs.len(),
+        args.out.display()
+    ));
+    p.out(id)
 }

@@ -1,16 +1,18 @@
-//! The `tttnn` command line: one file per subcommand, doc comments as help text.
-pub mod doctor;
-pub mod eval;
-pub mod index;
-pub mod ingest;
-pub mod merge;
-pub mod report;
-pub mod run;
-pub mod search;
-pub mod smoke;
-pub mod sql;
+//! The `tttnn` command line: one file per subcommand, doc comments as help text. Each subcommand
+//! parses its flags, calls one library entry point and prints; [`ui::Printer`] does the talking.
+mod doctor;
+mod eval;
+mod index;
+mod ingest;
+mod merge;
+mod report;
+mod run;
+mod search;
+mod smoke;
+mod sql;
+pub mod ui;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgMatches, Parser, Subcommand};
 
 /// tttnn: test-time training on nearest neighbours (Hardt & Sun 2023).
 ///
@@ -22,6 +24,9 @@ pub struct Cli {
     /// Print only errors on stderr.
     #[arg(long, short, global = true, env = "TTTNN_QUIET")]
     pub quiet: bool,
+    /// Print a line per step (per neighbour in `run`).
+    #[arg(long, short, global = true, conflicts_with = "quiet")]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -52,19 +57,22 @@ pub enum Command {
 }
 
 impl Command {
-    /// Runs the subcommand.
-    pub fn run(self, quiet: bool) -> crate::Result<()> {
+    /// Runs the subcommand; `matches` are its own (to tell given flags from defaults).
+    pub fn run(self, p: &ui::Printer, matches: &ArgMatches) -> tttnn::Result<()> {
         match self {
-            Command::Doctor(a) => doctor::run(a),
-            Command::Smoke(a) => smoke::run(a, quiet),
-            Command::Ingest(a) => ingest::run(a, quiet),
-            Command::Index(a) => index::run(a, quiet),
-            Command::Search(a) => search::run(a),
-            Command::Eval(a) => eval::run(a, quiet),
-            Command::Run(a) => run::run(*a, quiet),
-            Command::Sql(a) => sql::run(a),
-            Command::Report(a) => report::run(a, quiet),
-            Command::Merge(a) => merge::run(a, quiet),
+            Command::Doctor(a) => doctor::run(a, p),
+            Command::Smoke(a) => smoke::run(a, p),
+            Command::Ingest(a) => ingest::run(a, p),
+            Command::Index(a) => index::run(a, p),
+            Command::Search(a) => search::run(a, p),
+            Command::Eval(a) => eval::run(a, p),
+            Command::Run(a) => run::run(*a, p, matches),
+            Command::Sql(a) => sql::run(a, p),
+            Command::Report(a) => report::run(a, p),
+            Command::Merge(a) => merge::run(a, p),
         }
     }
 }
+
+/// The default results database of `run`, `sql`, `report` and `smoke`.
+pub const DEFAULT_DB: &str = "results.duckdb";

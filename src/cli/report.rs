@@ -6,14 +6,16 @@ use std::path::{Path, PathBuf};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::error::{Error, Result};
-use crate::records::Db;
+use tttnn::records::Db;
+use tttnn::{Error, Result};
+
+use super::ui::Printer;
 
 /// Plot bits per byte against k per task, and before/after bars, for runs of a results database.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Results database.
-    #[arg(long, env = "TTTNN_DB", default_value = "results.duckdb")]
+    #[arg(long, env = "TTTNN_DB", default_value = super::DEFAULT_DB)]
     pub db: PathBuf,
     /// Runs to plot [default: every run].
     #[arg(long = "run", value_name = "RUN_ID")]
@@ -26,39 +28,21 @@ pub struct Args {
 /// Bits per byte per task and k of one run.
 type Curves = BTreeMap<String, Vec<(i64, f64)>>;
 
+/// The runs' `bpb_vs_k` curves, per run and task.
 fn load(db: &Db, runs: &[i64]) -> Result<BTreeMap<i64, Curves>> {
-    let err = |e: duckdb::Error| Error::Records {
-        path: db.path().to_path_buf(),
-        source: e,
-    };
-    let conn = db.connection();
-    db.select_runs(runs)?;
-    let sql = super::sql::builtin("bpb_vs_k").unwrap_or_default();
-    let mut stmt = conn.prepare(sql).map_err(err)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, f64>(4)?,
-            ))
-        })
-        .map_err(err)?;
     let mut out: BTreeMap<i64, Curves> = BTreeMap::new();
-    for row in rows {
-        let (run, task, k, bpb) = row.map_err(err)?;
-        out.entry(run)
+    for point in db.bpb_vs_k(runs)? {
+        out.entry(point.run_id)
             .or_default()
-            .entry(task)
+            .entry(point.task)
             .or_default()
-            .push((k, bpb));
+            .push((point.k, point.bits_per_byte));
     }
     Ok(out)
 }
 
-/// Runs the subcommand.
-pub fn run(args: Args, quiet: bool) -> Result<()> {
+/// Runs the subcommand: prints each written path.
+pub fn run(args: Args, p: &Printer) -> Result<()> {
     let db = Db::open_read_only(&args.db)?;
     let runs = load(&db, &args.runs)?;
     if runs.is_empty() {
@@ -80,13 +64,8 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
             draw_bars(svg, *run, curves).map_err(|e| e.to_string())?;
             draw_bars(png, *run, curves).map_err(|e| e.to_string())
         })?;
-        if !quiet {
-            for p in written.iter().chain(&bars) {
-                eprintln!("wrote {}", p.display());
-            }
-        }
-        for p in written.iter().chain(&bars) {
-            println!("{}", p.display());
+        for path in written.iter().chain(&bars) {
+            p.out(path.display())?;
         }
     }
     Ok(())
@@ -106,11 +85,9 @@ fn write_both(
     {
         let svg = SVGBackend::new(&svg_path, size).into_drawing_area();
         let png = BitMapBackend::new(&png_path, size).into_drawing_area();
-        draw(&svg, &png).map_err(|e| Error::Internal(format!("drawing {stem}: {e}")))?;
-        svg.present()
-            .map_err(|e| Error::Internal(format!("writing {}: {e}", svg_path.display())))?;
-        png.present()
-            .map_err(|e| Error::Internal(format!("writing {}: {e}", png_path.display())))?;
+        draw(&svg, &png).map_err(|e| Error::plot(dir.join(stem), e))?;
+        svg.present().map_err(|e| Error::plot(&svg_path, e))?;
+        png.present().map_err(|e| Error::plot(&png_path, e))?;
     }
     Ok(vec![png_path, svg_path])
 }

@@ -1,9 +1,11 @@
 //! `tttnn search`: a text's (or a stored document's) nearest neighbours in the store.
 use std::path::PathBuf;
 
-use crate::embed::{self, Encoder};
-use crate::error::{Error, Result};
-use crate::store::{self, Retrieval, SearchMode, Store};
+use tttnn::embed::{self, Encoder};
+use tttnn::store::{self, Retrieval, SearchMode, Store};
+use tttnn::{Device, Error, Result};
+
+use super::ui::Printer;
 
 /// Search the store: neighbours nearest first, with unsquared L2 distances.
 #[derive(Debug, clap::Args)]
@@ -39,8 +41,8 @@ pub struct Args {
     #[arg(required_unless_present = "doc_id")]
     pub text: Option<String>,
     /// Where the encoder runs.
-    #[arg(long, value_enum, default_value_t = embed::Device::Cpu, env = "TTTNN_ENCODER_DEVICE")]
-    pub device: embed::Device,
+    #[arg(long, value_enum, default_value_t = Device::Cpu, env = "TTTNN_ENCODER_DEVICE")]
+    pub device: Device,
     /// Encoder precision: fp32 (the original's), or the departures tf32 and fp16 (CUDA only).
     #[arg(long, value_enum, default_value_t = embed::Precision::Fp32, env = "TTTNN_ENCODER_PRECISION")]
     pub precision: embed::Precision,
@@ -50,44 +52,29 @@ pub struct Args {
 }
 
 /// Runs the search and prints rank, id, set, distance and the start of each text.
-pub fn run(args: Args) -> Result<()> {
-    let rt = tokio::runtime::Runtime::new()
-        .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
-    let store = rt.block_on(Store::open(&args.store))?;
+pub fn run(args: Args, p: &Printer) -> Result<()> {
+    let store = Store::open(&args.store)?;
     let (vector, exclude_id) = match (&args.doc_id, &args.text) {
         (Some(id), _) => {
-            let (v, _) = rt
-                .block_on(store.document(id))?
-                .ok_or_else(|| Error::BadSetting {
-                    field: "doc-id".into(),
-                    message: format!("no document `{id}` in {}", args.store.display()),
-                })?;
-            (v, Some(id.clone()))
+            let doc = store.document(id)?.ok_or_else(|| {
+                Error::setting(
+                    "doc-id",
+                    format!("no document `{id}` in {}", args.store.display()),
+                )
+            })?;
+            (doc.embedding, Some(id.clone()))
         }
         (None, Some(text)) => {
-            let dir = args.encoder.as_ref().ok_or_else(|| Error::BadSetting {
-                field: "encoder".into(),
-                message: "--encoder is needed to embed TEXT".into(),
-            })?;
+            let dir = args
+                .encoder
+                .as_ref()
+                .ok_or_else(|| Error::setting("encoder", "--encoder is needed to embed TEXT"))?;
             let mut enc = Encoder::load_with(dir, args.device, args.precision)?;
             (enc.embed(&[text.as_str()], 1)?.remove(0), None)
         }
-        (None, None) => {
-            return Err(Error::BadSetting {
-                field: "text".into(),
-                message: "give TEXT or --doc-id".into(),
-            })
-        }
+        (None, None) => return Err(Error::setting("text", "give TEXT or --doc-id")),
     };
-    let indexed = !args.exact && !rt.block_on(store.vector_indexes())?.is_empty();
-    let mode = if indexed {
-        SearchMode::Indexed {
-            nprobes: args.nprobes,
-            refine_factor: (args.refine_factor > 0).then_some(args.refine_factor),
-        }
-    } else {
-        SearchMode::Exact
-    };
+    let mode = store.default_search_mode(args.exact, args.nprobes, args.refine_factor)?;
     let r = Retrieval {
         k: args.k,
         mode,
@@ -96,7 +83,7 @@ pub fn run(args: Args) -> Result<()> {
         split: args.split.clone(),
     };
     let t = std::time::Instant::now();
-    let neighbors = rt.block_on(store.retrieve(&vector, &r))?;
+    let neighbors = store.retrieve(&vector, &r)?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     if args.json {
         let rows: Vec<_> = neighbors
@@ -104,12 +91,12 @@ pub fn run(args: Args) -> Result<()> {
             .enumerate()
             .map(|(i, n)| serde_json::json!({"rank": i + 1, "id": n.id, "set_name": n.set_name, "distance": n.distance, "text": n.text}))
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        p.out(serde_json::Value::Array(rows))?;
     } else {
-        println!(
+        p.out(format!(
             "{:>4}  {:<28} {:<18} {:>9}  text",
             "rank", "id", "set", "distance"
-        );
+        ))?;
         for (i, n) in neighbors.iter().enumerate() {
             let snippet: String = n
                 .text
@@ -117,19 +104,22 @@ pub fn run(args: Args) -> Result<()> {
                 .take(60)
                 .map(|c| if c.is_control() { ' ' } else { c })
                 .collect();
-            println!(
+            p.out(format!(
                 "{:>4}  {:<28} {:<18} {:>9.4}  {snippet}",
                 i + 1,
                 n.id,
                 n.set_name,
                 n.distance
-            );
+            ))?;
         }
     }
-    eprintln!(
+    p.say(format!(
         "search: {} neighbours in {ms:.1} ms ({})",
         neighbors.len(),
-        if indexed { "IVF-PQ" } else { "exact" }
-    );
+        match mode {
+            SearchMode::Exact => "exact",
+            SearchMode::Indexed { .. } => "IVF-PQ",
+        }
+    ));
     Ok(())
 }

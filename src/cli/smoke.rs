@@ -3,17 +3,17 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::sql;
-use crate::corpus;
-use crate::embed::{self, Encoder};
-use crate::error::{Error, Result};
-use crate::lm::{Device, Precision};
-use crate::records::Db;
-use crate::runner::{self, ContextOrder, EvalAt, Event, Method, RunConfig};
-use crate::select::{Selection, Sift};
-use crate::store::{Document, Store};
-use crate::task::{Shard, Task};
-use crate::ttt::OptimizerState;
+use tttnn::corpus;
+use tttnn::embed::Encoder;
+use tttnn::ingest::Ingest;
+use tttnn::records::{Db, Query};
+use tttnn::runner::{self, Event, RunConfig};
+use tttnn::store::Store;
+use tttnn::task::Task;
+use tttnn::{Device, Error, Result};
+
+use super::sql::{print_query, Format};
+use super::ui::Printer;
 
 /// Run the whole stack on the bundled tiny fixtures.
 #[derive(Debug, clap::Args)]
@@ -42,107 +42,76 @@ pub struct Args {
 }
 
 /// Runs the smoke pipeline.
-pub fn run(args: Args, quiet: bool) -> Result<()> {
-    let say = |m: String| {
-        if !quiet {
-            eprintln!("smoke: {m}");
-        }
-    };
+pub fn run(args: Args, p: &Printer) -> Result<()> {
+    let say = |m: String| p.say(format!("smoke: {m}"));
     let corpus_path = args.fixtures.join("corpus.jsonl");
     let records: Vec<corpus::Record> =
         corpus::Reader::open(&corpus_path)?.collect::<Result<_>>()?;
-    let (test, train): (Vec<_>, Vec<_>) =
-        records.iter().enumerate().partition(|(i, _)| i % 10 == 0);
-    let test: Vec<&corpus::Record> = test.into_iter().map(|(_, r)| r).take(args.docs).collect();
-    let train: Vec<&corpus::Record> = train.into_iter().map(|(_, r)| r).collect();
+    // Every tenth document is a test document (up to --docs); the rest are the store's.
+    let split_dir = args.out.join("corpus");
+    std::fs::create_dir_all(&split_dir).map_err(|e| Error::io(&split_dir, e))?;
+    let mut lines = [String::new(), String::new()];
+    let mut tests = 0;
+    for (i, r) in records.iter().enumerate() {
+        let test = i % 10 == 0 && tests < args.docs;
+        tests += usize::from(test);
+        if i % 10 != 0 || test {
+            let json = serde_json::json!({"text": r.text, "meta": {"pile_set_name": r.set_name}});
+            lines[usize::from(test)] += &format!("{json}\n");
+        }
+    }
+    let files = [split_dir.join("train.jsonl"), split_dir.join("test.jsonl")];
+    for (file, text) in files.iter().zip(&lines) {
+        std::fs::write(file, text).map_err(|e| Error::io(file, e))?;
+    }
     say(format!(
-        "{} documents in {}: {} in the store, {} test",
+        "{} documents in {}: {} in the store, {tests} test",
         records.len(),
         corpus_path.display(),
-        train.len(),
-        test.len()
+        records.len() - records.len().div_ceil(10)
     ));
 
     let t = Instant::now();
     // One device for the whole loop: the encoder runs where the LM does.
-    let encoder_device = match args.device {
-        Device::Cpu => embed::Device::Cpu,
-        Device::Cuda => embed::Device::Cuda,
-    };
-    let mut encoder = Encoder::load(&args.fixtures.join("encoders/tiny-roberta"), encoder_device)?;
-    let texts: Vec<&str> = records.iter().map(|r| r.text.as_str()).collect();
-    let embeddings = encoder.embed(&texts, 16)?;
-    let by_line = |r: &corpus::Record| &embeddings[(r.line - 1) as usize];
-    say(format!(
-        "embedded {} documents with {} ({} dims) in {:.2}s",
-        texts.len(),
-        encoder.provider(),
-        encoder.dim(),
-        t.elapsed().as_secs_f64()
-    ));
-
-    std::fs::create_dir_all(&args.out).map_err(|e| Error::io(&args.out, e))?;
+    let encoder_dir = args.fixtures.join("encoders/tiny-roberta");
+    let mut encoder = Encoder::load(&encoder_dir, args.device)?;
     let store_path = args.out.join("store");
     if store_path.exists() {
         std::fs::remove_dir_all(&store_path).map_err(|e| Error::io(&store_path, e))?;
     }
-    let rt = tokio::runtime::Runtime::new()
-        .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
-    let store = rt.block_on(Store::open_or_create(&store_path, encoder.dim()))?;
-    let docs: Vec<Document> = train
-        .iter()
-        .map(|r| (r, "train"))
-        .chain(test.iter().map(|r| (r, "test")))
-        .map(|(r, split)| Document {
-            id: doc_id(r),
+    let store = Store::open_or_create(&store_path, encoder.dim())?;
+    for (file, split) in files.iter().zip(["train", "test"]) {
+        let ingest = Ingest {
             split: split.into(),
-            set_name: r.set_name.clone().unwrap_or_default(),
-            source: r.path.display().to_string(),
-            line: r.line,
-            text: r.text.clone(),
-            embedding: by_line(r).clone(),
-        })
-        .collect();
-    rt.block_on(store.add(&docs))?;
+            batch_size: 16,
+            ..Ingest::default()
+        };
+        ingest.run(&store, &mut encoder, std::slice::from_ref(file), &mut |_| {})?;
+    }
     say(format!(
-        "stored {} documents in {}",
-        rt.block_on(store.count())?,
-        store_path.display()
+        "embedded and stored {} documents with {} ({} dims) in {:.2}s",
+        store.count()?,
+        encoder.provider(),
+        encoder.dim(),
+        t.elapsed().as_secs_f64()
     ));
+    drop(store);
 
-    let db_path = args.out.join("results.duckdb");
+    let db_path = args.out.join(super::DEFAULT_DB);
     let db = Db::open(&db_path)?;
-    let model = args.fixtures.join("models/tiny-gpt2");
     let cfg = RunConfig {
         name: Some("smoke".into()),
-        store: store_path.clone(),
-        encoder: Some(args.fixtures.join("encoders/tiny-roberta")),
-        max_length: None,
-        model,
-        task: Task::All,
+        store: Some(store_path),
+        encoder: Some(encoder_dir),
+        model: Some(args.fixtures.join("models/tiny-gpt2")),
+        task: Some(Task::All),
         neighbors: args.neighbors,
         lr: args.lr,
-        split: "test".into(),
-        neighbor_split: "train".into(),
         val_portion: 1.0,
-        seed: crate::task::SEED,
-        eval_at: EvalAt::All,
-        optimizer_state: OptimizerState::Carry,
         // The tiny random encoder's distances mean nothing: keep every neighbour.
         distance_threshold: None,
-        nprobes: None,
-        refine_factor: None,
-        limit_docs: None,
-        shard: Shard::ALL,
         device: args.device,
-        precision: Precision::Fp32,
-        method: Method::TttNn,
-        select: Selection::Nn,
-        sift_candidates: 200,
-        sift: Sift::default(),
-        alpha: None,
-        alpha_docs: 20,
-        in_context_order: ContextOrder::NearestLast,
+        ..RunConfig::default()
     };
     let run_id = runner::run(&cfg, &db, None, &mut |e| {
         if let Event::Document {
@@ -163,26 +132,9 @@ pub fn run(args: Args, quiet: bool) -> Result<()> {
     })?;
     say(format!("run {run_id} recorded in {}", db_path.display()));
     let format = if args.json {
-        sql::Format::Json
+        Format::Json
     } else {
-        sql::Format::Table
+        Format::Table
     };
-    sql::print_query(
-        &db,
-        sql::builtin("bpb_vs_k").unwrap_or_default(),
-        &[run_id],
-        format,
-        None,
-    )
-}
-
-fn doc_id(r: &corpus::Record) -> String {
-    format!(
-        "{}:{}",
-        r.path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        r.line
-    )
+    print_query(p, &db, Query::BpbVsK.sql(), &[run_id], format, None)
 }

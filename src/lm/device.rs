@@ -5,37 +5,6 @@ use std::ffi::CString;
 
 use crate::error::{Error, Result};
 
-/// Compute device for the LM.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    /// libtorch on the CPU.
-    Cpu,
-    /// libtorch on CUDA device 0.
-    Cuda,
-}
-
-impl Device {
-    /// The tch device, loading CUDA support first when asked for.
-    pub fn resolve(self) -> Result<tch::Device> {
-        match self {
-            Device::Cpu => Ok(tch::Device::Cpu),
-            Device::Cuda => {
-                load_cuda()?;
-                if !tch::Cuda::is_available() {
-                    return Err(Error::Library {
-                        library: "libtorch",
-                        message: "libtorch_cuda loaded but no CUDA device is visible".into(),
-                    });
-                }
-                Ok(tch::Device::Cuda(0))
-            }
-        }
-    }
-}
-
 /// Loads `libtorch_cuda.so` into the process so libtorch registers its CUDA backend.
 pub fn load_cuda() -> Result<()> {
     let candidates: Vec<String> = std::env::var("TTTNN_LIBTORCH_LIB")
@@ -46,7 +15,8 @@ pub fn load_cuda() -> Result<()> {
         .collect();
     let mut errors = Vec::new();
     for c in &candidates {
-        let name = CString::new(c.as_str()).map_err(|e| Error::Internal(e.to_string()))?;
+        let name = CString::new(c.as_str())
+            .map_err(|e| Error::setting("TTTNN_LIBTORCH_LIB", e.to_string()))?;
         // SAFETY: dlopen with a valid C string; the handle is kept for the life of the process.
         let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
         if !handle.is_null() {

@@ -1,9 +1,13 @@
 //! Llama and Qwen2 (`LlamaForCausalLM`, `Qwen2ForCausalLM`): RMSNorm, rotary position embeddings
 //! with the config's theta and scaling, SwiGLU MLP, grouped-query attention, Qwen2's q/k/v biases,
 //! LM head tied or untied.
+use std::path::Path;
+
 use serde::Deserialize;
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
 
 /// `config.json` of a Llama or Qwen2 model.
 #[derive(Debug, Clone, Deserialize)]
@@ -101,14 +105,18 @@ impl Config {
     }
 
     /// Checks the settings this implementation does not cover.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self, config_path: &Path) -> Result<()> {
         if self.use_sliding_window {
-            return Err("use_sliding_window = true is not supported".into());
+            return Err(Error::bad_file(
+                config_path,
+                "use_sliding_window = true is not supported",
+            ));
         }
         match self.rope_scaling.as_ref().map(|r| r.rope_type.as_str()) {
             None | Some("default") | Some("linear") | Some("llama3") => Ok(()),
-            Some(other) => Err(format!(
-                "rope_scaling type `{other}` is not supported (default, linear, llama3)"
+            Some(other) => Err(Error::bad_file(
+                config_path,
+                format!("rope_scaling type `{other}` is not supported (default, linear, llama3)"),
             )),
         }
     }

@@ -12,9 +12,10 @@ use tch::nn::VarStore;
 use tch::Tensor;
 use tokenizers::Tokenizer;
 
-pub use device::Device;
+
 
 use crate::error::{Error, Result};
+use crate::Device;
 
 /// The libtorch version tch 0.24.0 binds; scripts/setup installs this torch wheel.
 pub const TORCH_VERSION: &str = "2.11.0";
@@ -58,10 +59,10 @@ impl Precision {
             return Ok(());
         }
         if device == tch::Device::Cpu {
-            return Err(Error::BadSetting {
-                field: "precision".into(),
-                message: "tf32 is a CUDA matmul mode; use fp32 or bf16 on the CPU".into(),
-            });
+            return Err(Error::setting(
+                "precision",
+                "tf32 is a CUDA matmul mode; use fp32 or bf16 on the CPU",
+            ));
         }
         // libtorch reads this once, at its first cuBLAS matmul (at::Context::allowTF32CuBLAS);
         // tch 0.24 has no binding for torch.backends.cuda.matmul.allow_tf32.
@@ -96,7 +97,7 @@ pub struct LanguageModel {
 impl LanguageModel {
     /// Loads `config.json`, `tokenizer.json` and the safetensors weights of an HF model directory.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        let device = device.resolve()?;
+        let device = device.to_tch()?;
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
         let bad = |e: serde_json::Error| Error::bad_file(&config_path, e.to_string());
@@ -128,8 +129,7 @@ impl LanguageModel {
             }
             "llama" | "qwen2" => {
                 let cfg: llama::Config = serde_json::from_str(&text).map_err(bad)?;
-                cfg.validate()
-                    .map_err(|m| Error::bad_file(&config_path, m))?;
+                cfg.validate(&config_path)?;
                 (
                     Network::Llama(llama::Llama::new(vs.root(), &cfg)),
                     cfg.max_position_embeddings as usize,

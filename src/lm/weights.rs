@@ -85,3 +85,26 @@ pub fn load(vs: &VarStore, dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Content hash of a model directory's weights, config and tokenizer: the first 16 hex digits of
+/// BLAKE3 over the files in name order, recorded with each run.
+pub fn content_hash(dir: &Path) -> Result<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            name.ends_with(".safetensors") || name == "config.json" || name == "tokenizer.json"
+        })
+        .collect();
+    files.sort();
+    let mut h = blake3::Hasher::new();
+    for f in &files {
+        let file = std::fs::File::open(f).map_err(|e| Error::io(f, e))?;
+        h.update_reader(file).map_err(|e| Error::io(f, e))?;
+    }
+    Ok(h.finalize().to_hex()[..16].to_string())
+}

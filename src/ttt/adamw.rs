@@ -313,7 +313,7 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lm::Device;
+    use crate::Device;
 
     fn tiny_gpt2() -> LanguageModel {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

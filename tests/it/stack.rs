@@ -1,13 +1,11 @@
 //! The native stack works on this machine: each of lancedb + arrow, duckdb, ort, tch and
 //! tokenizers does real work and matches the Python reference where one exists.
-mod common;
-
-use common::*;
-use tch::nn::OptimizerConfig;
-use tch::{Kind, Tensor};
-use tttnn::embed::{Device as EncDevice, Encoder};
-use tttnn::records::Db;
-use tttnn::store::{Document, IvfPqParams, SearchMode, Store};
+use crate::util::*;
+use tch::Tensor;
+use tttnn::embed::Encoder;
+use tttnn::Device;
+use tttnn::records::{Db, MIGRATIONS};
+use tttnn::store::{Document, IvfPqParams, Retrieval, SearchMode, Store};
 
 #[test]
 fn golden_files_load() {
@@ -29,8 +27,7 @@ fn golden_files_load() {
 #[test]
 fn lancedb_ivf_pq_finds_each_vector_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let dim = 16;
+        let dim = 16;
     // 512 vectors in 8 clusters: deterministic, PQ has enough rows to train 8-bit codebooks.
     let docs: Vec<Document> = (0..512u64)
         .map(|i| Document {
@@ -45,37 +42,29 @@ fn lancedb_ivf_pq_finds_each_vector_itself() {
                 .collect(),
         })
         .collect();
-    let store = rt.block_on(Store::open_or_create(dir.path(), dim)).unwrap();
-    rt.block_on(store.add(&docs)).unwrap();
-    assert_eq!(rt.block_on(store.count()).unwrap(), 512);
-    rt.block_on(store.create_ivf_pq(IvfPqParams {
+    let store = Store::open_or_create(dir.path(), dim).unwrap();
+    store.add(&docs).unwrap();
+    assert_eq!(store.count().unwrap(), 512);
+    store.create_ivf_pq(IvfPqParams {
         partitions: 4,
         sub_vectors: 4,
         bits: 8,
-    }))
-    .unwrap();
+    }).unwrap();
     for d in docs.iter().step_by(37) {
-        let exact = rt
-            .block_on(store.nearest(&d.embedding, 5, SearchMode::Exact))
-            .unwrap();
+        let exact = store.retrieve(&d.embedding, &search(5, SearchMode::Exact, None)).unwrap();
         assert_eq!(exact[0].id, d.id);
         assert!(exact[0].distance < 1e-3);
         assert!(exact.windows(2).all(|w| w[0].distance <= w[1].distance));
-        let indexed = rt
-            .block_on(store.nearest(
-                &d.embedding,
-                5,
-                SearchMode::Indexed {
-                    nprobes: 4,
-                    refine_factor: Some(10),
-                },
-            ))
-            .unwrap();
+        let mode = SearchMode::Indexed {
+            nprobes: 4,
+            refine_factor: Some(10),
+        };
+        let indexed = store.retrieve(&d.embedding, &search(5, mode, None)).unwrap();
         assert_eq!(indexed[0].id, d.id);
         assert_eq!(indexed[0].text, d.text);
     }
     // Reopening finds the same table and dimension.
-    let reopened = rt.block_on(Store::open(dir.path())).unwrap();
+    let reopened = Store::open(dir.path()).unwrap();
     assert_eq!(reopened.dim(), dim);
 }
 
@@ -85,8 +74,7 @@ fn split_search_returns_the_nearest_of_that_split() {
     // documents are rare; from 150 on every point is a test document, so the 2k nearest of all
     // hold fewer than k training documents and the search must filter before it.
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let split = |i: u64| {
+        let split = |i: u64| {
         if i.is_multiple_of(3) || i >= 150 {
             "test"
         } else {
@@ -104,11 +92,11 @@ fn split_search_returns_the_nearest_of_that_split() {
             embedding: vec![i as f32, 0.0, 0.0, 0.0],
         })
         .collect();
-    let store = rt.block_on(Store::open_or_create(dir.path(), 4)).unwrap();
-    rt.block_on(store.add(&docs)).unwrap();
+    let store = Store::open_or_create(dir.path(), 4).unwrap();
+    store.add(&docs).unwrap();
     for (q, k) in [(0.2f32, 5), (60.4, 10), (199.0, 8)] {
-        let got: Vec<String> = rt
-            .block_on(store.nearest_in(&[q, 0.0, 0.0, 0.0], k, SearchMode::Exact, Some("train")))
+        let got: Vec<String> = store
+            .retrieve(&[q, 0.0, 0.0, 0.0], &search(k, SearchMode::Exact, Some("train")))
             .unwrap()
             .into_iter()
             .map(|n| n.id)
@@ -130,15 +118,10 @@ fn duckdb_migrates_appends_and_aggregates() {
     let path = dir.path().join("r.duckdb");
     {
         let db = Db::open(&path).unwrap();
-        assert_eq!(
-            db.applied_migrations().unwrap(),
-            vec![
-                "001_runs".to_string(),
-                "002_runner".to_string(),
-                "003_baselines".to_string()
-            ]
-        );
-        let c = db.connection();
+        let all: Vec<String> = MIGRATIONS.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(db.applied_migrations().unwrap(), all);
+        drop(db);
+        let c = duckdb::Connection::open(&path).unwrap();
         let id: i64 = c
             .query_row("INSERT INTO runs (method, status, config, tttnn_version) VALUES ('ttt-nn', 'running', '{}', '0') RETURNING id", [], |r| r.get(0))
             .unwrap();
@@ -169,12 +152,11 @@ fn duckdb_migrates_appends_and_aggregates() {
     }
     // Reopening applies nothing twice and keeps the data; a read-only handle sees it too.
     let db = Db::open(&path).unwrap();
-    assert_eq!(db.applied_migrations().unwrap().len(), 3);
+    assert_eq!(db.applied_migrations().unwrap().len(), MIGRATIONS.len());
     drop(db);
-    let ro = Db::open_read_only(&path).unwrap();
+    let ro = crate::util::conn(&path);
     let n: i64 = ro
-        .connection()
-        .query_row("SELECT count(*) FROM curve", [], |r| r.get(0))
+                .query_row("SELECT count(*) FROM curve", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 5000);
 }
@@ -182,7 +164,7 @@ fn duckdb_migrates_appends_and_aggregates() {
 #[test]
 fn ort_encoder_matches_pytorch() {
     let g = golden();
-    let mut enc = Encoder::load(&fixtures().join("encoders/tiny-roberta"), EncDevice::Cpu).unwrap();
+    let mut enc = Encoder::load(&fixtures().join("encoders/tiny-roberta"), Device::Cpu).unwrap();
     assert_eq!(enc.dim(), g.encoder.dim);
     assert_eq!(enc.max_length(), g.encoder.max_length);
     assert_eq!(enc.provider(), "CPUExecutionProvider");
@@ -241,10 +223,10 @@ fn a_graph_that_pools_itself_gives_the_same_embeddings() {
     let g = golden();
     let texts: Vec<&str> = g.texts.iter().map(|s| s.as_str()).collect();
     let mut plain =
-        Encoder::load(&fixtures().join("encoders/tiny-roberta"), EncDevice::Cpu).unwrap();
+        Encoder::load(&fixtures().join("encoders/tiny-roberta"), Device::Cpu).unwrap();
     let mut pooled = Encoder::load(
         &fixtures().join("encoders/tiny-roberta-pooled"),
-        EncDevice::Cpu,
+        Device::Cpu,
     )
     .unwrap();
     let (a, b) = (
@@ -276,29 +258,14 @@ fn tokenizers_match_python() {
     }
 }
 
-#[test]
-fn tch_adamw_first_step_is_sign_of_gradient() {
-    // AdamW's first step moves each weight by lr·g/(|g|+eps) after decay p·(1-lr·wd).
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let w = vs.root().var("w", &[3], tch::nn::Init::Const(1.0));
-    let mut opt = tch::nn::AdamW {
-        wd: 0.01,
-        ..Default::default()
-    }
-    .build(&vs, 0.1)
-    .unwrap();
-    let x = Tensor::from_slice(&[1f32, -2.0, 0.5]);
-    let loss = (&w * &x).sum(Kind::Float);
-    opt.zero_grad();
-    loss.backward();
-    assert_eq!(
-        Vec::<f32>::try_from(&w.grad()).unwrap(),
-        vec![1.0, -2.0, 0.5]
-    );
-    opt.step();
-    let got = Vec::<f32>::try_from(&w).unwrap();
-    let decayed = 1.0 * (1.0 - 0.1 * 0.01);
-    for (g, s) in got.iter().zip([1.0f32, -1.0, 1.0]) {
-        assert!((g - (decayed - 0.1 * s)).abs() < 1e-6, "{got:?}");
+
+/// The `k` nearest (of `split`, if given) with no other filter.
+fn search(k: usize, mode: SearchMode, split: Option<&str>) -> Retrieval {
+    Retrieval {
+        k,
+        mode,
+        max_distance: None,
+        exclude_id: None,
+        split: split.map(String::from),
     }
 }

@@ -1,13 +1,11 @@
 //! `tttnn ingest`, `index` and `search` on real JSONL inputs with the committed tiny encoder.
-mod common;
-
-use common::{ok, tttnn};
+use crate::util::{ok, tttnn};
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 fn encoder() -> PathBuf {
-    common::fixtures().join("encoders/tiny-roberta")
+    crate::util::fixtures().join("encoders/tiny-roberta")
 }
 
 fn ingest(store: &Path, files: &[&Path], extra: &[&str]) -> Output {
@@ -24,16 +22,19 @@ fn ingest(store: &Path, files: &[&Path], extra: &[&str]) -> Output {
 }
 
 fn ids(store: &Path) -> Vec<String> {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let s = rt.block_on(tttnn::store::Store::open(store)).unwrap();
-    let mut ids = rt.block_on(s.ids()).unwrap();
+    let s = tttnn::store::Store::open(store).unwrap();
+    let mut ids: Vec<String> = ["train", "validation", "test"]
+        .iter()
+        .flat_map(|split| s.documents_of(split, None).unwrap())
+        .map(|d| d.id)
+        .collect();
     ids.sort();
     ids
 }
 
 /// `n` Pile-format documents made from the fixture corpus: varied real text, distinct per line.
 fn write_corpus(path: &Path, n: usize) {
-    let texts: Vec<String> = std::fs::read_to_string(common::fixtures().join("corpus.jsonl"))
+    let texts: Vec<String> = std::fs::read_to_string(crate::util::fixtures().join("corpus.jsonl"))
         .unwrap()
         .lines()
         .map(|l| {
@@ -63,7 +64,7 @@ fn write_corpus(path: &Path, n: usize) {
 fn ingest_then_search_finds_each_document_itself() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let corpus = common::fixtures().join("corpus.jsonl");
+    let corpus = crate::util::fixtures().join("corpus.jsonl");
     let out: serde_json::Value =
         serde_json::from_str(&ok(ingest(&store, &[&corpus], &[]))).unwrap();
     assert_eq!(out["added"], 81);
@@ -75,12 +76,10 @@ fn ingest_then_search_finds_each_document_itself() {
         "ort_version": "1.31.1",
     });
     assert_eq!(out["encoder"], want);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let recorded = rt
-        .block_on(async {
-            let s = tttnn::store::Store::open(&store).await.unwrap();
-            s.encoder_record().await.unwrap()
-        })
+    let recorded = tttnn::store::Store::open(&store)
+        .unwrap()
+        .encoder_record()
+        .unwrap()
         .expect("an encoder record in the store");
     assert_eq!(serde_json::to_value(&recorded).unwrap(), want);
     // Re-running adds nothing: ingest is idempotent.
@@ -306,7 +305,7 @@ fn bad_lines_stop_with_file_and_line_unless_skipped() {
 fn sets_filter_and_limit() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let corpus = common::fixtures().join("corpus.jsonl");
+    let corpus = crate::util::fixtures().join("corpus.jsonl");
     let out: serde_json::Value = serde_json::from_str(&ok(ingest(
         &store,
         &[&corpus],
@@ -337,7 +336,7 @@ fn cuda_without_a_cuda_provider_is_a_clear_error() {
     // the CPU silently (onnxruntime#23372), and before anything is written.
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let corpus = common::fixtures().join("corpus.jsonl");
+    let corpus = crate::util::fixtures().join("corpus.jsonl");
     let out = ingest(&store, &[&corpus], &["--device", "cuda"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -355,7 +354,7 @@ fn encoder_departures_need_cuda() {
     // (exit 1) that names the setting, before anything is written.
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let corpus = common::fixtures().join("corpus.jsonl");
+    let corpus = crate::util::fixtures().join("corpus.jsonl");
     for precision in ["fp16", "tf32"] {
         let out = ingest(&store, &[&corpus], &["--precision", precision]);
         assert_eq!(out.status.code(), Some(1));
@@ -372,7 +371,7 @@ fn encoder_departures_need_cuda() {
 fn compaction_leaves_one_version_and_no_replaced_files() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let corpus = common::fixtures().join("corpus.jsonl");
+    let corpus = crate::util::fixtures().join("corpus.jsonl");
     // 81 documents in commits of 10: nine small fragments, merged into one after the ingest.
     ok(ingest(&store, &[&corpus], &["--commit-rows", "10"]));
     let files = |sub: &str| -> Vec<String> {

@@ -1,11 +1,10 @@
 //! Each LM family equals HF transformers on the committed fixtures: logits, per-document
 //! log-likelihood over lm-eval's rolling windows (texts longer than n_ctx included), and the
 //! weights after 3 AdamW steps.
-mod common;
-
-use common::*;
+use crate::util::*;
 use tch::Tensor;
-use tttnn::lm::{Device, LanguageModel};
+use tttnn::lm::LanguageModel;
+use tttnn::Device;
 use tttnn::ttt::{TrainConfig, Trainer};
 
 fn check(name: &str) {

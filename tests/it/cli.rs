@@ -1,22 +1,5 @@
 //! The real `tttnn` binary, run as a user would.
-mod common;
-
-use common::tttnn;
-
-#[test]
-fn help_lists_every_subcommand() {
-    let out = tttnn().arg("--help").output().unwrap();
-    assert!(out.status.success());
-    let help = String::from_utf8(out.stdout).unwrap();
-    for cmd in [
-        "doctor", "smoke", "ingest", "index", "search", "eval", "run", "sql", "report", "merge",
-    ] {
-        assert!(
-            help.lines().any(|l| l.trim_start().starts_with(cmd)),
-            "`{cmd}` missing from:\n{help}"
-        );
-    }
-}
+use crate::util::tttnn;
 
 #[test]
 fn usage_errors_are_bad_input() {
@@ -90,8 +73,8 @@ fn doctor_cuda_names_what_this_machine_lacks() {
 fn tf32_is_a_cuda_mode() {
     let out = tttnn()
         .args(["eval", "--precision", "tf32", "--model"])
-        .arg(common::fixtures().join("models/tiny-gpt2"))
-        .arg(common::fixtures().join("corpus.jsonl"))
+        .arg(crate::util::fixtures().join("models/tiny-gpt2"))
+        .arg(crate::util::fixtures().join("corpus.jsonl"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -126,7 +109,7 @@ fn smoke_runs_the_pipeline_and_records_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = tttnn()
         .args(["smoke", "--json", "--docs", "3", "-k", "2", "--fixtures"])
-        .arg(common::fixtures())
+        .arg(crate::util::fixtures())
         .arg("--out")
         .arg(dir.path())
         .output()
@@ -148,9 +131,8 @@ fn smoke_runs_the_pipeline_and_records_it() {
         .collect();
     assert!(bpb.iter().all(|b| b.is_finite() && *b > 0.0));
     assert_ne!(bpb[0], bpb[2]);
-    let db = tttnn::records::Db::open_read_only(&dir.path().join("results.duckdb")).unwrap();
+    let db = crate::util::conn(&dir.path().join("results.duckdb"));
     let (status, docs, nbrs): (String, i64, i64) = db
-        .connection()
         .query_row(
             "SELECT status, (SELECT count(*) FROM docs), (SELECT count(*) FROM neighbors) FROM runs",
             [],
@@ -162,7 +144,7 @@ fn smoke_runs_the_pipeline_and_records_it() {
 
 #[test]
 fn eval_prints_bits_per_byte_per_file_and_total() {
-    let fx = common::fixtures();
+    let fx = crate::util::fixtures();
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("doc.txt");
     std::fs::write(&text, "Hello world, this is a plain text document.\n").unwrap();

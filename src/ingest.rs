@@ -1,0 +1,317 @@
+//! Ingest: Pile JSONL(.zst) files streamed into the corpus store with encoder embeddings.
+//!
+//! Resumable and idempotent: documents are appended in line order, each commit atomic, and a re-run
+//! starts after the highest line of each file already stored — after a crash (even `kill -9`) the
+//! same command ends with exactly the rows of an uninterrupted run. A document's id is
+//! `FILE_NAME:LINE` ([`doc_id`]), so two files of one name cannot share a store.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::corpus::{self, Reader, Record};
+use crate::embed::Encoder;
+use crate::error::{Error, Result};
+use crate::store::{Document, EncoderRecord, Store};
+
+/// Text bytes buffered before a commit regardless of `commit_rows`: bounds memory on Books3-sized
+/// documents.
+pub const COMMIT_BYTES: usize = 64 << 20;
+
+/// The id of the document on line `line` of the file called `file_name`.
+pub fn doc_id(file_name: &str, line: u64) -> String {
+    format!("{file_name}:{line}")
+}
+
+/// What to ingest and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ingest {
+    /// Split recorded with each document (`train`, `validation`, `test`).
+    pub split: String,
+    /// Keep only these sets (any spelling [`corpus::set_name`] takes); empty keeps all.
+    pub sets: Vec<String>,
+    /// Set name for lines without `meta.pile_set_name`.
+    pub default_set: Option<String>,
+    /// Stop once the store holds this many documents from these files.
+    pub limit: Option<usize>,
+    /// Texts per encoder call.
+    pub batch_size: usize,
+    /// Documents per Lance commit (large commits keep the file count down).
+    pub commit_rows: usize,
+    /// Skip malformed lines (bad JSON, invalid UTF-8, no `text`) instead of stopping at them.
+    pub skip_bad: bool,
+}
+
+impl Default for Ingest {
+    fn default() -> Self {
+        Self {
+            split: "train".into(),
+            sets: Vec::new(),
+            default_set: None,
+            limit: None,
+            batch_size: 32,
+            commit_rows: 4096,
+            skip_bad: false,
+        }
+    }
+}
+
+/// What an ingest reports while it works.
+#[derive(Debug, Clone)]
+pub enum IngestEvent<'a> {
+    /// `path` was partly ingested before: lines up to `line` are skipped.
+    Resuming { path: &'a Path, line: u64 },
+    /// A commit: `docs` documents of `bytes` text bytes; `input_pos` of `input_bytes` read so far.
+    Committed {
+        docs: usize,
+        bytes: u64,
+        input_pos: u64,
+        input_bytes: u64,
+    },
+    /// Merging the small files the commits left.
+    Compacting,
+}
+
+/// What an ingest did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IngestSummary {
+    /// Documents added by this ingest.
+    pub added: usize,
+    /// Documents in the store now.
+    pub documents: usize,
+    /// The malformed lines skipped (`--skip-bad`), each as its error.
+    #[serde(skip)]
+    pub bad_lines: Vec<String>,
+    /// Number of malformed lines skipped.
+    pub skipped_bad: usize,
+    /// The store.
+    pub store: String,
+    /// The encoder build that embedded them.
+    pub encoder: EncoderRecord,
+    /// Seconds the ingest took.
+    #[serde(skip)]
+    pub seconds: f64,
+}
+
+impl Ingest {
+    /// Ingests `files` into `store` with `encoder`.
+    pub fn run(
+        &self,
+        store: &Store,
+        encoder: &mut Encoder,
+        files: &[PathBuf],
+        on_event: &mut dyn FnMut(IngestEvent),
+    ) -> Result<IngestSummary> {
+        let start = Instant::now();
+        let wanted: Vec<String> = self.sets.iter().map(|s| corpus::set_name(s)).collect();
+        let record = encoder.record();
+        let mut sources = Vec::new();
+        let mut input_bytes = 0;
+        for f in files {
+            let abs = std::fs::canonicalize(f).map_err(|e| Error::io(f, e))?;
+            input_bytes += std::fs::metadata(&abs).map_err(|e| Error::io(f, e))?.len();
+            sources.push(abs);
+        }
+        let source_names: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
+        let mut have = store.count_from(&source_names)?;
+        let mut batch = Batch {
+            ingest: self,
+            store,
+            encoder,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            added: 0,
+            done_bytes: 0,
+            input_bytes,
+        };
+        let mut bad = Vec::new();
+        'files: for (path, source) in sources.iter().zip(&source_names) {
+            let file_name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if let Some(other) = store.other_source_with_prefix(&format!("{file_name}:"), source)? {
+                return Err(Error::bad_file(path, format!("ids are `{file_name}:LINE` and another file of that name is already in the store: {other}")));
+            }
+            let resume = store.max_line(source)?.unwrap_or(0);
+            if resume > 0 {
+                on_event(IngestEvent::Resuming { path, line: resume });
+            }
+            let mut reader = Reader::open(path)?;
+            let file = Source {
+                name: &file_name,
+                path: source,
+            };
+            loop {
+                if self.limit.is_some_and(|l| have + batch.pending.len() >= l) {
+                    batch.flush(&file, reader.position(), on_event)?;
+                    break 'files;
+                }
+                let Some(item) = reader.next() else { break };
+                let rec = match item {
+                    Ok(r) => r,
+                    Err(e @ Error::BadInput { .. }) if self.skip_bad => {
+                        bad.push(e.to_string());
+                        continue;
+                    }
+                    Err(e) => {
+                        // Keep everything before the bad line: a re-run resumes right there.
+                        batch.flush(&file, reader.position(), on_event)?;
+                        return Err(e);
+                    }
+                };
+                if rec.line <= resume {
+                    continue;
+                }
+                let set = self.set_of(&rec);
+                if !wanted.is_empty() && !wanted.iter().any(|w| w.eq_ignore_ascii_case(&set)) {
+                    continue;
+                }
+                batch.pending_bytes += rec.text.len();
+                batch.pending.push(rec);
+                if batch.pending.len() >= self.commit_rows || batch.pending_bytes >= COMMIT_BYTES {
+                    have += batch.pending.len();
+                    batch.flush(&file, reader.position(), on_event)?;
+                }
+            }
+            have += batch.pending.len();
+            batch.flush(&file, reader.position(), on_event)?;
+            batch.done_bytes += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        }
+        let added = batch.added;
+        if added > 0 {
+            store.record_encoder(&record)?;
+            on_event(IngestEvent::Compacting);
+            store.compact()?;
+        }
+        Ok(IngestSummary {
+            added,
+            documents: store.count()?,
+            skipped_bad: bad.len(),
+            bad_lines: bad,
+            store: store.path().display().to_string(),
+            encoder: record,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn set_of(&self, rec: &Record) -> String {
+        rec.set_name
+            .clone()
+            .or_else(|| self.default_set.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// The file being read: its name (for ids) and full path (the `source` column).
+struct Source<'a> {
+    name: &'a str,
+    path: &'a str,
+}
+
+/// Records read but not yet committed, and the running totals.
+struct Batch<'a> {
+    ingest: &'a Ingest,
+    store: &'a Store,
+    encoder: &'a mut Encoder,
+    pending: Vec<Record>,
+    pending_bytes: usize,
+    added: usize,
+    done_bytes: u64,
+    input_bytes: u64,
+}
+
+impl Batch<'_> {
+    /// Embeds and commits the pending records; `pos` is the reader's position in the file.
+    fn flush(&mut self, file: &Source, pos: u64, on_event: &mut dyn FnMut(IngestEvent)) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let texts: Vec<&str> = self.pending.iter().map(|r| r.text.as_str()).collect();
+        let embeddings = self.encoder.embed(&texts, self.ingest.batch_size)?;
+        let records: Vec<Record> = self.pending.drain(..).collect();
+        let docs: Vec<Document> = records
+            .into_iter()
+            .zip(embeddings)
+            .map(|(r, embedding)| Document {
+                id: doc_id(file.name, r.line),
+                split: self.ingest.split.clone(),
+                set_name: self.ingest.set_of(&r),
+                source: file.path.to_string(),
+                line: r.line,
+                text: r.text,
+                embedding,
+            })
+            .collect();
+        let bytes: u64 = docs.iter().map(|d| d.text.len() as u64).sum();
+        self.store.add(&docs)?;
+        self.added += docs.len();
+        self.pending_bytes = 0;
+        on_event(IngestEvent::Committed {
+            docs: docs.len(),
+            bytes,
+            input_pos: self.done_bytes + pos,
+            input_bytes: self.input_bytes,
+        });
+        Ok(())
+    }
+}
+
+/// The ingest protocol's questions to the store, kept with the protocol (as lance keeps each
+/// concern of `Dataset` in its own file).
+impl Store {
+    /// Highest line of `source` already stored: ingest resumes after it.
+    fn max_line(&self, source: &str) -> Result<Option<u64>> {
+        let batches = self.scan(
+            Some(format!("source = {}", crate::store::sql_str(source))),
+            &["line"],
+            None,
+        )?;
+        let mut max = None;
+        for b in &batches {
+            max = max.max(crate::store::u64_column(&self.path, b, "line")?.into_iter().max());
+        }
+        Ok(max)
+    }
+
+    /// A source other than `source` whose ids start with `prefix`, if any.
+    fn other_source_with_prefix(&self, prefix: &str, source: &str) -> Result<Option<String>> {
+        use crate::store::sql_str;
+        let batches = self.scan(
+            Some(format!(
+                "starts_with(id, {}) AND source <> {}",
+                sql_str(prefix),
+                sql_str(source)
+            )),
+            &["source"],
+            Some(1),
+        )?;
+        for b in batches.iter().filter(|b| b.num_rows() > 0) {
+            return Ok(crate::store::string_column(&self.path, b, "source")?
+                .into_iter()
+                .next());
+        }
+        Ok(None)
+    }
+
+    /// Number of rows from any of `sources`.
+    fn count_from(&self, sources: &[String]) -> Result<usize> {
+        if sources.is_empty() {
+            return Ok(0);
+        }
+        let list: Vec<String> = sources.iter().map(|s| crate::store::sql_str(s)).collect();
+        self.block_on(
+            self.table
+                .count_rows(Some(format!("source IN ({})", list.join(", ")))),
+        )
+        .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_file_name_and_line() {
+        assert_eq!(doc_id("train.jsonl", 7), "train.jsonl:7");
+    }
+}

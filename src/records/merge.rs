@@ -1,0 +1,151 @@
+//! Merging the databases of a sharded run (`tttnn run --shard I/N`, one file each) into one run.
+use std::path::{Path, PathBuf};
+
+use super::{open_error, Db, RunStatus};
+use crate::error::{Error, Result};
+use crate::runner::RunConfig;
+
+/// One shard database's run, as merge checks it.
+#[derive(Debug, Clone)]
+struct ShardRun {
+    path: PathBuf,
+    index: usize,
+    count: usize,
+    status: String,
+    /// Its settings with the shard left out: every shard of one run has the same.
+    config: RunConfig,
+}
+
+impl Db {
+    /// Copies every run of the databases `inputs` into this one as one run: they must be shards
+    /// (`--shard I/N`, all N present once) of the same settings. Returns the new run's id.
+    pub fn merge_shards(&self, inputs: &[PathBuf]) -> Result<i64> {
+        let mut shards = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            shards.push(self.attach_shard(i, input)?);
+        }
+        let result = self.check_shards(&shards).and_then(|()| self.copy_shards(&shards));
+        let _ = self.conn.execute_batch("DROP TABLE IF EXISTS merged");
+        for i in 0..shards.len() {
+            let _ = self.conn.execute_batch(&format!("DETACH shard{i}"));
+        }
+        let id = result?;
+        self.refresh_settings_view()?;
+        Ok(id)
+    }
+
+    fn attach_shard(&self, i: usize, input: &Path) -> Result<ShardRun> {
+        if !input.is_file() {
+            return Err(Error::bad_file(input, "no results database here"));
+        }
+        let path = input.display().to_string().replace('\'', "''");
+        self.conn
+            .execute_batch(&format!("ATTACH '{path}' AS shard{i} (READ_ONLY)"))
+            .map_err(|e| open_error(input, e))?;
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT coalesce(shard_index, 0), coalesce(shard_count, 1), status,
+                     CAST(config AS VARCHAR) FROM shard{i}.runs"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows: Vec<(i64, i64, String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        let [(index, count, status, config)] = <[_; 1]>::try_from(rows).map_err(|rows| {
+            Error::bad_file(
+                input,
+                format!(
+                    "holds {} runs; merge takes databases of one shard run each",
+                    rows.len()
+                ),
+            )
+        })?;
+        let config = RunConfig::from_recorded(&config)
+            .map_err(|e| Error::bad_file(input, format!("run config unreadable: {e}")))?;
+        Ok(ShardRun {
+            path: input.to_path_buf(),
+            index: index as usize,
+            count: count as usize,
+            status,
+            config: config.without_shard(),
+        })
+    }
+
+    fn check_shards(&self, shards: &[ShardRun]) -> Result<()> {
+        let first = shards
+            .first()
+            .ok_or_else(|| Error::setting("inputs", "no databases to merge"))?;
+        let mut seen = vec![false; first.count];
+        for s in shards {
+            if s.count != first.count || s.config != first.config {
+                return Err(Error::bad_file(
+                    &s.path,
+                    format!(
+                        "is not a shard of the same run as {} (settings differ)",
+                        first.path.display()
+                    ),
+                ));
+            }
+            if s.status != RunStatus::Finished.as_str() {
+                return Err(Error::bad_file(
+                    &s.path,
+                    format!(
+                        "shard {}/{} is {}, not finished: resume it first",
+                        s.index, s.count, s.status
+                    ),
+                ));
+            }
+            if std::mem::replace(&mut seen[s.index], true) {
+                return Err(Error::bad_file(
+                    &s.path,
+                    format!("shard {}/{} given twice", s.index, s.count),
+                ));
+            }
+        }
+        if let Some(missing) = seen.iter().position(|s| !s) {
+            return Err(Error::setting(
+                "inputs",
+                format!("shard {missing}/{} is missing", first.count),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Copies the attached shards into one new run, in one transaction.
+    fn copy_shards(&self, shards: &[ShardRun]) -> Result<i64> {
+        let count = shards.len();
+        let columns = "name, method, selection, status, started_at, finished_at, task, model,
+            model_hash, encoder, store, store_version, neighbors, max_length, config,
+            tttnn_version, git_commit";
+        let union = |column: &str| {
+            (0..count)
+                .map(|i| format!("SELECT {column} FROM shard{i}.runs"))
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ")
+        };
+        let mut sql = format!(
+            "CREATE TEMP TABLE merged AS SELECT nextval('run_ids') AS id;
+             INSERT INTO runs (id, {columns}, shard_index, shard_count)
+             SELECT (SELECT id FROM merged), {columns}, NULL, {count} FROM shard0.runs;
+             UPDATE runs SET started_at = (SELECT min(started_at) FROM ({starts})),
+                             finished_at = (SELECT max(finished_at) FROM ({ends}))
+             WHERE id = (SELECT id FROM merged);\n",
+            starts = union("started_at"),
+            ends = union("finished_at"),
+        );
+        for i in 0..count {
+            for table in ["docs", "curve", "neighbors"] {
+                sql += &format!(
+                    "INSERT INTO {table} BY NAME SELECT * REPLACE ((SELECT id FROM merged) AS run_id) FROM shard{i}.{table};\n"
+                );
+            }
+        }
+        self.in_transaction(|c| {
+            c.execute_batch(&sql)?;
+            c.query_row("SELECT id FROM merged", [], |r| r.get(0))
+        })
+    }
+}

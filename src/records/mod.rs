@@ -1,0 +1,233 @@
+//! Run records in DuckDB: the schema lives in `migrations/NNN_name.sql`, applied in order when a
+//! database is opened and tracked in `schema_migrations`, so an experiment is a record you query.
+//!
+//! One `Db` type, split by concern as lance splits `Dataset`: this file opens and migrates;
+//! [`run`] holds a run's lifecycle and recording; [`merge`] joins shard databases; [`queries`]
+//! runs the bundled and user SQL.
+mod merge;
+mod queries;
+mod run;
+
+use std::path::{Path, PathBuf};
+
+use duckdb::{params, Connection};
+
+pub use queries::{CurvePoint, Export, Query};
+pub use run::{DocRecord, NeighborRecord, NewRun, RunRow, RunStatus};
+
+use crate::corpus::PILE_SETS;
+use crate::error::{Error, Result};
+
+/// The schema migrations, in order. Never edit an applied one: add a new file and list it here.
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    ("001_runs", include_str!("../../migrations/001_runs.sql")),
+    ("002_runner", include_str!("../../migrations/002_runner.sql")),
+    (
+        "003_baselines",
+        include_str!("../../migrations/003_baselines.sql"),
+    ),
+    (
+        "004_settings_in_config",
+        include_str!("../../migrations/004_settings_in_config.sql"),
+    ),
+];
+
+/// A results database (DuckDB allows one writing process per file).
+pub struct Db {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
+        let db = Self {
+            conn,
+            path: path.to_path_buf(),
+        };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    /// Opens an existing database read-only (several readers may share it with no writer).
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::bad_file(path, "no results database here"));
+        }
+        let config = duckdb::Config::default()
+            .access_mode(duckdb::AccessMode::ReadOnly)
+            .map_err(|e| Error::records(path, e))?;
+        let conn = Connection::open_with_flags(path, config).map_err(|e| open_error(path, e))?;
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, source: duckdb::Error) -> Error {
+        Error::records(&self.path, source)
+    }
+
+    /// Runs `f` in one transaction: committed if it succeeds, rolled back if it fails, so a killed
+    /// or failed write never leaves half of itself behind.
+    fn in_transaction<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> duckdb::Result<T>,
+    ) -> Result<T> {
+        self.conn
+            .execute_batch("BEGIN TRANSACTION")
+            .map_err(|e| self.err(e))?;
+        match f(&self.conn).and_then(|v| self.conn.execute_batch("COMMIT").map(|_| v)) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(self.err(e))
+            }
+        }
+    }
+
+    fn migrate(&self) -> Result<()> {
+        self.conn
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                     name VARCHAR PRIMARY KEY,
+                     applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut applied = false;
+        for (name, sql) in MIGRATIONS {
+            let done: i64 = self
+                .conn
+                .query_row(
+                    "SELECT count(*) FROM schema_migrations WHERE name = ?",
+                    params![name],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.err(e))?;
+            if done > 0 {
+                continue;
+            }
+            applied = true;
+            // One transaction per migration: a failed one leaves nothing half-applied.
+            self.in_transaction(|c| {
+                c.execute_batch(sql)?;
+                c.execute(
+                    "INSERT INTO schema_migrations (name) VALUES (?)",
+                    params![name],
+                )
+            })
+            .map_err(|e| {
+                Error::internal(format!(
+                    "migration {name} failed on {}: {e}",
+                    self.path.display()
+                ))
+            })?;
+        }
+        if applied {
+            // DuckDB 1.5 cannot replay an ALTER TABLE of a table with function defaults (runs.id's
+            // nextval) from the WAL after a crash: write the migrated schema to the file at once.
+            self.conn
+                .execute_batch("CHECKPOINT")
+                .map_err(|e| self.err(e))?;
+            self.refresh_settings_view()?;
+        }
+        // The weights live in code (corpus::PILE_SETS) so one table feeds both the CLI and SQL.
+        let have: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM pile_weights", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if have == 0 {
+            let mut app = self
+                .conn
+                .appender("pile_weights")
+                .map_err(|e| self.err(e))?;
+            for (task, set, weight) in PILE_SETS {
+                app.append_row(params![set, format!("pile_{task}"), weight])
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of the applied migrations, in order.
+    pub fn applied_migrations(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name FROM schema_migrations ORDER BY name")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A file that belongs with a run of this database (`<db>.<kind>/run-<id>.safetensors`), such
+    /// as the AdamW state a resumed run continues from.
+    pub fn artifact_path(&self, run_id: i64, kind: &str) -> PathBuf {
+        let mut dir = self.path.as_os_str().to_owned();
+        dir.push(format!(".{kind}"));
+        PathBuf::from(dir).join(format!("run-{run_id}.safetensors"))
+    }
+}
+
+fn open_error(path: &Path, e: duckdb::Error) -> Error {
+    let msg = e.to_string();
+    if msg.contains("lock") {
+        // DuckDB allows one writing process per file (docs/pitfalls.md §6).
+        return Error::bad_file(
+            path,
+            format!("database is in use by another process: {msg}"),
+        );
+    }
+    Error::records(path, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_file_is_listed_in_order() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .map(|n| n.trim_end_matches(".sql").to_string())
+            .collect();
+        files.sort();
+        let listed: Vec<String> = MIGRATIONS.iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(files, listed);
+    }
+
+    #[test]
+    fn a_failed_transaction_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("r.duckdb")).unwrap();
+        let r = db.in_transaction(|c| {
+            c.execute_batch("INSERT INTO pile_weights VALUES ('X', 'pile_x', 1.0)")?;
+            c.execute_batch("INSERT INTO nowhere VALUES (1)")
+        });
+        assert!(r.is_err());
+        let n: i64 = db
+            .conn
+            .query_row(
+                "SELECT count(*) FROM pile_weights WHERE set_name = 'X'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 0);
+        assert_eq!(
+            db.artifact_path(3, "optimizer"),
+            dir.path().join("r.duckdb.optimizer/run-3.safetensors")
+        );
+    }
+}

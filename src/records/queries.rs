@@ -1,0 +1,230 @@
+//! SQL against a results database: the bundled `queries/` (table1, bpb_vs_k, cost,
+//! compare_runs), any user SQL, and typed readers for what tttnn itself draws or prints.
+use std::path::Path;
+use std::str::FromStr;
+
+use arrow_array::RecordBatch;
+
+use super::Db;
+use crate::error::{Error, Result};
+
+/// A bundled query, compiled into the binary so it works from any directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Query {
+    /// The paper's Table 1: bits per byte per task and method.
+    Table1,
+    /// Bits per byte against the number of neighbours.
+    BpbVsK,
+    /// Seconds per neighbour, per step and per document.
+    Cost,
+    /// Runs side by side, task by task.
+    CompareRuns,
+}
+
+impl Query {
+    /// Every bundled query.
+    pub const ALL: [Query; 4] = [
+        Query::Table1,
+        Query::BpbVsK,
+        Query::Cost,
+        Query::CompareRuns,
+    ];
+
+    /// Its name, as `tttnn sql NAME` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Query::Table1 => "table1",
+            Query::BpbVsK => "bpb_vs_k",
+            Query::Cost => "cost",
+            Query::CompareRuns => "compare_runs",
+        }
+    }
+
+    /// Its SQL (`queries/NAME.sql`).
+    pub fn sql(self) -> &'static str {
+        match self {
+            Query::Table1 => include_str!("../../queries/table1.sql"),
+            Query::BpbVsK => include_str!("../../queries/bpb_vs_k.sql"),
+            Query::Cost => include_str!("../../queries/cost.sql"),
+            Query::CompareRuns => include_str!("../../queries/compare_runs.sql"),
+        }
+    }
+}
+
+impl FromStr for Query {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Query::ALL
+            .into_iter()
+            .find(|q| q.name() == s)
+            .ok_or_else(|| format!("`{s}` is not a bundled query"))
+    }
+}
+
+/// One point of a run's bits-per-byte curve for one task (a row of `bpb_vs_k`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurvePoint {
+    /// Run id.
+    pub run_id: i64,
+    /// Task (`pile_all` is the weighted mean).
+    pub task: String,
+    /// Neighbours trained on.
+    pub k: i64,
+    /// Documents averaged.
+    pub docs: i64,
+    /// Bits per byte (rounded to 4 digits by the query).
+    pub bits_per_byte: f64,
+}
+
+/// A file format `COPY` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Export {
+    /// CSV with a header.
+    Csv,
+    /// A JSON array of objects.
+    Json,
+    /// Parquet.
+    Parquet,
+}
+
+impl Db {
+    /// Sets the SQL variable `runs` the bundled queries filter on: these run ids, or NULL for all.
+    fn select_runs(&self, runs: &[i64]) -> Result<()> {
+        let list = if runs.is_empty() {
+            "NULL::BIGINT[]".to_string()
+        } else {
+            format!("{runs:?}::BIGINT[]")
+        };
+        self.conn
+            .execute_batch(&format!("SET VARIABLE runs = {list}"))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Runs every statement of `sql` but the last with `runs` bound, and returns the last.
+    fn prepare_script(&self, sql: &str, runs: &[i64]) -> Result<String> {
+        self.select_runs(runs)?;
+        let mut stmts = statements(sql);
+        let last = stmts
+            .pop()
+            .ok_or_else(|| Error::setting("query", "no SQL statement"))?;
+        for s in &stmts {
+            self.conn
+                .execute_batch(s)
+                .map_err(|e| self.query_error(e))?;
+        }
+        Ok(last)
+    }
+
+    fn query_error(&self, e: duckdb::Error) -> Error {
+        Error::bad_file(&self.path, format!("query failed: {e}"))
+    }
+
+    /// The rows of `sql` (its last statement) with the variable `runs` bound.
+    pub fn query(&self, sql: &str, runs: &[i64]) -> Result<Vec<RecordBatch>> {
+        let last = self.prepare_script(sql, runs)?;
+        let mut stmt = self.conn.prepare(&last).map_err(|e| self.query_error(e))?;
+        let batches = stmt
+            .query_arrow([])
+            .map_err(|e| self.query_error(e))?
+            .collect();
+        Ok(batches)
+    }
+
+    /// Writes the rows of `sql` (its last statement) to `target` with DuckDB's `COPY`.
+    pub fn export(&self, sql: &str, runs: &[i64], target: &Path, format: Export) -> Result<()> {
+        let last = self.prepare_script(sql, runs)?;
+        let options = match format {
+            Export::Csv => "FORMAT csv, HEADER",
+            Export::Json => "FORMAT json, ARRAY true",
+            Export::Parquet => "FORMAT parquet",
+        };
+        let target = target.display().to_string().replace('\'', "''");
+        self.conn
+            .execute_batch(&format!("COPY ({last}) TO '{target}' ({options})"))
+            .map_err(|e| self.query_error(e))
+    }
+
+    /// The `bpb_vs_k` curves of `runs` (all runs if empty), read by column name.
+    pub fn bpb_vs_k(&self, runs: &[i64]) -> Result<Vec<CurvePoint>> {
+        self.select_runs(runs)?;
+        let mut stmt = self
+            .conn
+            .prepare(Query::BpbVsK.sql())
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(CurvePoint {
+                    run_id: r.get("run_id")?,
+                    task: r.get("task")?,
+                    k: r.get("k")?,
+                    docs: r.get("docs")?,
+                    bits_per_byte: r.get("bits_per_byte")?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+}
+
+/// Splits a script into statements at semicolons outside quotes and `--` comments.
+fn statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let (mut quote, mut comment) = (None::<char>, false);
+    for c in sql.chars() {
+        if comment {
+            if c == '\n' {
+                comment = false;
+                cur.push(c);
+            }
+            continue;
+        }
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if c == '-' && cur.ends_with('-') => {
+                cur.pop();
+                comment = true;
+                continue;
+            }
+            None if c == ';' => {
+                if !cur.trim().is_empty() {
+                    out.push(cur.trim().to_string());
+                }
+                cur.clear();
+                continue;
+            }
+            None => {}
+        }
+        cur.push(c);
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_split_outside_quotes_and_comments() {
+        let s = statements("-- a; comment\nSELECT 'x;y'; SELECT 2 -- trailing; here\n;");
+        assert_eq!(s, vec!["SELECT 'x;y'", "SELECT 2"]);
+    }
+
+    #[test]
+    fn every_bundled_query_runs_on_an_empty_database_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("r.duckdb")).unwrap();
+        for q in Query::ALL {
+            assert_eq!(q.name().parse::<Query>().unwrap(), q);
+            db.query(q.sql(), &[]).unwrap_or_else(|e| panic!("{}: {e}", q.name()));
+        }
+        assert!(db.bpb_vs_k(&[1]).unwrap().is_empty());
+        assert!("nope".parse::<Query>().is_err());
+    }
+}

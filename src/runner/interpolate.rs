@@ -1,0 +1,192 @@
+//! The `interpolate` baseline (docs/spec.md §4.2), a kNN-LM variant: the neighbours' unigram
+//! distribution mixed into the LM's with weight α, and α's choice per task.
+use super::methods::{score_at_points, Outcome};
+use super::session::Session;
+use super::settings::RunConfig;
+use crate::error::Result;
+use crate::eval::{self, Mixture};
+use crate::lm::LanguageModel;
+use crate::store::Neighbor;
+use crate::task;
+
+/// The α grid the original searched for `interpolate` (0, 0.01, …, 0.19).
+pub const ALPHA_GRID: [f64; 20] = [
+    0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1, 0.11, 0.12, 0.13, 0.14, 0.15,
+    0.16, 0.17, 0.18, 0.19,
+];
+
+/// α when a task has no held-out documents: the paper's pile_all choice (2% NN, 98% LM).
+pub const DEFAULT_ALPHA: f64 = 0.02;
+
+/// Where a task's α came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlphaSource {
+    /// `--alpha`.
+    Fixed,
+    /// The best of [`ALPHA_GRID`] on held-out documents.
+    HeldOut,
+    /// [`DEFAULT_ALPHA`]: the task had no held-out documents.
+    Default,
+}
+
+impl AlphaSource {
+    /// The value of `docs.alpha_source`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AlphaSource::Fixed => "fixed",
+            AlphaSource::HeldOut => "held-out",
+            AlphaSource::Default => "default",
+        }
+    }
+}
+
+/// A task's α and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Alpha {
+    /// Weight of the neighbours' distribution.
+    pub value: f64,
+    /// How it was chosen.
+    pub source: AlphaSource,
+}
+
+/// Positions (in file order) of the documents α is chosen on: the task's shuffled test documents
+/// after the evaluated subset, at most `alpha_docs` of them.
+fn held_out(n: usize, cfg: &RunConfig) -> Vec<usize> {
+    let order = task::shuffled(n, cfg.seed);
+    let rest = &order[task::subset_size(n, cfg.val_portion)..];
+    rest[..rest.len().min(cfg.alpha_docs)].to_vec()
+}
+
+/// The grid index with the highest total log-likelihood (the first of equals).
+fn best(totals: &[f64]) -> usize {
+    (0..totals.len()).fold(0, |b, i| if totals[i] > totals[b] { i } else { b })
+}
+
+impl Session<'_> {
+    /// interpolate's α for a task: fixed, or the best of [`ALPHA_GRID`] on up to `alpha_docs`
+    /// held-out documents (the task's test documents outside the evaluated subset). The original
+    /// picked it per task on the test set itself, an oracle.
+    pub(super) fn choose_alpha(&self, set_name: &str) -> Result<Alpha> {
+        let cfg = self.cfg;
+        if let Some(value) = cfg.alpha {
+            return Ok(Alpha {
+                value,
+                source: AlphaSource::Fixed,
+            });
+        }
+        let docs = self.store.documents_of(&cfg.split, Some(set_name))?;
+        let held_out = held_out(docs.len(), cfg);
+        if held_out.is_empty() {
+            tracing::warn!(
+                "{set_name}: no held-out documents to choose α on; using {DEFAULT_ALPHA}"
+            );
+            return Ok(Alpha {
+                value: DEFAULT_ALPHA,
+                source: AlphaSource::Default,
+            });
+        }
+        let mut totals = vec![0.0; ALPHA_GRID.len()];
+        for &i in &held_out {
+            let Some(doc) = self.store.document(&docs[i].id)? else {
+                continue;
+            };
+            let neighbors = self.neighbors(&doc.embedding, &docs[i].id)?;
+            if neighbors.is_empty() {
+                continue;
+            }
+            let knn = knn(self.lm, &neighbors)?;
+            let tokens = self.lm.encode(&doc.text)?;
+            let scores = eval::score_tokens(
+                self.lm,
+                &tokens,
+                &[],
+                Some(&Mixture {
+                    distribution: &knn,
+                    alphas: &ALPHA_GRID,
+                }),
+            )?;
+            for (t, s) in totals.iter_mut().zip(scores) {
+                *t += s;
+            }
+        }
+        let value = ALPHA_GRID[best(&totals)];
+        tracing::info!(
+            "{set_name}: α = {value} chosen on {} held-out documents",
+            held_out.len()
+        );
+        Ok(Alpha {
+            value,
+            source: AlphaSource::HeldOut,
+        })
+    }
+}
+
+/// The kNN distribution of `neighbors`: their unigrams over the LM's vocabulary, mixed.
+fn knn(lm: &LanguageModel, neighbors: &[Neighbor]) -> Result<tch::Tensor> {
+    let unigrams = unigrams(lm, neighbors)?;
+    let distances: Vec<f32> = neighbors.iter().map(|n| n.distance).collect();
+    Ok(eval::knn_distribution(&distances, &unigrams))
+}
+
+/// Each neighbour's unigram distribution over the LM's vocabulary (docs/spec.md §4.2).
+fn unigrams(lm: &LanguageModel, neighbors: &[Neighbor]) -> Result<Vec<tch::Tensor>> {
+    neighbors
+        .iter()
+        .map(|nb| Ok(eval::unigram(&lm.encode(&nb.text)?, lm.vocab_size)))
+        .collect()
+}
+
+/// The document scored with the first k neighbours' mixture at each `eval_at` k, α fixed per task.
+pub(super) fn interpolate(
+    cfg: &RunConfig,
+    lm: &LanguageModel,
+    text: &str,
+    neighbors: &[Neighbor],
+    alpha: Alpha,
+) -> Result<Outcome> {
+    let mut out = Outcome::scored(lm, text)?;
+    let tokens = lm.encode(text)?;
+    let unigrams = unigrams(lm, neighbors)?;
+    let distances: Vec<f32> = neighbors.iter().map(|n| n.distance).collect();
+    score_at_points(cfg, neighbors, &mut out, |k| {
+        let knn = eval::knn_distribution(&distances[..k], &unigrams[..k]);
+        let mixture = Mixture {
+            distribution: &knn,
+            alphas: &[alpha.value],
+        };
+        Ok(eval::score_tokens(lm, &tokens, &[], Some(&mixture))?[0])
+    })?;
+    out.complete = neighbors.len() == cfg.neighbors;
+    out.alpha = Some(alpha);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alpha_is_chosen_on_the_documents_after_the_evaluated_subset() {
+        let cfg = RunConfig {
+            val_portion: 0.2,
+            alpha_docs: 3,
+            ..RunConfig::default()
+        };
+        let order = task::shuffled(50, cfg.seed);
+        // 10 of 50 are evaluated; α is chosen on the next 3 of the same shuffle.
+        assert_eq!(held_out(50, &cfg), order[10..13].to_vec());
+        let all = RunConfig {
+            val_portion: 1.0,
+            ..cfg.clone()
+        };
+        assert!(held_out(50, &all).is_empty());
+        assert_eq!(held_out(4, &RunConfig { alpha_docs: 20, ..cfg }).len(), 4);
+    }
+
+    #[test]
+    fn the_best_alpha_is_the_first_of_the_highest() {
+        assert_eq!(best(&[-3.0, -1.0, -2.0, -1.0]), 1);
+        assert_eq!(best(&[-1.0]), 0);
+        assert_eq!(AlphaSource::HeldOut.name(), "held-out");
+    }
+}

@@ -1,0 +1,601 @@
+//! A run's settings: one struct that is at once the `tttnn run` flags (with their `TTTNN_*` env
+//! vars), the `--config` TOML schema and the config JSON recorded with the run, so a setting and
+//! its default are written once. Precedence: flag > env var > TOML file > default.
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::lm::Precision;
+use crate::select::{Selection, Sift};
+use crate::store::{SearchMode, DEFAULT_REFINE_FACTOR};
+use crate::task::{Shard, Task, SEED};
+use crate::ttt::OptimizerState;
+use crate::Device;
+
+/// What a run does with each document's neighbours (docs/spec.md §2, §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Test-time training on the neighbours, nearest first (the paper).
+    #[default]
+    TttNn,
+    /// Neighbour text in the model's window before the document, nearest next to it.
+    InContext,
+    /// kNN-LM style: the neighbours' unigram distribution mixed into the LM's with weight α.
+    Interpolate,
+    /// Dynamic evaluation: train on the document's own prefix `neighbors` times, score the rest.
+    DynamicEval,
+    /// The base model only (k = 0).
+    None,
+}
+
+impl Method {
+    /// Whether the method trains the model (and so needs the trainer and AdamW state).
+    pub fn trains(self) -> bool {
+        matches!(self, Method::TttNn | Method::DynamicEval)
+    }
+
+    /// Whether the method retrieves neighbours.
+    pub fn uses_neighbors(self) -> bool {
+        matches!(
+            self,
+            Method::TttNn | Method::InContext | Method::Interpolate
+        )
+    }
+}
+
+/// How in-context neighbours are laid out in the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContextOrder {
+    /// Farthest first, nearest right before the document; what does not fit is cut from the
+    /// farthest end (what the paper describes).
+    #[default]
+    NearestLast,
+    /// The original code's behaviour: nearest first, then left-truncated, which keeps the tail of
+    /// the farthest neighbours (docs/spec.md §4.1); for reproducing its numbers.
+    Original,
+}
+
+/// After which neighbours the document is evaluated (k = 0 and the last neighbour always are).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum EvalAt {
+    /// After every neighbour, as the original (51 points for k = 50).
+    #[default]
+    All,
+    /// Only after these numbers of neighbours: cheaper, same end point.
+    Points(Vec<usize>),
+}
+
+impl EvalAt {
+    /// Whether to evaluate after the `k`-th neighbour of `last`.
+    pub fn includes(&self, k: usize, last: usize) -> bool {
+        k == 0
+            || k == last
+            || match self {
+                EvalAt::All => true,
+                EvalAt::Points(p) => p.contains(&k),
+            }
+    }
+}
+
+impl FromStr for EvalAt {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s.trim() == "all" {
+            return Ok(EvalAt::All);
+        }
+        let mut points = s
+            .split(',')
+            .map(|p| {
+                p.trim().parse::<usize>().map_err(|_| {
+                    format!("`{p}` is not a number of neighbours (write `all` or e.g. 1,2,5,10)")
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        points.sort_unstable();
+        points.dedup();
+        Ok(EvalAt::Points(points))
+    }
+}
+
+impl fmt::Display for EvalAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EvalAt::All => f.write_str("all"),
+            EvalAt::Points(p) => {
+                let s: Vec<String> = p.iter().map(|k| k.to_string()).collect();
+                f.write_str(&s.join(","))
+            }
+        }
+    }
+}
+
+impl From<EvalAt> for String {
+    fn from(e: EvalAt) -> String {
+        e.to_string()
+    }
+}
+
+impl TryFrom<String> for EvalAt {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+/// Every setting of a run: the `tttnn run` flags, the `--config` TOML keys (snake_case) and the
+/// run's recorded config JSON, so `--resume` redoes exactly it. Defaults are the original's.
+#[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Name for the run.
+    #[arg(long, env = "TTTNN_NAME")]
+    pub name: Option<String>,
+    /// LanceDB corpus store (from `tttnn ingest`), holding train and test documents.
+    #[arg(long, env = "TTTNN_STORE")]
+    pub store: Option<PathBuf>,
+    /// Encoder directory the store was embedded with (its dimension is checked).
+    #[arg(long, env = "TTTNN_ENCODER")]
+    pub encoder: Option<PathBuf>,
+    /// HF model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, env = "TTTNN_MODEL")]
+    pub model: Option<PathBuf>,
+    /// lm-eval task: pile_github, pile_wikipedia, ... or pile_all for every set in the store.
+    #[arg(long, env = "TTTNN_TASK")]
+    pub task: Option<Task>,
+    /// ttt-nn (the paper), or a baseline: in-context, interpolate, dynamic-eval, none (base model).
+    #[arg(long, value_enum, env = "TTTNN_METHOD", default_value_t = Method::TttNn)]
+    pub method: Method,
+    /// Neighbours to train on per document (the paper's k).
+    #[arg(long, short = 'k', env = "TTTNN_NEIGHBORS", default_value_t = 50)]
+    pub neighbors: usize,
+    /// AdamW learning rate (the paper's GPT-2 value).
+    #[arg(long, env = "TTTNN_LR", default_value_t = 2e-5)]
+    pub lr: f64,
+    /// Tokens per training chunk [default: the model's context length].
+    #[arg(long, env = "TTTNN_MAX_LENGTH")]
+    pub max_length: Option<usize>,
+    /// Split the test documents come from.
+    #[arg(long, env = "TTTNN_SPLIT", default_value = "test")]
+    pub split: String,
+    /// Split neighbours are retrieved from (the original indexes only training documents).
+    #[arg(long, env = "TTTNN_NEIGHBOR_SPLIT", default_value = "train")]
+    pub neighbor_split: String,
+    /// Fraction of each task's shuffled test documents evaluated.
+    #[arg(long, env = "TTTNN_VAL_PORTION", default_value_t = 0.2)]
+    pub val_portion: f64,
+    /// Seed of Python's random.Random(seed).shuffle over the test documents.
+    #[arg(long, env = "TTTNN_SEED", default_value_t = SEED)]
+    pub seed: u64,
+    /// Evaluate after every neighbour (`all`) or only after these counts, e.g. 1,2,5,10,20,50.
+    #[arg(long, env = "TTTNN_EVAL_AT", default_value_t = EvalAt::All)]
+    pub eval_at: EvalAt,
+    /// AdamW state across documents of a task: carry (the original) or reset (order-independent).
+    #[arg(long, value_enum, env = "TTTNN_OPTIMIZER_STATE", default_value_t = OptimizerState::Carry)]
+    pub optimizer_state: OptimizerState,
+    /// Drop neighbours farther than this unsquared L2 distance (the original's).
+    #[arg(long, env = "TTTNN_DISTANCE_THRESHOLD", default_value = "4.0")]
+    pub distance_threshold: Option<f32>,
+    /// Keep every neighbour whatever its distance.
+    #[arg(long, conflicts_with = "distance_threshold")]
+    pub no_distance_threshold: bool,
+    /// Search exactly (the paper's flat index; the default).
+    #[arg(long, conflicts_with = "nprobes")]
+    pub exact: bool,
+    /// Search the IVF-PQ index probing this many partitions.
+    #[arg(long, env = "TTTNN_NPROBES")]
+    pub nprobes: Option<usize>,
+    /// With --nprobes: re-rank this many times k candidates by exact distance; 0: none.
+    #[arg(long, env = "TTTNN_REFINE_FACTOR", default_value_t = DEFAULT_REFINE_FACTOR)]
+    pub refine_factor: u32,
+    /// At most this many documents per task, from the front of the shuffled subset.
+    #[arg(long, env = "TTTNN_LIMIT_DOCS")]
+    pub limit_docs: Option<usize>,
+    /// This worker's share I/N: documents I, I+N, I+2N, ... of each task (as the original's ranks).
+    #[arg(long, env = "TTTNN_SHARD", default_value_t = Shard::ALL)]
+    pub shard: Shard,
+    /// Where the LM runs.
+    #[arg(long, value_enum, env = "TTTNN_DEVICE", default_value_t = Device::Cpu)]
+    pub device: Device,
+    /// fp32 (faithful), or bf16 / tf32 (faster on GPUs; departures).
+    #[arg(long, value_enum, env = "TTTNN_PRECISION", default_value_t = Precision::Fp32)]
+    pub precision: Precision,
+    /// Neighbour selection: nn (nearest first, the paper) or sift (greedy variance reduction).
+    #[arg(long, value_enum, env = "TTTNN_SELECT", default_value_t = Selection::Nn)]
+    pub select: Selection,
+    /// SIFT: nearest candidates to choose from.
+    #[arg(long, env = "TTTNN_SIFT_CANDIDATES", default_value_t = 200)]
+    pub sift_candidates: usize,
+    /// SIFT: noise variance λ (activeft's).
+    #[arg(long, env = "TTTNN_SIFT_LAMBDA", default_value_t = 0.01)]
+    pub sift_lambda: f64,
+    /// Adaptive SIFT with this α: stop once σ_n > 1/(α·n).
+    #[arg(long, env = "TTTNN_SIFT_ADAPTIVE")]
+    pub sift_adaptive: Option<f64>,
+    /// interpolate: fix α (weight of the neighbours' distribution) instead of choosing it per task.
+    #[arg(long, env = "TTTNN_ALPHA")]
+    pub alpha: Option<f64>,
+    /// interpolate: held-out documents per task to choose α on.
+    #[arg(long, env = "TTTNN_ALPHA_DOCS", default_value_t = 20)]
+    pub alpha_docs: usize,
+    /// in-context: nearest-last (as the paper describes) or original (the original code's tail).
+    #[arg(long, value_enum, env = "TTTNN_IN_CONTEXT_ORDER", default_value_t = ContextOrder::NearestLast)]
+    pub in_context_order: ContextOrder,
+}
+
+impl Default for RunConfig {
+    /// The declared defaults (the `default_value`s above), with no env var or flag read.
+    fn default() -> Self {
+        use clap::{Args, FromArgMatches};
+        let cmd = RunConfig::augment_args(clap::Command::new("defaults").no_binary_name(true))
+            .mut_args(|a| a.env(None));
+        let matches = cmd
+            .try_get_matches_from(std::iter::empty::<String>())
+            .expect("every run setting has a default or is optional");
+        RunConfig::from_arg_matches(&matches).expect("defaults parse")
+    }
+}
+
+/// A `--config` TOML file: run settings (any [`RunConfig`] key) plus `db`, the results database.
+#[derive(Debug, Clone, Default)]
+pub struct SettingsFile {
+    /// The results database, if the file names one.
+    pub db: Option<PathBuf>,
+    path: PathBuf,
+    text: String,
+    values: Vec<(String, Value)>,
+}
+
+impl SettingsFile {
+    /// Reads a settings file; syntax errors name the file and line.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|s| line_of(&text, s.start));
+            Error::BadInput {
+                path: path.to_path_buf(),
+                line,
+                message: e.message().to_string(),
+            }
+        })?;
+        let mut file = Self {
+            path: path.to_path_buf(),
+            ..Default::default()
+        };
+        for (key, value) in table {
+            let value = serde_json::to_value(&value)
+                .map_err(|e| file.error(&key, &format!("unreadable value: {e}")))?;
+            if key == "db" {
+                file.db = Some(PathBuf::from(value.as_str().ok_or_else(|| {
+                    file.error("db", "`db` is the results database path, a string")
+                })?));
+            } else {
+                file.values.push((key, value));
+            }
+        }
+        file.text = text;
+        Ok(file)
+    }
+
+    /// An error about `key`, naming the file and the key's line.
+    fn error(&self, key: &str, message: &str) -> Error {
+        let line = self.text.lines().position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        });
+        Error::BadInput {
+            path: self.path.clone(),
+            line: line.map(|l| l as u64 + 1),
+            message: message.to_string(),
+        }
+    }
+}
+
+fn line_of(text: &str, byte: usize) -> u64 {
+    text[..byte.min(text.len())].matches('\n').count() as u64 + 1
+}
+
+impl RunConfig {
+    /// Takes the file's value for every setting that `explicit` says was not given as a flag or
+    /// env var: flag > env > file > default. Unknown keys and bad values name the file and line.
+    pub fn with_file(self, file: &SettingsFile, explicit: impl Fn(&str) -> bool) -> Result<Self> {
+        let mut map = to_map(&self)?;
+        for (key, value) in &file.values {
+            if !map.contains_key(key) {
+                return Err(file.error(key, &format!("unknown setting `{key}`")));
+            }
+            if explicit(key) {
+                continue;
+            }
+            map.insert(key.clone(), value.clone());
+            // Checked one key at a time so a bad value is reported at its own line.
+            if let Err(e) = serde_json::from_value::<RunConfig>(Value::Object(map.clone())) {
+                return Err(file.error(key, &format!("`{key}`: {e}")));
+            }
+        }
+        serde_json::from_value(Value::Object(map)).map_err(|e| Error::json("run settings", e))
+    }
+
+    /// Reads a recorded config JSON: missing settings (a run recorded by an older tttnn) take
+    /// today's defaults, and settings recorded under older names are renamed.
+    pub fn from_recorded(json: &str) -> std::result::Result<Self, String> {
+        let recorded: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let Value::Object(recorded) = recorded else {
+            return Err("not a JSON object".into());
+        };
+        let mut map = to_map(&RunConfig::default()).map_err(|e| e.to_string())?;
+        for (key, value) in recorded {
+            match (key.as_str(), value) {
+                // Before the settings were one struct: `sift: {lambda, adaptive}`, `shard` as an
+                // object and `refine_factor: null` for no re-ranking.
+                ("sift", Value::Object(sift)) => {
+                    for (k, v) in sift {
+                        map.insert(format!("sift_{k}"), v);
+                    }
+                }
+                ("shard", Value::Object(s)) => {
+                    let n = |k: &str| s.get(k).and_then(Value::as_u64).unwrap_or(0);
+                    map.insert(key, Value::String(format!("{}/{}", n("index"), n("count"))));
+                }
+                ("refine_factor", Value::Null) => {
+                    map.insert(key, Value::from(0));
+                }
+                (_, value) => {
+                    map.insert(key, value);
+                }
+            }
+        }
+        serde_json::from_value(Value::Object(map)).map_err(|e| e.to_string())
+    }
+
+    /// The config as recorded with the run (JSON).
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string(self).map_err(|e| Error::json("run settings", e))
+    }
+
+    /// The settings as a run uses them: method-specific normalisation, then checks.
+    pub fn normalized(mut self) -> Result<Self> {
+        // The base model alone has no neighbours; its one curve point is k = 0.
+        if self.method == Method::None {
+            self.neighbors = 0;
+        }
+        if self.no_distance_threshold {
+            self.distance_threshold = None;
+        }
+        if self.exact {
+            self.nprobes = None;
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The corpus store (a required setting).
+    pub fn store(&self) -> Result<&Path> {
+        required(self.store.as_deref(), "store")
+    }
+
+    /// The model directory (a required setting).
+    pub fn model(&self) -> Result<&Path> {
+        required(self.model.as_deref(), "model")
+    }
+
+    /// The task (a required setting).
+    pub fn task(&self) -> Result<&Task> {
+        required(self.task.as_ref(), "task")
+    }
+
+    /// Exact search, or the IVF-PQ index with `nprobes` and re-ranking.
+    pub fn search_mode(&self) -> SearchMode {
+        SearchMode::new(self.nprobes, self.refine_factor)
+    }
+
+    /// SIFT's λ and adaptive rule.
+    pub fn sift(&self) -> Sift {
+        Sift {
+            lambda: self.sift_lambda,
+            adaptive: self.sift_adaptive,
+        }
+    }
+
+    /// These settings as another shard would have them: shards of one run differ only there.
+    pub fn without_shard(&self) -> Self {
+        Self {
+            shard: Shard::ALL,
+            ..self.clone()
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.model()?;
+        self.store()?;
+        self.task()?;
+        if !(self.val_portion > 0.0 && self.val_portion <= 1.0) {
+            return Err(Error::setting(
+                "val_portion",
+                format!("{} is not in (0, 1]", self.val_portion),
+            ));
+        }
+        if !(self.lr >= 0.0 && self.lr.is_finite()) {
+            return Err(Error::setting(
+                "lr",
+                format!("{} is not a learning rate", self.lr),
+            ));
+        }
+        if let Some(n) = self.max_length.filter(|&n| n < 2) {
+            return Err(Error::setting(
+                "max_length",
+                format!("{n} leaves no next token to predict"),
+            ));
+        }
+        if let Some(a) = self.alpha.filter(|a| !(0.0..=1.0).contains(a)) {
+            return Err(Error::setting("alpha", format!("{a} is not in [0, 1]")));
+        }
+        if self.select.is_sift() && self.sift_candidates == 0 {
+            return Err(Error::setting(
+                "sift_candidates",
+                "SIFT needs candidates to choose from",
+            ));
+        }
+        if let EvalAt::Points(p) = &self.eval_at {
+            if let Some(k) = p.iter().find(|&&k| k > self.neighbors) {
+                return Err(Error::setting(
+                    "eval_at",
+                    format!("{k} is more than --neighbors {}", self.neighbors),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn required<'a, T: ?Sized>(value: Option<&'a T>, field: &str) -> Result<&'a T> {
+    value.ok_or_else(|| {
+        Error::setting(
+            field,
+            format!(
+                "missing: give --{} (or set it in --config)",
+                field.replace('_', "-")
+            ),
+        )
+    })
+}
+
+fn to_map(cfg: &RunConfig) -> Result<Map<String, Value>> {
+    match serde_json::to_value(cfg).map_err(|e| Error::json("run settings", e))? {
+        Value::Object(m) => Ok(m),
+        _ => Err(Error::internal("run settings are not a JSON object")),
+    }
+}
+
+/// The name serde gives a value (`nearest-last`, `ttt-nn`): what records and queries use.
+pub fn serde_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(e) => format!("<{e}>"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_points_always_include_both_ends() {
+        let e: EvalAt = "5,1,2".parse().unwrap();
+        assert_eq!(e.to_string(), "1,2,5");
+        assert!(e.includes(0, 7) && e.includes(2, 7) && e.includes(7, 7) && !e.includes(3, 7));
+        assert!(EvalAt::All.includes(3, 7));
+        assert!("1,x".parse::<EvalAt>().unwrap_err().contains("`x`"));
+    }
+
+    #[test]
+    fn defaults_are_the_declared_ones() {
+        let d = RunConfig::default();
+        assert_eq!(d.neighbors, 50);
+        assert_eq!(d.lr, 2e-5);
+        assert_eq!(d.distance_threshold, Some(4.0));
+        assert_eq!(d.refine_factor, DEFAULT_REFINE_FACTOR);
+        assert_eq!(d.shard, Shard::ALL);
+        assert_eq!(d.sift(), Sift::default());
+        assert_eq!((d.split.as_str(), d.neighbor_split.as_str()), ("test", "train"));
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, SettingsFile) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        let f = SettingsFile::load(&p).unwrap();
+        (dir, f)
+    }
+
+    #[test]
+    fn flag_or_env_beats_file_beats_default() {
+        let (_d, f) = file("neighbors = 7\nlr = 0.5\ndb = \"x.duckdb\"\nshard = \"1/2\"\n");
+        let given = RunConfig {
+            neighbors: 3,
+            ..RunConfig::default()
+        };
+        let c = given.with_file(&f, |k| k == "neighbors").unwrap();
+        assert_eq!((c.neighbors, c.lr), (3, 0.5));
+        assert_eq!(c.shard, Shard { index: 1, count: 2 });
+        assert_eq!(f.db.as_deref(), Some(Path::new("x.duckdb")));
+        let c = RunConfig::default().with_file(&f, |_| false).unwrap();
+        assert_eq!(c.neighbors, 7);
+    }
+
+    #[test]
+    fn file_errors_name_the_line() {
+        let (_d, f) = file("lr = 0.1\n\nneighbours = 7\n");
+        let e = RunConfig::default().with_file(&f, |_| false).unwrap_err();
+        assert!(e.to_string().contains("c.toml:3: unknown setting `neighbours`"), "{e}");
+        let (_d, f) = file("neighbors = \"many\"\n");
+        let e = RunConfig::default().with_file(&f, |_| false).unwrap_err();
+        assert!(e.to_string().contains("c.toml:1: `neighbors`"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, "\nneighbors = = 2\n").unwrap();
+        let e = SettingsFile::load(&p).unwrap_err().to_string();
+        assert!(e.contains("bad.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn recorded_configs_round_trip_and_old_ones_upgrade() {
+        let c = RunConfig {
+            store: Some("s".into()),
+            eval_at: "1,5".parse().unwrap(),
+            in_context_order: ContextOrder::Original,
+            ..RunConfig::default()
+        };
+        let json = c.to_json().unwrap();
+        assert!(json.contains(r#""in_context_order":"original""#), "{json}");
+        assert_eq!(RunConfig::from_recorded(&json).unwrap(), c);
+        let old = r#"{"store":"s","sift":{"lambda":0.5,"adaptive":null},
+            "shard":{"index":1,"count":3},"refine_factor":null,"nprobes":null}"#;
+        let c = RunConfig::from_recorded(old).unwrap();
+        assert_eq!((c.sift_lambda, c.refine_factor), (0.5, 0));
+        assert_eq!(c.shard, Shard { index: 1, count: 3 });
+        assert_eq!(c.search_mode(), SearchMode::Exact);
+    }
+
+    #[test]
+    fn normalisation_is_per_method_and_checked() {
+        let base = RunConfig {
+            store: Some("s".into()),
+            model: Some("m".into()),
+            task: Some(Task::All),
+            ..RunConfig::default()
+        };
+        let none = RunConfig {
+            method: Method::None,
+            no_distance_threshold: true,
+            ..base.clone()
+        }
+        .normalized()
+        .unwrap();
+        assert_eq!((none.neighbors, none.distance_threshold), (0, None));
+        let e = RunConfig {
+            lr: -1.0,
+            ..base.clone()
+        }
+        .normalized()
+        .unwrap_err();
+        assert!(e.to_string().contains("`lr`"), "{e}");
+        let e = RunConfig {
+            model: None,
+            ..base
+        }
+        .normalized()
+        .unwrap_err();
+        assert!(e.to_string().contains("give --model"), "{e}");
+        assert_eq!(serde_name(&ContextOrder::NearestLast), "nearest-last");
+        assert_eq!(serde_name(&Method::TttNn), "ttt-nn");
+    }
+}

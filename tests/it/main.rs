@@ -1,0 +1,11 @@
+//! tttnn's integration tests, one binary (as ripgrep and uv do): the real CLI and library on tiny
+//! real inputs, one module per area, shared helpers in `util`.
+mod baselines;
+mod cli;
+mod help;
+mod lm_golden;
+mod real_model;
+mod runner;
+mod stack;
+mod store;
+mod util;

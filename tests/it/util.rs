@@ -1,0 +1,230 @@
+//! Shared helpers of the integration tests: fixture paths, the golden reference outputs, the
+//! binary, the results database, and the fixture stores (built once per process).
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use tch::Tensor;
+
+/// `tests/fixtures`.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// `golden/golden.json`, written by scripts/make_fixtures.py.
+#[derive(Debug, Deserialize)]
+pub struct Golden {
+    pub texts: Vec<String>,
+    pub n_ctx: usize,
+    pub eot_id: i64,
+    pub lm_token_ids: Vec<Vec<i64>>,
+    pub lms: HashMap<String, GoldenLm>,
+    pub encoder: GoldenEncoder,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GoldenLm {
+    pub logits_input_ids: Vec<i64>,
+    pub loglik: Vec<f64>,
+    pub bytes: Vec<u64>,
+    pub train: GoldenTrain,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GoldenTrain {
+    pub text_index: usize,
+    pub max_length: usize,
+    pub steps: usize,
+    pub lr: f64,
+    pub losses: Vec<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GoldenEncoder {
+    pub token_ids: Vec<Vec<u32>>,
+    pub max_length: usize,
+    pub dim: usize,
+}
+
+pub fn golden() -> Golden {
+    let p = fixtures().join("golden/golden.json");
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+/// The tensors of `golden/<name>.safetensors`.
+pub fn golden_tensors(name: &str) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(fixtures().join(format!("golden/{name}.safetensors")))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// Largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+/// The real `tttnn` binary.
+pub fn tttnn() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tttnn"))
+}
+
+/// Stdout of a command that must have succeeded (stderr shown if not).
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Writes `train` and `test` JSONL into `dir` and ingests them as those splits of `dir/store` with
+/// the committed tiny encoder; returns the store.
+pub fn ingest_splits(dir: &Path, train: &str, test: &str) -> PathBuf {
+    let store = dir.join("store");
+    for (split, text) in [("train", train), ("test", test)] {
+        let file = dir.join(format!("{split}.jsonl"));
+        std::fs::write(&file, text).unwrap();
+        ok(tttnn()
+            .args(["ingest", "--quiet", "--split", split, "--store"])
+            .arg(&store)
+            .arg("--encoder")
+            .arg(fixtures().join("encoders/tiny-roberta"))
+            .arg(file)
+            .output()
+            .unwrap());
+    }
+    store
+}
+
+/// The committed tiny GPT-2.
+pub fn model() -> PathBuf {
+    fixtures().join("models/tiny-gpt2")
+}
+
+/// The committed tiny RoBERTa encoder.
+pub fn encoder() -> PathBuf {
+    fixtures().join("encoders/tiny-roberta")
+}
+
+/// Equal up to 1e-9 relative: two computations of one log-likelihood.
+pub fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(1.0)
+}
+
+/// A results database opened read-only with DuckDB itself, to check what tttnn recorded.
+pub fn conn(db: &Path) -> duckdb::Connection {
+    let config = duckdb::Config::default()
+        .access_mode(duckdb::AccessMode::ReadOnly)
+        .unwrap();
+    duckdb::Connection::open_with_flags(db, config).unwrap()
+}
+
+/// The newest run of a results database: the one a test just made.
+pub fn last_run(db: &Path) -> i64 {
+    conn(db)
+        .query_row("SELECT max(id) FROM runs", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// (doc, k) → loglik of every curve point of `run`.
+pub fn curve(db: &Path, run: i64) -> BTreeMap<(String, i64), f64> {
+    let db = conn(db);
+    let mut stmt = db
+        .prepare("SELECT doc_id, k, loglik FROM curve WHERE run_id = ? ORDER BY ALL")
+        .unwrap();
+    let rows = stmt
+        .query_map([run], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
+        .unwrap();
+    rows.map(|r| r.unwrap()).collect()
+}
+
+/// A stored document's embedding and text.
+pub fn text_of(store: &Path, id: &str) -> (Vec<f32>, String) {
+    let doc = tttnn::store::Store::open(store)
+        .unwrap()
+        .document(id)
+        .unwrap()
+        .unwrap();
+    (doc.embedding, doc.text)
+}
+
+/// The stores the runner tests read, each built once per test process (an ingest through the
+/// binary costs seconds) and copied into the test's own directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fixture {
+    /// The fixture corpus, every fourth document a test document, flat (exact) index.
+    Full,
+    /// 40-character documents (they fit the tiny GPT-2's window with room for context), every
+    /// fourth a test document.
+    Short,
+}
+
+impl Fixture {
+    /// A copy of this store in `dir`; returns its path.
+    pub fn store(self, dir: &Path) -> PathBuf {
+        static FULL: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+        static SHORT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+        let cell = match self {
+            Fixture::Full => &FULL,
+            Fixture::Short => &SHORT,
+        };
+        let (_, built) = cell.get_or_init(|| {
+            let tmp = tempfile::tempdir().unwrap();
+            let store = self.build(tmp.path());
+            (tmp, store)
+        });
+        let copy = dir.join("store");
+        copy_dir(built, &copy);
+        copy
+    }
+
+    fn build(self, dir: &Path) -> PathBuf {
+        let (mut train, mut test) = (String::new(), String::new());
+        let corpus = std::fs::read_to_string(fixtures().join("corpus.jsonl")).unwrap();
+        for (i, l) in corpus.lines().enumerate() {
+            let line = match self {
+                Fixture::Full => l.to_string(),
+                Fixture::Short => {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    let short: String = v["text"].as_str().unwrap().chars().take(40).collect();
+                    serde_json::json!({"text": format!("{short} {i}"), "meta": v["meta"]})
+                        .to_string()
+                }
+            };
+            let out = if i % 4 == 1 { &mut test } else { &mut train };
+            out.push_str(&line);
+            out.push('\n');
+        }
+        let store = ingest_splits(dir, &train, &test);
+        if self == Fixture::Full {
+            ok(tttnn()
+                .args(["index", "--quiet", "--kind", "flat", "--store"])
+                .arg(&store)
+                .output()
+                .unwrap());
+        }
+        store
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
