@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use tttnn::eval;
 use tttnn::lm::{LanguageModel, Precision};
-use tttnn::Device;
 use tttnn::ttt::{TrainConfig, Trainer};
+use tttnn::Device;
 
 /// Seconds per training step and per evaluated document on one HF model directory.
 #[derive(clap::Parser)]

@@ -1,5 +1,5 @@
 -- What a run cost, per task: seconds per neighbour (training on it plus evaluating the document
--- after it, which is what the paper's "seconds per neighbour" counts, spec §3.5), seconds per
+-- after it, which is what the paper's "seconds per neighbour" counts, docs/spec.md §3.5), seconds per
 -- AdamW step, retrieval and total seconds per document. pile_all is weighted as in table1.
 WITH n AS (
     SELECT n.run_id, d.task, d.set_name,

@@ -1,6 +1,6 @@
 -- Table 1 of the paper: per task, bits per byte of the base model and after each method, side by
 -- side, with TTT-NN's after/before in percent; pile_all weights the tasks by the Pile's effective
--- sizes (spec §3.2), renormalised over the tasks present (`weight`: how much of the Pile's 100).
+-- sizes (docs/spec.md §3.2), renormalised over the tasks present (`weight`: how much of the Pile's 100).
 -- Columns take the newest selected run of each method (`--run ID...` selects; unset, every run).
 -- Complete documents only, as the original. dynamic_eval scores each document's second half
 -- (the split protocol), as the paper's Table 1 does.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The Python reference for examples/bench_embed.rs, as the original embeds (spec §1.1): HF
+"""The Python reference for examples/bench_embed.rs, as the original embeds (docs/spec.md §1.1): HF
 tokenizer with truncation to the encoder's max length and padding per batch, batches in input
 order, PyTorch forward, masked mean over non-pad positions, fp32. Prints one JSON line.
 

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 
 /// The Pile's sets: lm-eval task suffix, `meta.pile_set_name`, and the effective-size weight (%)
-/// the original uses for `pile_all` (spec §3.2, `code/utils.py`).
+/// the original uses for `pile_all` (docs/spec.md §3.2, `code/utils.py`).
 pub const PILE_SETS: &[(&str, &str, f64)] = &[
     ("arxiv", "ArXiv", 8.96),
     ("bookcorpus2", "BookCorpus2", 0.75),

@@ -1,11 +1,12 @@
 //! Where a model runs: one device type for the LM (libtorch) and the encoder (ONNX Runtime), so a
 //! run, an ingest and `smoke` name the device the same way.
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 
 /// Compute device for the LM and the encoder.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     /// The CPU: libtorch's CPU backend, ONNX Runtime's CPU execution provider.

@@ -236,7 +236,10 @@ mod tests {
         assert_eq!(e.to_string(), "data/x.jsonl:7: missing field `text`");
         assert_eq!(e.exit_code(), 1);
         assert_eq!(Error::internal("x").exit_code(), 2);
-        assert_eq!(Error::setting("lr", "-1 is not a learning rate").exit_code(), 1);
+        assert_eq!(
+            Error::setting("lr", "-1 is not a learning rate").exit_code(),
+            1
+        );
         assert_eq!(
             Error::setting("lr", "bad").to_string(),
             "invalid setting `lr`: bad"

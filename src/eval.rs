@@ -1,4 +1,4 @@
-//! Bits per byte exactly as lm-evaluation-harness computes it for the original (spec §3.2):
+//! Bits per byte exactly as lm-evaluation-harness computes it for the original (docs/spec.md §3.2):
 //! rolling disjoint windows of `n_ctx` predicted tokens with EOT as the first window's prefix,
 //! natural-log log-probs summed per document, micro-averaged over documents.
 use tch::{Kind, Tensor};
@@ -92,7 +92,7 @@ pub fn loglikelihood(lm: &LanguageModel, text: &str) -> Result<DocScore> {
 }
 
 /// A next-token distribution mixed into the LM's, `p = α·mixture + (1 − α)·p_LM` (the kNN-LM
-/// "interpolate" baseline, spec §4.2); several α are scored from one forward pass.
+/// "interpolate" baseline, docs/spec.md §4.2); several α are scored from one forward pass.
 pub struct Mixture<'a> {
     /// A distribution over the LM's vocabulary, `[vocab]`, summing to 1.
     pub distribution: &'a Tensor,
@@ -112,7 +112,7 @@ pub fn score_tokens(
     let mut windows = rolling_windows(tokens, lm.eot_id, lm.n_ctx);
     if !context.is_empty() {
         if windows.len() != 1 || context.len() + tokens.len() - 1 > lm.n_ctx {
-            return Err(crate::Error::Internal(format!(
+            return Err(crate::Error::internal(format!(
                 "{} context tokens and a {}-token document do not fit one {}-token window",
                 context.len(),
                 tokens.len(),
@@ -183,7 +183,7 @@ pub fn unigram(tokens: &[i64], vocab: i64) -> Tensor {
     counts.index_add(0, &Tensor::from_slice(&ids), &ones) / ids.len().max(1) as f64
 }
 
-/// The split protocol (`--split_text`, spec §3.2): the first 1024 tokens when the document has at
+/// The split protocol (`--split_text`, docs/spec.md §3.2): the first 1024 tokens when the document has at
 /// least 2048, else the first half, decoded as the query; the decoded remainder is evaluated.
 pub fn split_text(lm: &LanguageModel, text: &str) -> Result<(String, String)> {
     let tokens = lm.encode(text)?;

@@ -221,7 +221,12 @@ struct Batch<'a> {
 
 impl Batch<'_> {
     /// Embeds and commits the pending records; `pos` is the reader's position in the file.
-    fn flush(&mut self, file: &Source, pos: u64, on_event: &mut dyn FnMut(IngestEvent)) -> Result<()> {
+    fn flush(
+        &mut self,
+        file: &Source,
+        pos: u64,
+        on_event: &mut dyn FnMut(IngestEvent),
+    ) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -267,7 +272,11 @@ impl Store {
         )?;
         let mut max = None;
         for b in &batches {
-            max = max.max(crate::store::u64_column(&self.path, b, "line")?.into_iter().max());
+            max = max.max(
+                crate::store::u64_column(&self.path, b, "line")?
+                    .into_iter()
+                    .max(),
+            );
         }
         Ok(max)
     }
@@ -284,12 +293,12 @@ impl Store {
             &["source"],
             Some(1),
         )?;
-        for b in batches.iter().filter(|b| b.num_rows() > 0) {
-            return Ok(crate::store::string_column(&self.path, b, "source")?
+        match batches.iter().find(|b| b.num_rows() > 0) {
+            Some(b) => Ok(crate::store::string_column(&self.path, b, "source")?
                 .into_iter()
-                .next());
+                .next()),
+            None => Ok(None),
         }
-        Ok(None)
     }
 
     /// Number of rows from any of `sources`.

@@ -1,5 +1,5 @@
 //! Choosing which retrieved documents to train on: the paper's nearest neighbours, or SIFT
-//! (Hübotter et al., ICLR 2025; spec §5), which avoids redundant neighbours by greedy
+//! (Hübotter et al., ICLR 2025; docs/spec.md §5), which avoids redundant neighbours by greedy
 //! posterior-variance reduction with a linear kernel on normalised embeddings.
 
 /// How neighbours are chosen from the retrieved candidates.

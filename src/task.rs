@@ -1,4 +1,4 @@
-//! Tasks and their test documents as lm-eval and the original pick them (spec §3.1): a task is one
+//! Tasks and their test documents as lm-eval and the original pick them (docs/spec.md §3.1): a task is one
 //! Pile set (`pile_github`) or all of them (`pile_all`); its test documents, in file order, are
 //! shuffled with CPython's `random.Random(1216).shuffle` and the first `int(val_portion·n)` kept.
 //! [`Random`] reproduces CPython's Mersenne Twister, seeding and `shuffle` bit for bit.
@@ -69,8 +69,7 @@ impl TryFrom<String> for Task {
 
 /// A slice of the documents for one of N workers: document `i` goes to shard `i mod N`, as the
 /// original deals documents to its ranks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(into = "String", try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
     /// This worker, 0-based.
     pub index: usize,
@@ -102,16 +101,17 @@ impl FromStr for Shard {
     }
 }
 
-impl From<Shard> for String {
-    fn from(s: Shard) -> String {
-        s.to_string()
+// Recorded and read as the `I/N` text the command line takes.
+impl serde::Serialize for Shard {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
-impl TryFrom<String> for Shard {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
+impl<'de> serde::Deserialize<'de> for Shard {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -42,11 +42,7 @@ fn explicit(matches: &ArgMatches, id: &str) -> bool {
 
 /// Runs the subcommand.
 pub fn run(args: Args, p: &Printer, matches: &ArgMatches) -> Result<()> {
-    let file = args
-        .config
-        .as_deref()
-        .map(SettingsFile::load)
-        .transpose()?;
+    let file = args.config.as_deref().map(SettingsFile::load).transpose()?;
     let db_path = args
         .db
         .clone()
@@ -98,7 +94,10 @@ pub fn run(args: Args, p: &Printer, matches: &ArgMatches) -> Result<()> {
                 cfg.neighbors,
                 db_path.display()
             ));
-            if let Some(b) = p.bar(total as u64, "{bar:30} {pos}/{len} docs {elapsed} ETA {eta} {msg}") {
+            if let Some(b) = p.bar(
+                total as u64,
+                "{bar:30} {pos}/{len} docs {elapsed} ETA {eta} {msg}",
+            ) {
                 b.set_position(done as u64);
                 b.reset_eta();
                 progress.bar = Some(b);

@@ -86,7 +86,12 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
             batch_size: 16,
             ..Ingest::default()
         };
-        ingest.run(&store, &mut encoder, std::slice::from_ref(file), &mut |_| {})?;
+        ingest.run(
+            &store,
+            &mut encoder,
+            std::slice::from_ref(file),
+            &mut |_| {},
+        )?;
     }
     say(format!(
         "embedded and stored {} documents with {} ({} dims) in {:.2}s",

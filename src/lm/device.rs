@@ -62,10 +62,7 @@ pub fn gpus() -> Result<Vec<Gpu>> {
     type Get = unsafe extern "C" fn(*mut i32, i32) -> i32;
     type Name = unsafe extern "C" fn(*mut libc::c_char, i32, i32) -> i32;
     type Mem = unsafe extern "C" fn(*mut usize, i32) -> i32;
-    let fail = |message: String| Error::Library {
-        library: "CUDA driver",
-        message,
-    };
+    let fail = |message: String| Error::library("CUDA driver", message);
     let lib = CString::new("libcuda.so.1").expect("no NUL");
     // SAFETY: dlopen with a valid C string; the handle is kept for the life of the process.
     let handle = unsafe { libc::dlopen(lib.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };

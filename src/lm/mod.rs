@@ -12,8 +12,6 @@ use tch::nn::VarStore;
 use tch::Tensor;
 use tokenizers::Tokenizer;
 
-
-
 use crate::error::{Error, Result};
 use crate::Device;
 
@@ -103,10 +101,8 @@ impl LanguageModel {
         let bad = |e: serde_json::Error| Error::bad_file(&config_path, e.to_string());
         let ModelType { model_type } = serde_json::from_str(&text).map_err(bad)?;
         let tok_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| Error::Tokenizer {
-            path: tok_path.clone(),
-            message: e.to_string(),
-        })?;
+        let tokenizer =
+            Tokenizer::from_file(&tok_path).map_err(|e| Error::tokenizer(tok_path.clone(), e))?;
         let vs = VarStore::new(device);
         let (network, n_ctx, eos, vocab_size) = match model_type.as_str() {
             "gpt2" => {
@@ -193,10 +189,7 @@ impl LanguageModel {
         let enc = self
             .tokenizer
             .encode(text, false)
-            .map_err(|e| Error::Tokenizer {
-                path: self.dir.join("tokenizer.json"),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| Error::tokenizer(self.dir.join("tokenizer.json"), e))?;
         Ok(enc.get_ids().iter().map(|&i| i as i64).collect())
     }
 
@@ -205,10 +198,7 @@ impl LanguageModel {
         let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
         self.tokenizer
             .decode(&ids, false)
-            .map_err(|e| Error::Tokenizer {
-                path: self.dir.join("tokenizer.json"),
-                message: e.to_string(),
-            })
+            .map_err(|e| Error::tokenizer(self.dir.join("tokenizer.json"), e))
     }
 
     /// The device the weights live on.

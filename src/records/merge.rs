@@ -24,7 +24,9 @@ impl Db {
         for (i, input) in inputs.iter().enumerate() {
             shards.push(self.attach_shard(i, input)?);
         }
-        let result = self.check_shards(&shards).and_then(|()| self.copy_shards(&shards));
+        let result = self
+            .check_shards(&shards)
+            .and_then(|()| self.copy_shards(&shards));
         let _ = self.conn.execute_batch("DROP TABLE IF EXISTS merged");
         for i in 0..shards.len() {
             let _ = self.conn.execute_batch(&format!("DETACH shard{i}"));

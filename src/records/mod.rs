@@ -21,7 +21,10 @@ use crate::error::{Error, Result};
 /// The schema migrations, in order. Never edit an applied one: add a new file and list it here.
 pub const MIGRATIONS: &[(&str, &str)] = &[
     ("001_runs", include_str!("../../migrations/001_runs.sql")),
-    ("002_runner", include_str!("../../migrations/002_runner.sql")),
+    (
+        "002_runner",
+        include_str!("../../migrations/002_runner.sql"),
+    ),
     (
         "003_baselines",
         include_str!("../../migrations/003_baselines.sql"),
@@ -71,10 +74,7 @@ impl Db {
 
     /// Runs `f` in one transaction: committed if it succeeds, rolled back if it fails, so a killed
     /// or failed write never leaves half of itself behind.
-    fn in_transaction<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> duckdb::Result<T>,
-    ) -> Result<T> {
+    fn in_transaction<T>(&self, f: impl FnOnce(&Connection) -> duckdb::Result<T>) -> Result<T> {
         self.conn
             .execute_batch("BEGIN TRANSACTION")
             .map_err(|e| self.err(e))?;

@@ -222,7 +222,8 @@ mod tests {
         let db = Db::open(&dir.path().join("r.duckdb")).unwrap();
         for q in Query::ALL {
             assert_eq!(q.name().parse::<Query>().unwrap(), q);
-            db.query(q.sql(), &[]).unwrap_or_else(|e| panic!("{}: {e}", q.name()));
+            db.query(q.sql(), &[])
+                .unwrap_or_else(|e| panic!("{}: {e}", q.name()));
         }
         assert!(db.bpb_vs_k(&[1]).unwrap().is_empty());
         assert!("nope".parse::<Query>().is_err());

@@ -143,12 +143,7 @@ impl Db {
                 "UPDATE runs SET status = ?, error = ?,
                      finished_at = CASE WHEN ? THEN current_timestamp ELSE NULL END
                  WHERE id = ?",
-                params![
-                    status.as_str(),
-                    error,
-                    status != RunStatus::Running,
-                    run_id
-                ],
+                params![status.as_str(), error, status != RunStatus::Running, run_id],
             )
             .map_err(|e| self.err(e))?;
         Ok(())

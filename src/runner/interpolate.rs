@@ -180,7 +180,17 @@ mod tests {
             ..cfg.clone()
         };
         assert!(held_out(50, &all).is_empty());
-        assert_eq!(held_out(4, &RunConfig { alpha_docs: 20, ..cfg }).len(), 4);
+        assert_eq!(
+            held_out(
+                4,
+                &RunConfig {
+                    alpha_docs: 20,
+                    ..cfg
+                }
+            )
+            .len(),
+            4
+        );
     }
 
     #[test]

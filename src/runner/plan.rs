@@ -136,13 +136,23 @@ mod tests {
         let d = docs(&[("Github", 5), ("ArXiv", 3)]);
         let p = plan(&d, &selection(&Task::All)).unwrap();
         let tasks: Vec<&str> = p.iter().map(|d| d.task.as_str()).collect();
-        assert_eq!(tasks, ["pile_arxiv"; 3].iter().chain(&["pile_github"; 5]).copied().collect::<Vec<_>>());
+        assert_eq!(
+            tasks,
+            ["pile_arxiv"; 3]
+                .iter()
+                .chain(&["pile_github"; 5])
+                .copied()
+                .collect::<Vec<_>>()
+        );
         // The order within a task is the CPython shuffle task.rs reproduces (tested there).
         let order: Vec<usize> = task::test_subset(5, 1.0, task::SEED);
         let github: Vec<String> = p[3..].iter().map(|d| d.doc_id.clone()).collect();
         let want: Vec<String> = order.iter().map(|i| format!("Github:{}", i + 1)).collect();
         assert_eq!(github, want);
-        assert_eq!(p.iter().map(|d| d.seq).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
+        assert_eq!(
+            p.iter().map(|d| d.seq).collect::<Vec<_>>(),
+            (0..8).collect::<Vec<_>>()
+        );
         assert_eq!((p[3].task_index, p[3].position), (1, 0));
     }
 
@@ -176,7 +186,10 @@ mod tests {
         let d = docs(&[("Github", 2)]);
         let task = Task::Set("FreeLaw".into());
         let e = plan(&d, &selection(&task)).unwrap_err().to_string();
-        assert!(e.contains("set `FreeLaw`") && e.contains("sets there: Github"), "{e}");
+        assert!(
+            e.contains("set `FreeLaw`") && e.contains("sets there: Github"),
+            "{e}"
+        );
         let e = plan(&[], &selection(&task)).unwrap_err().to_string();
         assert!(e.contains("none (ingest"), "{e}");
     }

@@ -29,7 +29,11 @@ pub(crate) fn embedding_column<'a>(
 }
 
 /// Row `i` of an embedding column.
-pub(crate) fn embedding_at(store: &Path, column: &FixedSizeListArray, i: usize) -> Result<Vec<f32>> {
+pub(crate) fn embedding_at(
+    store: &Path,
+    column: &FixedSizeListArray,
+    i: usize,
+) -> Result<Vec<f32>> {
     let values = column.value(i);
     values
         .as_any()

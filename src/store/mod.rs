@@ -160,24 +160,7 @@ impl Store {
 
     /// Opens the store at `path`, creating an empty documents table for dimension `dim` if absent.
     pub fn open_or_create(path: &Path, dim: usize) -> Result<Self> {
-        let rt = runtime()?;
-        let err = |source| Error::store(path, source);
-        let table = rt.block_on(async {
-            let db = lancedb::connect(&path.to_string_lossy())
-                .execute()
-                .await
-                .map_err(err)?;
-            let names = db.table_names().execute().await.map_err(err)?;
-            if names.iter().any(|n| n == DOCUMENTS) {
-                db.open_table(DOCUMENTS).execute().await.map_err(err)
-            } else {
-                db.create_empty_table(DOCUMENTS, documents_schema(dim))
-                    .execute()
-                    .await
-                    .map_err(err)
-            }
-        })?;
-        let store = Self::with_table(path, table, rt)?;
+        let store = Self::connect(path, Some(dim))?;
         if store.dim != dim {
             return Err(Error::bad_file(
                 path,
@@ -198,6 +181,11 @@ impl Store {
                 "no store here (create one with `tttnn ingest`)",
             ));
         }
+        Self::connect(path, None)
+    }
+
+    /// Opens the documents table at `path`; creates it (for `create` dimensions) if asked to.
+    fn connect(path: &Path, create: Option<usize>) -> Result<Self> {
         let rt = runtime()?;
         let err = |source| Error::store(path, source);
         let table = rt.block_on(async {
@@ -205,7 +193,15 @@ impl Store {
                 .execute()
                 .await
                 .map_err(err)?;
-            db.open_table(DOCUMENTS).execute().await.map_err(err)
+            let names = db.table_names().execute().await.map_err(err)?;
+            match create {
+                Some(dim) if !names.iter().any(|n| n == DOCUMENTS) => db
+                    .create_empty_table(DOCUMENTS, documents_schema(dim))
+                    .execute()
+                    .await
+                    .map_err(err),
+                _ => db.open_table(DOCUMENTS).execute().await.map_err(err),
+            }
         })?;
         Self::with_table(path, table, rt)
     }
@@ -250,9 +246,7 @@ impl Store {
     /// The encoder record of the last ingest, if one was written.
     pub fn encoder_record(&self) -> Result<Option<EncoderRecord>> {
         let native = self.native()?;
-        let manifest = self
-            .block_on(native.manifest())
-            .map_err(|e| self.err(e))?;
+        let manifest = self.block_on(native.manifest()).map_err(|e| self.err(e))?;
         Ok(EncoderRecord::from_config(&manifest.config))
     }
 
@@ -326,8 +320,7 @@ impl Store {
 
     /// The Lance table version (recorded with each run).
     pub fn version(&self) -> Result<u64> {
-        self.block_on(self.table.version())
-            .map_err(|e| self.err(e))
+        self.block_on(self.table.version()).map_err(|e| self.err(e))
     }
 
     /// Rows matching `filter` (a Lance SQL predicate), the given columns only.
@@ -361,7 +354,8 @@ impl Store {
             let ids = string_column(&self.path, b, "id")?;
             let sets = string_column(&self.path, b, "set_name")?;
             let sources = string_column(&self.path, b, "source")?;
-            for (((id, set_name), source), line) in ids.into_iter().zip(sets).zip(sources).zip(lines)
+            for (((id, set_name), source), line) in
+                ids.into_iter().zip(sets).zip(sources).zip(lines)
             {
                 out.push(DocRef {
                     id,

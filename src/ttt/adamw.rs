@@ -121,7 +121,7 @@ impl FlatWeights {
             for (slot, (name, t)) in self.slots.iter().zip(vars) {
                 let mut g = t.grad();
                 if !g.defined() {
-                    return Err(Error::Internal(format!("weight {name} got no gradient")));
+                    return Err(Error::internal(format!("weight {name} got no gradient")));
                 }
                 let view = self
                     .grad
@@ -191,7 +191,7 @@ fn view(flat: &Tensor, slot: &Slot) -> Tensor {
 
 /// torch's `AdamW` (`torch.optim.AdamW(lr, eps=1e-8)`, decoupled weight decay, bias correction)
 /// on the flat buffers of [`FlatWeights`], written out so its moments can be saved and restored:
-/// a resumed run continues with the state the original carries across documents (spec §2), which
+/// a resumed run continues with the state the original carries across documents (docs/spec.md §2), which
 /// libtorch's C++ optimizer does not expose.
 pub struct AdamW {
     config: TrainConfig,

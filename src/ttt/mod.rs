@@ -1,4 +1,4 @@
-//! Test-time training as the original does it (spec §2): each neighbour is tokenized whole, cut
+//! Test-time training as the original does it (docs/spec.md §2): each neighbour is tokenized whole, cut
 //! into non-overlapping `max_length` chunks, and each chunk gets one AdamW step (batch 1, train
 //! mode, mean causal-LM loss, clip-norm 1.0). Weights are restored in place after each document.
 //! AdamW and clipping run on flat buffers (`adamw`): a few kernels per step on any device.

@@ -7,10 +7,8 @@ use std::path::Path;
 
 use tttnn::eval;
 use tttnn::lm::LanguageModel;
-use tttnn::Device;
 use tttnn::store::{Retrieval, SearchMode, Store};
-
-
+use tttnn::Device;
 
 /// Runs `tttnn run` with `args` into `db`; returns the new run's id.
 fn run(store: &Path, db: &Path, args: &[&str]) -> i64 {
@@ -46,8 +44,6 @@ fn curves(db: &Path, run: i64) -> BTreeMap<String, BTreeMap<i64, f64>> {
     }
     out
 }
-
-
 
 #[test]
 fn baselines_reduce_to_the_base_model_and_sit_side_by_side_in_table1() {
@@ -88,7 +84,7 @@ fn baselines_reduce_to_the_base_model_and_sit_side_by_side_in_table1() {
     );
     let r = crate::util::conn(&db);
     let (alpha, source): (f64, String) = r
-                .query_row(
+        .query_row(
             "SELECT any_value(alpha), any_value(alpha_source) FROM docs WHERE run_id = ?",
             [r3],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -142,6 +138,19 @@ fn baselines_reduce_to_the_base_model_and_sit_side_by_side_in_table1() {
         .collect();
     drop(stmt);
     drop(r);
+    // Every setting is a column of run_settings, enum values spelled as on the command line.
+    let (order, lr, method): (String, f64, String) = crate::util::conn(&db)
+        .query_row(
+            "SELECT s.in_context_order, s.lr, r.method FROM run_settings s
+             JOIN runs r ON r.id = s.run_id WHERE s.run_id = ?",
+            [r7],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (order.as_str(), lr, method.as_str()),
+        ("nearest-last", 1e-3, "in-context")
+    );
     let in_context = curves(&db, r7);
     let mut fitted = 0;
     for (doc, fallback, ids) in rows {
@@ -214,7 +223,7 @@ fn sift_first_pick_is_the_nearest_by_absolute_cosine() {
     let s = Store::open(&store).unwrap();
     let r = crate::util::conn(&db);
     let mut stmt = r
-                .prepare("SELECT doc_id, neighbor_id FROM neighbors WHERE run_id = ? AND rank = 1")
+        .prepare("SELECT doc_id, neighbor_id FROM neighbors WHERE run_id = ? AND rank = 1")
         .unwrap();
     let firsts: Vec<(String, String)> = stmt
         .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -233,7 +242,8 @@ fn sift_first_pick_is_the_nearest_by_absolute_cosine() {
     };
     for (doc, first) in firsts {
         let q = s.document(&doc).unwrap().unwrap().embedding;
-        let candidates = s.retrieve(
+        let candidates = s
+            .retrieve(
                 &q,
                 &Retrieval {
                     k: 10,
@@ -242,7 +252,8 @@ fn sift_first_pick_is_the_nearest_by_absolute_cosine() {
                     exclude_id: Some(doc.clone()),
                     split: Some("train".into()),
                 },
-            ).unwrap();
+            )
+            .unwrap();
         let best = candidates
             .iter()
             .max_by(|a, b| cos(&q, &a.embedding).total_cmp(&cos(&q, &b.embedding)))
@@ -250,7 +261,7 @@ fn sift_first_pick_is_the_nearest_by_absolute_cosine() {
         assert_eq!(first, best.id, "{doc}");
     }
     let ranks: i64 = r
-                .query_row(
+        .query_row(
             "SELECT count(*) FROM neighbors WHERE run_id = ? AND rank = 3",
             [id],
             |r| r.get(0),
@@ -258,7 +269,9 @@ fn sift_first_pick_is_the_nearest_by_absolute_cosine() {
         .unwrap();
     assert!(ranks > 0);
     let selection: String = r
-                .query_row("SELECT selection FROM runs WHERE id = ?", [id], |r| r.get(0))
+        .query_row("SELECT selection FROM runs WHERE id = ?", [id], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(selection, "sift");
 }

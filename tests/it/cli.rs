@@ -190,3 +190,36 @@ fn eval_prints_bits_per_byte_per_file_and_total() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("model_type `bert` is not supported"));
 }
+
+#[test]
+fn a_closed_stdout_pipe_is_not_an_error() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("empty.duckdb");
+    drop(duckdb::Connection::open(&db).unwrap());
+    // `tttnn sql ... | head -1`: the reader leaves after one line.
+    let mut child = tttnn()
+        .args(["sql", "SELECT * FROM range(300000)", "--db"])
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with('+'), "{first}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -47,6 +47,9 @@ fn help_matches_the_snapshot() {
     // Every subcommand is listed in the top-level help.
     let top = help(&[]);
     for sub in SUBCOMMANDS {
-        assert!(top.lines().any(|l| l.trim_start().starts_with(sub)), "{sub}");
+        assert!(
+            top.lines().any(|l| l.trim_start().starts_with(sub)),
+            "{sub}"
+        );
     }
 }

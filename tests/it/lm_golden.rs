@@ -4,8 +4,8 @@
 use crate::util::*;
 use tch::Tensor;
 use tttnn::lm::LanguageModel;
-use tttnn::Device;
 use tttnn::ttt::{TrainConfig, Trainer};
+use tttnn::Device;
 
 fn check(name: &str) {
     let g = golden();

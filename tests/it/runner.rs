@@ -10,14 +10,11 @@ use std::process::{Command, Stdio};
 
 use tttnn::eval;
 use tttnn::lm::LanguageModel;
-use tttnn::Device;
 use tttnn::records::Db;
 use tttnn::store::Store;
 use tttnn::task;
 use tttnn::ttt::{TrainConfig, Trainer};
-
-
-
+use tttnn::Device;
 
 /// The settings most tests run with.
 const K3: [&str; 4] = ["--task", "pile_all", "--neighbors", "3"];
@@ -37,12 +34,11 @@ fn run_cmd(store: &Path, db: &Path, extra: &[&str]) -> Command {
     c
 }
 
-
 /// (doc, rank) → (neighbour, distance) of `run`.
 fn neighbors(db: &Path, run: i64) -> BTreeMap<(String, i64), (String, f64)> {
     let db = crate::util::conn(db);
     let mut stmt = db
-                .prepare("SELECT doc_id, rank, neighbor_id, distance FROM neighbors WHERE run_id = ?")
+        .prepare("SELECT doc_id, rank, neighbor_id, distance FROM neighbors WHERE run_id = ?")
         .unwrap();
     let rows = stmt
         .query_map([run], |r| {
@@ -66,7 +62,7 @@ fn run_records_what_the_engine_computes_and_sql_and_report_read_it() {
     );
 
     // The documents are the CPython Random(1216) shuffle of each set's test documents in file order.
-        let s = Store::open(&store).unwrap();
+    let s = Store::open(&store).unwrap();
     let records = crate::util::conn(&db);
     let mut stmt = records
                 .prepare("SELECT doc_id, set_name, position, seq, complete FROM docs WHERE run_id = 1 ORDER BY seq")
@@ -251,7 +247,7 @@ fn killed_run_resumes_to_the_rows_of_an_uninterrupted_one() {
     assert_eq!(neighbors(&killed, 1), neighbors(&whole, 1));
     let db = crate::util::conn(&killed);
     let status: String = db
-                .query_row("SELECT status FROM runs WHERE id = 1", [], |r| r.get(0))
+        .query_row("SELECT status FROM runs WHERE id = 1", [], |r| r.get(0))
         .unwrap();
     assert_eq!(status, "finished");
     assert!(!PathBuf::from(format!("{}.optimizer/run-1.safetensors", killed.display())).exists());

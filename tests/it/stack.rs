@@ -3,9 +3,9 @@
 use crate::util::*;
 use tch::Tensor;
 use tttnn::embed::Encoder;
-use tttnn::Device;
 use tttnn::records::{Db, MIGRATIONS};
 use tttnn::store::{Document, IvfPqParams, Retrieval, SearchMode, Store};
+use tttnn::Device;
 
 #[test]
 fn golden_files_load() {
@@ -27,7 +27,7 @@ fn golden_files_load() {
 #[test]
 fn lancedb_ivf_pq_finds_each_vector_itself() {
     let dir = tempfile::tempdir().unwrap();
-        let dim = 16;
+    let dim = 16;
     // 512 vectors in 8 clusters: deterministic, PQ has enough rows to train 8-bit codebooks.
     let docs: Vec<Document> = (0..512u64)
         .map(|i| Document {
@@ -45,13 +45,17 @@ fn lancedb_ivf_pq_finds_each_vector_itself() {
     let store = Store::open_or_create(dir.path(), dim).unwrap();
     store.add(&docs).unwrap();
     assert_eq!(store.count().unwrap(), 512);
-    store.create_ivf_pq(IvfPqParams {
-        partitions: 4,
-        sub_vectors: 4,
-        bits: 8,
-    }).unwrap();
+    store
+        .create_ivf_pq(IvfPqParams {
+            partitions: 4,
+            sub_vectors: 4,
+            bits: 8,
+        })
+        .unwrap();
     for d in docs.iter().step_by(37) {
-        let exact = store.retrieve(&d.embedding, &search(5, SearchMode::Exact, None)).unwrap();
+        let exact = store
+            .retrieve(&d.embedding, &search(5, SearchMode::Exact, None))
+            .unwrap();
         assert_eq!(exact[0].id, d.id);
         assert!(exact[0].distance < 1e-3);
         assert!(exact.windows(2).all(|w| w[0].distance <= w[1].distance));
@@ -59,7 +63,9 @@ fn lancedb_ivf_pq_finds_each_vector_itself() {
             nprobes: 4,
             refine_factor: Some(10),
         };
-        let indexed = store.retrieve(&d.embedding, &search(5, mode, None)).unwrap();
+        let indexed = store
+            .retrieve(&d.embedding, &search(5, mode, None))
+            .unwrap();
         assert_eq!(indexed[0].id, d.id);
         assert_eq!(indexed[0].text, d.text);
     }
@@ -74,7 +80,7 @@ fn split_search_returns_the_nearest_of_that_split() {
     // documents are rare; from 150 on every point is a test document, so the 2k nearest of all
     // hold fewer than k training documents and the search must filter before it.
     let dir = tempfile::tempdir().unwrap();
-        let split = |i: u64| {
+    let split = |i: u64| {
         if i.is_multiple_of(3) || i >= 150 {
             "test"
         } else {
@@ -96,7 +102,10 @@ fn split_search_returns_the_nearest_of_that_split() {
     store.add(&docs).unwrap();
     for (q, k) in [(0.2f32, 5), (60.4, 10), (199.0, 8)] {
         let got: Vec<String> = store
-            .retrieve(&[q, 0.0, 0.0, 0.0], &search(k, SearchMode::Exact, Some("train")))
+            .retrieve(
+                &[q, 0.0, 0.0, 0.0],
+                &search(k, SearchMode::Exact, Some("train")),
+            )
             .unwrap()
             .into_iter()
             .map(|n| n.id)
@@ -156,7 +165,7 @@ fn duckdb_migrates_appends_and_aggregates() {
     drop(db);
     let ro = crate::util::conn(&path);
     let n: i64 = ro
-                .query_row("SELECT count(*) FROM curve", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM curve", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 5000);
 }
@@ -222,8 +231,7 @@ fn a_graph_that_pools_itself_gives_the_same_embeddings() {
     // `embedding`, as `scripts/export_encoder.py --pool` writes): tttnn takes its output as is.
     let g = golden();
     let texts: Vec<&str> = g.texts.iter().map(|s| s.as_str()).collect();
-    let mut plain =
-        Encoder::load(&fixtures().join("encoders/tiny-roberta"), Device::Cpu).unwrap();
+    let mut plain = Encoder::load(&fixtures().join("encoders/tiny-roberta"), Device::Cpu).unwrap();
     let mut pooled = Encoder::load(
         &fixtures().join("encoders/tiny-roberta-pooled"),
         Device::Cpu,
@@ -257,7 +265,6 @@ fn tokenizers_match_python() {
         assert_eq!(&tok.decode(enc.get_ids(), false).unwrap(), text);
     }
 }
-
 
 /// The `k` nearest (of `split`, if given) with no other filter.
 fn search(k: usize, mode: SearchMode, split: Option<&str>) -> Retrieval {

@@ -1,12 +1,8 @@
 //! `tttnn ingest`, `index` and `search` on real JSONL inputs with the committed tiny encoder.
-use crate::util::{ok, tttnn};
+use crate::util::{encoder, ok, tttnn};
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-
-fn encoder() -> PathBuf {
-    crate::util::fixtures().join("encoders/tiny-roberta")
-}
 
 fn ingest(store: &Path, files: &[&Path], extra: &[&str]) -> Output {
     let mut c = tttnn();
@@ -19,6 +15,24 @@ fn ingest(store: &Path, files: &[&Path], extra: &[&str]) -> Output {
         .arg("--quiet")
         .args(extra);
     c.output().unwrap()
+}
+
+/// `tttnn search --json --store STORE ARGS...`: the hits.
+fn search(store: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = ok(tttnn()
+        .args(["search", "--json", "--store"])
+        .arg(store)
+        .args(args)
+        .output()
+        .unwrap());
+    serde_json::from_str(&out).unwrap()
+}
+
+/// A temporary directory, the path of a store to create in it, and the fixture corpus.
+fn fresh() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    (dir, store, crate::util::fixtures().join("corpus.jsonl"))
 }
 
 fn ids(store: &Path) -> Vec<String> {
@@ -62,9 +76,7 @@ fn write_corpus(path: &Path, n: usize) {
 
 #[test]
 fn ingest_then_search_finds_each_document_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let corpus = crate::util::fixtures().join("corpus.jsonl");
+    let (_dir, store, corpus) = fresh();
     let out: serde_json::Value =
         serde_json::from_str(&ok(ingest(&store, &[&corpus], &[]))).unwrap();
     assert_eq!(out["added"], 81);
@@ -98,33 +110,15 @@ fn ingest_then_search_finds_each_document_itself() {
     )
     .unwrap();
     let text = line5["text"].as_str().unwrap();
-    let hits: Vec<serde_json::Value> = serde_json::from_str(&ok(tttnn()
-        .args(["search", "-k", "3", "--json", "--store"])
-        .arg(&store)
-        .arg("--encoder")
-        .arg(encoder())
-        .arg(text)
-        .output()
-        .unwrap()))
-    .unwrap();
+    let hits = search(
+        &store,
+        &["-k", "3", "--encoder", encoder().to_str().unwrap(), text],
+    );
     assert_eq!(hits[0]["id"], "corpus.jsonl:5");
     assert!(hits[0]["distance"].as_f64().unwrap() < 1e-3);
     assert_eq!(hits[0]["text"], text);
     // By id: the document itself is left out, the rest come nearest first.
-    let by_id: Vec<serde_json::Value> = serde_json::from_str(&ok(tttnn()
-        .args([
-            "search",
-            "-k",
-            "5",
-            "--json",
-            "--doc-id",
-            "corpus.jsonl:5",
-            "--store",
-        ])
-        .arg(&store)
-        .output()
-        .unwrap()))
-    .unwrap();
+    let by_id = search(&store, &["-k", "5", "--doc-id", "corpus.jsonl:5"]);
     assert_eq!(by_id.len(), 5);
     assert!(by_id.iter().all(|h| h["id"] != "corpus.jsonl:5"));
     let d: Vec<f64> = by_id
@@ -133,22 +127,18 @@ fn ingest_then_search_finds_each_document_itself() {
         .collect();
     assert!(d.windows(2).all(|w| w[0] <= w[1]), "{d:?}");
     // A distance cap drops the far ones.
-    let capped: Vec<serde_json::Value> = serde_json::from_str(&ok(tttnn()
-        .args([
-            "search",
+    let cap = format!("{}", d[1]);
+    let capped = search(
+        &store,
+        &[
             "-k",
             "5",
-            "--json",
             "--doc-id",
             "corpus.jsonl:5",
             "--max-distance",
-        ])
-        .arg(format!("{}", d[1]))
-        .arg("--store")
-        .arg(&store)
-        .output()
-        .unwrap()))
-    .unwrap();
+            &cap,
+        ],
+    );
     assert_eq!(capped.len(), 2);
 }
 
@@ -180,23 +170,17 @@ fn exact_and_ivf_pq_agree() {
         "docs.jsonl.zst:250",
         "docs.jsonl.zst:599",
     ] {
-        let search = |extra: &[&str]| -> Vec<String> {
-            let out = ok(tttnn()
-                .args(["search", "-k", "10", "--json", "--doc-id", id, "--store"])
-                .arg(&store)
-                .args(extra)
-                .output()
-                .unwrap());
-            let v: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
-            v.iter()
+        let ids_of = |extra: &[&str]| -> Vec<String> {
+            search(&store, &[&["-k", "10", "--doc-id", id], extra].concat())
+                .iter()
                 .map(|h| h["id"].as_str().unwrap().to_string())
                 .collect()
         };
-        let exact = search(&["--exact"]);
+        let exact = ids_of(&["--exact"]);
         // Explicit settings, and the defaults (nprobes 40, refine 5) that an indexed store gets.
         for ivf in [
-            search(&["--nprobes", "24", "--refine-factor", "20"]),
-            search(&[]),
+            ids_of(&["--nprobes", "24", "--refine-factor", "20"]),
+            ids_of(&[]),
         ] {
             let overlap = exact.iter().filter(|i| ivf.contains(i)).count();
             assert!(overlap >= 9, "{id}: exact {exact:?} vs IVF-PQ {ivf:?}");
@@ -282,9 +266,7 @@ fn bad_lines_stop_with_file_and_line_unless_skipped() {
         data.extend_from_slice(format!("\n{}\n", good("print(1)")).as_bytes());
         std::fs::write(&file, &data).unwrap();
         let store = dir.path().join(format!("store{i}"));
-        let out = ingest(&store, &[&file], &[]);
-        assert_eq!(out.status.code(), Some(1));
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = crate::util::fails(ingest(&store, &[&file], &[]), 1);
         assert!(err.contains(message), "want {message:?} in {err}");
         // The two good lines before the bad one are kept.
         assert_eq!(ids(&store), vec!["bad.jsonl:1", "bad.jsonl:2"]);
@@ -303,9 +285,7 @@ fn bad_lines_stop_with_file_and_line_unless_skipped() {
 
 #[test]
 fn sets_filter_and_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let corpus = crate::util::fixtures().join("corpus.jsonl");
+    let (_dir, store, corpus) = fresh();
     let out: serde_json::Value = serde_json::from_str(&ok(ingest(
         &store,
         &[&corpus],
@@ -313,20 +293,8 @@ fn sets_filter_and_limit() {
     )))
     .unwrap();
     assert_eq!(out["added"], 10);
-    let hits: Vec<serde_json::Value> = serde_json::from_str(&ok(tttnn()
-        .args([
-            "search",
-            "-k",
-            "10",
-            "--json",
-            "--doc-id",
-            &ids(&store)[0],
-            "--store",
-        ])
-        .arg(&store)
-        .output()
-        .unwrap()))
-    .unwrap();
+    let first = &ids(&store)[0];
+    let hits = search(&store, &["-k", "10", "--doc-id", first]);
     assert!(hits.iter().all(|h| h["set_name"] == "Github"));
 }
 
@@ -334,12 +302,8 @@ fn sets_filter_and_limit() {
 fn cuda_without_a_cuda_provider_is_a_clear_error() {
     // CI's ONNX Runtime is the CPU-only wheel: asking for CUDA must fail loudly, not fall back to
     // the CPU silently (onnxruntime#23372), and before anything is written.
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let corpus = crate::util::fixtures().join("corpus.jsonl");
-    let out = ingest(&store, &[&corpus], &["--device", "cuda"]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (_dir, store, corpus) = fresh();
+    let err = crate::util::fails(ingest(&store, &[&corpus], &["--device", "cuda"]), 2);
     assert!(
         err.contains("--device cuda: the CUDA execution provider could not be registered")
             && err.contains("onnxruntime-gpu"),
@@ -352,13 +316,9 @@ fn cuda_without_a_cuda_provider_is_a_clear_error() {
 fn encoder_departures_need_cuda() {
     // tf32 and fp16 exist only on ONNX Runtime's CUDA provider: on the CPU they are a usage error
     // (exit 1) that names the setting, before anything is written.
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let corpus = crate::util::fixtures().join("corpus.jsonl");
+    let (_dir, store, corpus) = fresh();
     for precision in ["fp16", "tf32"] {
-        let out = ingest(&store, &[&corpus], &["--precision", precision]);
-        assert_eq!(out.status.code(), Some(1));
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = crate::util::fails(ingest(&store, &[&corpus], &["--precision", precision]), 1);
         assert!(
             err.contains("`precision`") && err.contains("runs on CUDA only"),
             "{err}"
@@ -369,9 +329,7 @@ fn encoder_departures_need_cuda() {
 
 #[test]
 fn compaction_leaves_one_version_and_no_replaced_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let corpus = crate::util::fixtures().join("corpus.jsonl");
+    let (_dir, store, corpus) = fresh();
     // 81 documents in commits of 10: nine small fragments, merged into one after the ingest.
     ok(ingest(&store, &[&corpus], &["--commit-rows", "10"]));
     let files = |sub: &str| -> Vec<String> {

@@ -86,6 +86,13 @@ pub fn ok(out: Output) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Stderr of a command that must have failed with exit code `code`.
+pub fn fails(out: Output, code: i32) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    err
+}
+
 /// Writes `train` and `test` JSONL into `dir` and ingests them as those splits of `dir/store` with
 /// the committed tiny encoder; returns the store.
 pub fn ingest_splits(dir: &Path, train: &str, test: &str) -> PathBuf {
