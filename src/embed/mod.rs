@@ -218,11 +218,11 @@ impl Encoder {
         Ok(self.token_ids_batch(&[text])?.remove(0))
     }
 
-    /// Token ids of many texts, tokenized in parallel, [`TOKENIZE_CHUNK`] texts at a time.
+    /// Token ids of many texts, tokenized in parallel, `TOKENIZE_CHUNK` texts at a time.
     ///
     /// Only the first `max_length` tokens count, so a long text is tokenized from a prefix cut
     /// just before a whitespace character (pre-tokenizers split there, so the tokens before the cut
-    /// are those of the full text). Prefixes grow from [`PREFIX_WINDOWS`]·`max_length` bytes until
+    /// are those of the full text). Prefixes grow from `PREFIX_WINDOWS`·`max_length` bytes until
     /// one fills `max_length`; failing that, the full text is used.
     pub fn token_ids_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
         let mut out = Vec::with_capacity(texts.len());
@@ -386,7 +386,7 @@ fn prefix_at_whitespace(text: &str, max: usize) -> &str {
     }
 }
 
-/// Mean of the rows of `hidden` (`[seq, dim]`) where `mask` is 1, NaN as 0 ([`nan_to_zero`]).
+/// Mean of the rows of `hidden` (`[seq, dim]`) where `mask` is 1, NaN as 0 (`nan_to_zero`).
 pub fn masked_mean(hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
     let mut sum = vec![0f32; dim];
     let mut n = 0f32;

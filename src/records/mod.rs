@@ -2,8 +2,8 @@
 //! database is opened and tracked in `schema_migrations`, so an experiment is a record you query.
 //!
 //! One `Db` type, split by concern as lance splits `Dataset`: this file opens and migrates;
-//! [`run`] holds a run's lifecycle and recording; [`merge`] joins shard databases; [`queries`]
-//! runs the bundled and user SQL.
+//! `run.rs` holds a run's lifecycle and recording; `merge.rs` joins shard databases;
+//! `queries.rs` runs the bundled and user SQL.
 mod merge;
 mod queries;
 mod run;
@@ -205,6 +205,47 @@ mod tests {
         files.sort();
         let listed: Vec<String> = MIGRATIONS.iter().map(|(n, _)| n.to_string()).collect();
         assert_eq!(files, listed);
+    }
+
+    #[test]
+    fn a_database_of_an_older_tttnn_migrates_with_its_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.duckdb");
+        {
+            // The schema as tttnn left it before migration 004, with a recorded run.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE schema_migrations (name VARCHAR PRIMARY KEY,
+                     applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)",
+            )
+            .unwrap();
+            for (name, sql) in &MIGRATIONS[..3] {
+                c.execute_batch(sql).unwrap();
+                c.execute("INSERT INTO schema_migrations (name) VALUES (?)", [name])
+                    .unwrap();
+            }
+            c.execute_batch(
+                "INSERT INTO runs (method, status, config, tttnn_version, lr, in_context_order)
+                 VALUES ('in-context', 'finished', '{\"lr\": 0.25, \"in_context_order\": \"original\"}',
+                         '0.1.0', 0.25, 'original')",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.applied_migrations().unwrap().len(), MIGRATIONS.len());
+        let (method, lr, order): (String, f64, String) = db
+            .conn
+            .query_row(
+                "SELECT r.method, s.lr, s.in_context_order FROM runs r
+                 JOIN run_settings s ON s.run_id = r.id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (method.as_str(), lr, order.as_str()),
+            ("in-context", 0.25, "original")
+        );
     }
 
     #[test]

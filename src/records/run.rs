@@ -303,3 +303,68 @@ impl Db {
             .map_err(|e| self.err(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::RunConfig;
+
+    fn new_run(config: String) -> NewRun<'static> {
+        NewRun {
+            name: None,
+            method: "ttt-nn".into(),
+            selection: "nn".into(),
+            task: "pile_all".into(),
+            model: "m".into(),
+            model_hash: "h".into(),
+            encoder: None,
+            store: "s".into(),
+            store_version: 1,
+            neighbors: 50,
+            max_length: 1024,
+            shard: Shard::ALL,
+            config,
+        }
+    }
+
+    #[test]
+    fn run_settings_has_a_typed_column_per_setting_even_beside_old_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("r.duckdb")).unwrap();
+        // A config as tttnn recorded it before the settings were one struct.
+        let old = r#"{"lr": 0.5, "sift": {"lambda": 0.01, "adaptive": null},
+                      "shard": {"index": 0, "count": 1}, "in_context_order": "original"}"#;
+        let old_id = db.create_run(&new_run(old.into())).unwrap();
+        let cfg = RunConfig {
+            lr: 1e-3,
+            ..RunConfig::default()
+        };
+        let id = db.create_run(&new_run(cfg.to_json().unwrap())).unwrap();
+        let (lr, order, shard): (f64, String, String) = db
+            .conn
+            .query_row(
+                "SELECT lr, in_context_order, CAST(shard AS VARCHAR) FROM run_settings WHERE run_id = ?",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (lr, order.as_str(), shard.trim_matches('"')),
+            (1e-3, "nearest-last", "0/1")
+        );
+        let old_lr: f64 = db
+            .conn
+            .query_row(
+                "SELECT lr FROM run_settings WHERE run_id = ?",
+                [old_id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old_lr, 0.5);
+        assert_eq!(
+            db.run(id).unwrap().map(|r| r.status),
+            Some(RunStatus::Running)
+        );
+        assert!(db.run(id + 10).unwrap().is_none());
+    }
+}

@@ -4,7 +4,8 @@
 //! `Store` is synchronous: it owns the tokio runtime LanceDB needs, as LanceDB's own Python sync
 //! API does, so the rest of the library (and its callers) never see an `async fn`. The type is one,
 //! its concerns are split across files as lance splits `Dataset`: this file opens, appends and
-//! reads documents; [`search`] retrieves; [`index`] builds and drops vector indexes.
+//! reads documents; `search.rs` retrieves; `index.rs` builds and drops vector indexes; `arrow.rs`
+//! reads the table's columns.
 mod arrow;
 mod index;
 mod search;
