@@ -21,36 +21,36 @@ pub fn doc_id(file_name: &str, line: u64) -> String {
     format!("{file_name}:{line}")
 }
 
-/// What to ingest and how.
-#[derive(Debug, Clone, PartialEq)]
+/// What to ingest and how: `tttnn ingest`'s flags, defaults written once (here).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct Ingest {
-    /// Split recorded with each document (`train`, `validation`, `test`).
+    /// Split recorded with each document.
+    #[arg(long, default_value = "train", value_parser = ["train", "validation", "test"])]
     pub split: String,
-    /// Keep only these sets (any spelling [`corpus::set_name`] takes); empty keeps all.
+    /// Keep only these sets (task names like `github` or Pile names like `Github`), comma-separated.
+    #[arg(long, value_delimiter = ',')]
     pub sets: Vec<String>,
     /// Set name for lines without `meta.pile_set_name`.
+    #[arg(long = "set-name")]
     pub default_set: Option<String>,
     /// Stop once the store holds this many documents from these files.
+    #[arg(long)]
     pub limit: Option<usize>,
     /// Texts per encoder call.
+    #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// Documents per Lance commit (large commits keep the file count down).
+    #[arg(long, default_value_t = 4096)]
     pub commit_rows: usize,
-    /// Skip malformed lines (bad JSON, invalid UTF-8, no `text`) instead of stopping at them.
+    /// Skip malformed lines (bad JSON, invalid UTF-8, no `text`), count and report them.
+    #[arg(long)]
     pub skip_bad: bool,
 }
 
 impl Default for Ingest {
+    /// The declared defaults.
     fn default() -> Self {
-        Self {
-            split: "train".into(),
-            sets: Vec::new(),
-            default_set: None,
-            limit: None,
-            batch_size: 32,
-            commit_rows: 4096,
-            skip_bad: false,
-        }
+        crate::settings::declared_defaults()
     }
 }
 
@@ -322,5 +322,15 @@ mod tests {
     #[test]
     fn ids_are_file_name_and_line() {
         assert_eq!(doc_id("train.jsonl", 7), "train.jsonl:7");
+    }
+
+    #[test]
+    fn defaults_are_the_flags_defaults() {
+        let d = Ingest::default();
+        assert_eq!(
+            (d.split.as_str(), d.batch_size, d.commit_rows),
+            ("train", 32, 4096)
+        );
+        assert!(d.sets.is_empty() && d.limit.is_none() && !d.skip_bad);
     }
 }

@@ -15,6 +15,7 @@ pub mod lm;
 pub mod records;
 pub mod runner;
 pub mod select;
+mod settings;
 pub mod store;
 pub mod task;
 pub mod ttt;

@@ -22,33 +22,14 @@ pub struct Args {
     /// Encoder directory: model.onnx, tokenizer.json, config.json.
     #[arg(long, env = "TTTNN_ENCODER")]
     pub encoder: PathBuf,
-    /// Split recorded with each document.
-    #[arg(long, default_value = "train", value_parser = ["train", "validation", "test"])]
-    pub split: String,
-    /// Keep only these sets (task names like `github` or Pile names like `Github`), comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub sets: Vec<String>,
-    /// Set name for lines without `meta.pile_set_name`.
-    #[arg(long)]
-    pub set_name: Option<String>,
-    /// Stop once the store holds this many documents from these files.
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Texts per encoder call.
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// Documents per Lance commit (large commits keep the file count down).
-    #[arg(long, default_value_t = 4096)]
-    pub commit_rows: usize,
     /// Where the encoder runs.
     #[arg(long, value_enum, default_value_t = Device::Cpu, env = "TTTNN_ENCODER_DEVICE")]
     pub device: Device,
     /// Encoder precision: fp32 (the original's), or the departures tf32 and fp16 (CUDA only).
     #[arg(long, value_enum, default_value_t = embed::Precision::Fp32, env = "TTTNN_ENCODER_PRECISION")]
     pub precision: embed::Precision,
-    /// Skip malformed lines (bad JSON, invalid UTF-8, no `text`), count and report them.
-    #[arg(long)]
-    pub skip_bad: bool,
+    #[command(flatten)]
+    pub ingest: Ingest,
 }
 
 /// Runs the ingest.
@@ -69,15 +50,7 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
             ));
         }
     }
-    let ingest = Ingest {
-        split: args.split.clone(),
-        sets: args.sets.clone(),
-        default_set: args.set_name.clone(),
-        limit: args.limit,
-        batch_size: args.batch_size,
-        commit_rows: args.commit_rows,
-        skip_bad: args.skip_bad,
-    };
+    let ingest = &args.ingest;
     let start = Instant::now();
     let mut last_log = Instant::now();
     let (mut docs, mut bytes) = (0u64, 0u64);

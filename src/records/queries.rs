@@ -9,7 +9,7 @@ use super::Db;
 use crate::error::{Error, Result};
 
 /// A bundled query, compiled into the binary so it works from any directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Query {
     /// The paper's Table 1: bits per byte per task and method.
     Table1,

@@ -235,13 +235,7 @@ pub struct RunConfig {
 impl Default for RunConfig {
     /// The declared defaults (the `default_value`s above), with no env var or flag read.
     fn default() -> Self {
-        use clap::{Args, FromArgMatches};
-        let cmd = RunConfig::augment_args(clap::Command::new("defaults").no_binary_name(true))
-            .mut_args(|a| a.env(None));
-        let matches = cmd
-            .try_get_matches_from(std::iter::empty::<String>())
-            .expect("every run setting has a default or is optional");
-        RunConfig::from_arg_matches(&matches).expect("defaults parse")
+        crate::settings::declared_defaults()
     }
 }
 
