@@ -8,7 +8,7 @@ use crate::lm::LanguageModel;
 
 /// One evaluation window: the tokens fed to the model and how many of the last positions are scored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Window {
+pub(crate) struct Window {
     /// Model input.
     pub input: Vec<i64>,
     /// Tokens predicted by the last `targets.len()` positions of `input`.
@@ -16,7 +16,7 @@ pub struct Window {
 }
 
 /// lm-eval's `get_rolling_token_windows(context_len=1)` followed by `make_disjoint_window`.
-pub fn rolling_windows(tokens: &[i64], prefix: i64, max_seq_len: usize) -> Vec<Window> {
+pub(crate) fn rolling_windows(tokens: &[i64], prefix: i64, max_seq_len: usize) -> Vec<Window> {
     let mut out = Vec::new();
     if tokens.is_empty() {
         return out;
@@ -61,7 +61,7 @@ pub struct DocScore {
 }
 
 /// Words as lm-eval counts them, `len(re.split(r"\s+", text))`: empty pieces at the ends count.
-pub fn count_words(text: &str) -> u64 {
+pub(crate) fn count_words(text: &str) -> u64 {
     // Python's str `\s` also matches the information separators U+001C..U+001F.
     let is_space = |c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c);
     let mut pieces = 1;
@@ -192,7 +192,7 @@ pub fn split_text(lm: &LanguageModel, text: &str) -> Result<(String, String)> {
 }
 
 /// Where the split protocol cuts a document of `len` tokens.
-pub fn split_point(len: usize) -> usize {
+pub(crate) fn split_point(len: usize) -> usize {
     if len >= 2048 {
         1024
     } else {

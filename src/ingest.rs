@@ -57,6 +57,8 @@ impl Default for Ingest {
 /// What an ingest reports while it works.
 #[derive(Debug, Clone)]
 pub enum IngestEvent<'a> {
+    /// The input files are open: `input_bytes` to read in all.
+    Started { input_bytes: u64 },
     /// `path` was partly ingested before: lines up to `line` are skipped.
     Resuming { path: &'a Path, line: u64 },
     /// A commit: `docs` documents of `bytes` text bytes; `input_pos` of `input_bytes` read so far.
@@ -110,6 +112,7 @@ impl Ingest {
             input_bytes += std::fs::metadata(&abs).map_err(|e| Error::io(f, e))?.len();
             sources.push(abs);
         }
+        on_event(IngestEvent::Started { input_bytes });
         let source_names: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
         let mut have = store.count_from(&source_names)?;
         let mut batch = Batch {

@@ -56,6 +56,12 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
     let (mut docs, mut bytes) = (0u64, 0u64);
     let mut bar = None;
     let summary = ingest.run(&store, &mut encoder, &args.files, &mut |e| match e {
+        IngestEvent::Started { input_bytes } => {
+            bar = p.bar(
+                input_bytes,
+                "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            );
+        }
         IngestEvent::Resuming { path, line } => {
             say(format!("{}: resuming after line {line}", path.display()))
         }
@@ -69,13 +75,7 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
             bytes += b;
             let secs = start.elapsed().as_secs_f64().max(1e-9);
             let rate = docs as f64 / secs;
-            if bar.is_none() {
-                bar = Some(p.bar(
-                    input_bytes,
-                    "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-                ));
-            }
-            if let Some(Some(b)) = &bar {
+            if let Some(b) = &bar {
                 b.set_position(input_pos);
                 b.set_message(format!("{docs} docs, {rate:.1} docs/s"));
             } else if last_log.elapsed().as_secs() >= 10 {

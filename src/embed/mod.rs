@@ -14,7 +14,7 @@ use crate::Device;
 mod runtime;
 
 use runtime::with_cuda;
-pub use runtime::{cuda_provider_check, init_ort, ort_library_path, ort_version, ORT_VERSION};
+pub use runtime::{cuda_provider_check, init_ort, ort_version, ORT_VERSION};
 
 /// Numeric precision of the encoder.
 #[derive(
@@ -387,7 +387,7 @@ fn prefix_at_whitespace(text: &str, max: usize) -> &str {
 }
 
 /// Mean of the rows of `hidden` (`[seq, dim]`) where `mask` is 1, NaN as 0 (`nan_to_zero`).
-pub fn masked_mean(hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
+pub(crate) fn masked_mean(hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
     let mut sum = vec![0f32; dim];
     let mut n = 0f32;
     for (pos, &m) in mask.iter().enumerate() {

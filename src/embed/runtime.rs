@@ -15,7 +15,7 @@ pub const ORT_VERSION: &str = "1.31";
 static ORT_ENV: OnceLock<Result<(PathBuf, ort::environment::Environment)>> = OnceLock::new();
 
 /// Finds ONNX Runtime's shared library: `TTTNN_ORT_DYLIB`, then `ORT_DYLIB_PATH`.
-pub fn ort_library_path() -> Result<PathBuf> {
+pub(crate) fn ort_library_path() -> Result<PathBuf> {
     let path = std::env::var_os("TTTNN_ORT_DYLIB")
         .or_else(|| std::env::var_os("ORT_DYLIB_PATH"))
         .map(PathBuf::from)

@@ -6,7 +6,7 @@ use std::ffi::CString;
 use crate::error::{Error, Result};
 
 /// Loads `libtorch_cuda.so` into the process so libtorch registers its CUDA backend.
-pub fn load_cuda() -> Result<()> {
+pub(crate) fn load_cuda() -> Result<()> {
     let candidates: Vec<String> = std::env::var("TTTNN_LIBTORCH_LIB")
         .ok()
         .map(|d| format!("{d}/libtorch_cuda.so"))

@@ -9,7 +9,7 @@ use tch::Tensor;
 use crate::error::{Error, Result};
 
 /// The safetensors files of an HF model directory.
-pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
     if single.is_file() {
         return Ok(vec![single]);

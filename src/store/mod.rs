@@ -30,7 +30,7 @@ use arrow::{embedding_at, embedding_column};
 pub(crate) use arrow::{sql_str, string_column, u64_column};
 
 /// Name of the table holding the corpus.
-pub const DOCUMENTS: &str = "documents";
+pub(crate) const DOCUMENTS: &str = "documents";
 
 /// One corpus document as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,7 +128,7 @@ pub struct Store {
 }
 
 /// Arrow schema of the documents table for embeddings of dimension `dim`.
-pub fn documents_schema(dim: usize) -> SchemaRef {
+pub(crate) fn documents_schema(dim: usize) -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
         Field::new("split", DataType::Utf8, false),

@@ -353,7 +353,7 @@ fn required<'a, T: ?Sized>(value: Option<&'a T>, field: &str) -> Result<&'a T> {
 }
 
 /// The name serde gives a value (`nearest-last`, `ttt-nn`): what records and queries use.
-pub fn serde_name<T: Serialize>(value: &T) -> String {
+pub(crate) fn serde_name<T: Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {
         Ok(Value::String(s)) => s,
         Ok(other) => other.to_string(),
