@@ -20,16 +20,22 @@ impl Db {
     /// Copies every run of the databases `inputs` into this one as one run: they must be shards
     /// (`--shard I/N`, all N present once) of the same settings. Returns the new run's id.
     pub fn merge_shards(&self, inputs: &[PathBuf]) -> Result<i64> {
-        let mut shards = Vec::new();
-        for (i, input) in inputs.iter().enumerate() {
-            shards.push(self.attach_shard(i, input)?);
-        }
-        let result = self
-            .check_shards(&shards)
-            .and_then(|()| self.copy_shards(&shards));
+        let result = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| self.attach_shard(i, input))
+            .collect::<Result<Vec<_>>>()
+            .and_then(|shards| {
+                self.check_shards(&shards)?;
+                self.copy_shards(&shards)
+            });
+        // Whatever failed, this connection is left as it was found: a shard attached before a
+        // failed check (or one that failed its own check) is detached too.
         let _ = self.conn.execute_batch("DROP TABLE IF EXISTS merged");
-        for i in 0..shards.len() {
-            let _ = self.conn.execute_batch(&format!("DETACH shard{i}"));
+        for i in 0..inputs.len() {
+            let _ = self
+                .conn
+                .execute_batch(&format!("DETACH DATABASE IF EXISTS shard{i}"));
         }
         let id = result?;
         self.refresh_settings_view()?;
@@ -149,5 +155,47 @@ impl Db {
             c.execute_batch(&sql)?;
             c.query_row("SELECT id FROM merged", [], |r| r.get(0))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::NewRun;
+    use crate::task::Shard;
+
+    #[test]
+    fn a_refused_merge_leaves_no_shard_attached() {
+        let dir = tempfile::tempdir().unwrap();
+        let two_runs = dir.path().join("two.duckdb");
+        {
+            let db = Db::open(&two_runs).unwrap();
+            for _ in 0..2 {
+                db.create_run(&NewRun {
+                    name: None,
+                    method: "ttt-nn".into(),
+                    selection: "nn".into(),
+                    task: "pile_all".into(),
+                    model: "m".into(),
+                    model_hash: "h".into(),
+                    encoder: None,
+                    store: "s".into(),
+                    store_version: 1,
+                    neighbors: 1,
+                    max_length: 8,
+                    shard: Shard::ALL,
+                    config: RunConfig::default().to_json().unwrap(),
+                })
+                .unwrap();
+            }
+        }
+        let out = Db::open(&dir.path().join("out.duckdb")).unwrap();
+        // The same refusal twice: the first attempt's ATTACH did not outlive it.
+        for _ in 0..2 {
+            let e = out
+                .merge_shards(std::slice::from_ref(&two_runs))
+                .unwrap_err();
+            assert!(e.to_string().contains("holds 2 runs"), "{e}");
+        }
     }
 }

@@ -30,8 +30,10 @@ impl SettingsFile {
                 message: e.message().to_string(),
             }
         })?;
+        // The text goes in first: `error` finds a key's line in it.
         let mut file = Self {
             path: path.to_path_buf(),
+            text,
             ..Default::default()
         };
         for (key, value) in table {
@@ -45,7 +47,6 @@ impl SettingsFile {
                 file.values.push((key, value));
             }
         }
-        file.text = text;
         Ok(file)
     }
 
@@ -177,6 +178,12 @@ mod tests {
         std::fs::write(&p, "\nneighbors = = 2\n").unwrap();
         let e = SettingsFile::load(&p).unwrap_err().to_string();
         assert!(e.contains("bad.toml:2:"), "{e}");
+        std::fs::write(&p, "lr = 0.1\ndb = 3\n").unwrap();
+        let e = SettingsFile::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("bad.toml:2: `db` is the results database path"),
+            "{e}"
+        );
     }
 
     #[test]
