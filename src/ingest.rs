@@ -235,8 +235,7 @@ impl Batch<'_> {
         }
         let texts: Vec<&str> = self.pending.iter().map(|r| r.text.as_str()).collect();
         let embeddings = self.encoder.embed(&texts, self.ingest.batch_size)?;
-        let records: Vec<Record> = self.pending.drain(..).collect();
-        let docs: Vec<Document> = records
+        let docs: Vec<Document> = std::mem::take(&mut self.pending)
             .into_iter()
             .zip(embeddings)
             .map(|(r, embedding)| Document {

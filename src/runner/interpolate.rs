@@ -94,7 +94,7 @@ impl Session<'_> {
             if neighbors.is_empty() {
                 continue;
             }
-            let knn = knn(self.lm, &neighbors)?;
+            let knn = Neighbourhood::new(self.lm, &neighbors)?.mixture(neighbors.len());
             let tokens = self.lm.encode(&doc.text)?;
             let scores = eval::score_tokens(
                 self.lm,
@@ -121,19 +121,28 @@ impl Session<'_> {
     }
 }
 
-/// The kNN distribution of `neighbors`: their unigrams over the LM's vocabulary, mixed.
-fn knn(lm: &LanguageModel, neighbors: &[Neighbor]) -> Result<tch::Tensor> {
-    let unigrams = unigrams(lm, neighbors)?;
-    let distances: Vec<f32> = neighbors.iter().map(|n| n.distance).collect();
-    Ok(eval::knn_distribution(&distances, &unigrams))
+/// What the kNN distribution is made of: each neighbour's unigram distribution over the LM's
+/// vocabulary (docs/spec.md §4.2) and its distance.
+struct Neighbourhood {
+    unigrams: Vec<tch::Tensor>,
+    distances: Vec<f32>,
 }
 
-/// Each neighbour's unigram distribution over the LM's vocabulary (docs/spec.md §4.2).
-fn unigrams(lm: &LanguageModel, neighbors: &[Neighbor]) -> Result<Vec<tch::Tensor>> {
-    neighbors
-        .iter()
-        .map(|nb| Ok(eval::unigram(&lm.encode(&nb.text)?, lm.vocab_size)))
-        .collect()
+impl Neighbourhood {
+    fn new(lm: &LanguageModel, neighbors: &[Neighbor]) -> Result<Self> {
+        Ok(Self {
+            unigrams: neighbors
+                .iter()
+                .map(|nb| Ok(eval::unigram(&lm.encode(&nb.text)?, lm.vocab_size)))
+                .collect::<Result<_>>()?,
+            distances: neighbors.iter().map(|n| n.distance).collect(),
+        })
+    }
+
+    /// The kNN distribution of the first `k` neighbours.
+    fn mixture(&self, k: usize) -> tch::Tensor {
+        eval::knn_distribution(&self.distances[..k], &self.unigrams[..k])
+    }
 }
 
 /// The document scored with the first k neighbours' mixture at each `eval_at` k, α fixed per task.
@@ -146,10 +155,9 @@ pub(super) fn interpolate(
 ) -> Result<Outcome> {
     let mut out = Outcome::scored(lm, text)?;
     let tokens = lm.encode(text)?;
-    let unigrams = unigrams(lm, neighbors)?;
-    let distances: Vec<f32> = neighbors.iter().map(|n| n.distance).collect();
+    let neighbourhood = Neighbourhood::new(lm, neighbors)?;
     score_at_points(cfg, neighbors, &mut out, |k| {
-        let knn = eval::knn_distribution(&distances[..k], &unigrams[..k]);
+        let knn = neighbourhood.mixture(k);
         let mixture = Mixture {
             distribution: &knn,
             alphas: &[alpha.value],
