@@ -1,37 +1,45 @@
 -- Table 1 of the paper: per task, bits per byte of the base model and after each method, side by
 -- side, with TTT-NN's after/before in percent; pile_all weights the tasks by the Pile's effective
--- sizes (docs/spec.md §3.2), renormalised over the tasks present (`weight`: how much of the Pile's 100).
--- Columns take the newest selected run of each method (`--run ID...` selects; unset, every run).
--- Complete documents only, as the original. dynamic_eval scores each document's second half
--- (the split protocol), as the paper's Table 1 does.
-WITH chosen AS (
-    SELECT r.id, r.method, r.selection,
-           row_number() OVER (PARTITION BY r.method, r.selection ORDER BY r.id DESC) AS newest
-    FROM runs r
-    WHERE getvariable('runs') IS NULL OR list_contains(getvariable('runs'), r.id)
+-- sizes (docs/spec.md §3.2), renormalised over the tasks present (`weight`: how much of the Pile's
+-- 100). Each column comes from one run, as `table1_runs` (run first, above) chose it; each run's
+-- complete documents, as the original; dynamic_eval scores each document's second half (the split
+-- protocol), as the paper's Table 1 does. With the variable `exclude_near_copies` set (`tttnn sql
+-- table1 --exclude-near-copies`), documents with a neighbour of 13-gram Jaccard ≥ 0.8 are left out.
+WITH near_copies AS (
+    SELECT DISTINCT n.doc_id
+    FROM neighbors n JOIN table1_runs t ON t.run_id = n.run_id
+    WHERE n.jaccard13 >= 0.8
 ),
-t AS (
-    SELECT b.task, b.set_name, b.docs, b.bpb_before, b.bpb_after, c.method, c.selection, c.id AS run_id
-    FROM task_bpb b JOIN chosen c ON c.id = b.run_id AND c.newest = 1
+per_column AS (
+    SELECT t.column_name, d.task, any_value(d.set_name) AS set_name, count(*) AS docs,
+           -sum(c0.loglik) / sum(d.bytes) / ln(2) AS bpb_before,
+           -sum(ck.loglik) / sum(d.bytes) / ln(2) AS bpb_after
+    FROM table1_runs t
+    JOIN docs d   ON d.run_id = t.run_id
+    JOIN curve c0 ON c0.run_id = d.run_id AND c0.doc_id = d.doc_id AND c0.k = 0
+    JOIN curve ck ON ck.run_id = d.run_id AND ck.doc_id = d.doc_id AND ck.k = t.k
+    WHERE d.complete
+      AND NOT (coalesce(getvariable('exclude_near_copies'), false)
+               AND d.doc_id IN (SELECT doc_id FROM near_copies))
+    GROUP BY t.column_name, d.task
 ),
 per_task AS (
-    SELECT task, any_value(set_name) AS set_name, max(docs) AS docs,
-           coalesce(max(bpb_after) FILTER (WHERE method = 'none'),
-                    max(bpb_before) FILTER (WHERE method <> 'dynamic-eval'))                AS base_only,
-           max(bpb_after) FILTER (WHERE method = 'in-context')                            AS in_context,
-           max(bpb_after) FILTER (WHERE method = 'interpolate')                           AS interpolate,
-           max(bpb_after) FILTER (WHERE method = 'dynamic-eval')                          AS dynamic_eval,
-           max(bpb_after) FILTER (WHERE method = 'ttt-nn' AND selection = 'nn')           AS ttt_nn,
-           max(bpb_after) FILTER (WHERE method = 'ttt-nn' AND selection = 'sift')         AS ttt_nn_sift,
-           string_agg(DISTINCT run_id::VARCHAR, ',' ORDER BY run_id::VARCHAR)            AS runs
-    FROM t
+    SELECT task, any_value(set_name) AS set_name,
+           max(docs)       FILTER (WHERE column_name = 'base_only')    AS docs,
+           max(bpb_before) FILTER (WHERE column_name = 'base_only')    AS base_only,
+           max(bpb_after)  FILTER (WHERE column_name = 'in_context')   AS in_context,
+           max(bpb_after)  FILTER (WHERE column_name = 'interpolate')  AS interpolate,
+           max(bpb_after)  FILTER (WHERE column_name = 'dynamic_eval') AS dynamic_eval,
+           max(bpb_after)  FILTER (WHERE column_name = 'ttt_nn')       AS ttt_nn,
+           max(bpb_after)  FILTER (WHERE column_name = 'ttt_nn_sift')  AS ttt_nn_sift
+    FROM per_column
     GROUP BY task
 ),
 w AS (
     SELECT p.*, pw.weight FROM per_task p LEFT JOIN pile_weights pw ON pw.set_name = p.set_name
 ),
 rows AS (
-    SELECT task, docs, base_only, in_context, interpolate, dynamic_eval, ttt_nn, ttt_nn_sift, weight, runs
+    SELECT task, docs, base_only, in_context, interpolate, dynamic_eval, ttt_nn, ttt_nn_sift, weight
     FROM w
     UNION ALL
     SELECT 'pile_all', sum(docs),
@@ -41,7 +49,7 @@ rows AS (
            sum(dynamic_eval * weight) / sum(weight) FILTER (WHERE dynamic_eval IS NOT NULL),
            sum(ttt_nn * weight)       / sum(weight) FILTER (WHERE ttt_nn IS NOT NULL),
            sum(ttt_nn_sift * weight)  / sum(weight) FILTER (WHERE ttt_nn_sift IS NOT NULL),
-           sum(weight), string_agg(DISTINCT runs, ',')
+           sum(weight)
     FROM w WHERE weight IS NOT NULL
 )
 SELECT task, docs,
@@ -52,8 +60,7 @@ SELECT task, docs,
        round(ttt_nn, 4)                     AS ttt_nn,
        round(100 * ttt_nn / base_only, 1)   AS ttt_nn_pct,
        round(ttt_nn_sift, 4)                AS ttt_nn_sift,
-       round(weight, 2)                     AS weight,
-       runs
+       round(weight, 2)                     AS weight
 FROM rows
 WHERE task <> 'pile_all' OR docs IS NOT NULL
 ORDER BY task = 'pile_all', task;

@@ -79,6 +79,8 @@ pub struct Reader {
     lines: Box<dyn BufRead + Send>,
     line: u64,
     consumed: Arc<AtomicU64>,
+    /// The stream failed (a truncated or corrupt `.zst`): nothing more can be read.
+    failed: bool,
 }
 
 /// Counts the bytes read from the file (compressed bytes for `.zst`), for progress and ETA.
@@ -114,6 +116,7 @@ impl Reader {
             lines,
             line: 0,
             consumed,
+            failed: false,
         })
     }
 
@@ -139,6 +142,23 @@ impl Reader {
                 format!("invalid UTF-8 at byte {}", e.valid_up_to()),
             )
         })?;
+        // serde reads a struct from a JSON array too, which would report an array of objects as
+        // "invalid type: map, expected a string": say what the line is instead.
+        let kind = match s.trim_start().as_bytes().first() {
+            Some(b'{') => None,
+            Some(b'[') => Some("a JSON array"),
+            Some(b'"') => Some("a JSON string"),
+            Some(b'-' | b'0'..=b'9') => Some("a JSON number"),
+            Some(b't' | b'f' | b'n') => Some("a JSON literal"),
+            _ => Some("not JSON"),
+        };
+        if let Some(kind) = kind {
+            return Err(Error::bad_line(
+                &self.path,
+                self.line,
+                format!("the line is {kind}; JSONL input is one JSON object per line, e.g. {{\"text\": \"...\"}}"),
+            ));
+        }
         let l: Line = serde_json::from_str(s)
             .map_err(|e| Error::bad_line(&self.path, self.line, format!("malformed JSON: {e}")))?;
         let text = l
@@ -157,6 +177,9 @@ impl Iterator for Reader {
     type Item = Result<Record>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
         let mut buf = Vec::new();
         loop {
             buf.clear();
@@ -169,7 +192,20 @@ impl Iterator for Reader {
                     }
                     return Some(self.parse(&buf));
                 }
-                Err(e) => return Some(Err(Error::io(&self.path, e))),
+                Err(e) => {
+                    self.failed = true;
+                    let kept = self.line - 1;
+                    let compressed = self.path.extension().is_some_and(|e| e == "zst");
+                    return Some(Err(if compressed {
+                        // zstd reports a cut-off download as an I/O error: it is a bad file.
+                        Error::bad_file(
+                            &self.path,
+                            format!("truncated or corrupt zstd stream after line {kept} (the last complete line; lines up to it are read): {e}"),
+                        )
+                    } else {
+                        Error::io(&self.path, e)
+                    }));
+                }
             }
         }
     }
@@ -221,5 +257,46 @@ mod tests {
         assert!(Reader::is_jsonl(&p));
         let texts: Vec<String> = Reader::open(&p).unwrap().map(|r| r.unwrap().text).collect();
         assert_eq!(texts, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn a_truncated_zstd_stream_is_a_bad_file_after_its_last_complete_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.jsonl.zst");
+        let data: String = (0..2000)
+            .map(|i| format!("{{\"text\": \"document {i} {}\"}}\n", "x".repeat(i % 97)))
+            .collect();
+        let full = zstd::encode_all(data.as_bytes(), 3).unwrap();
+        std::fs::write(&p, &full[..full.len() * 2 / 3]).unwrap();
+        let records: Vec<_> = Reader::open(&p).unwrap().collect();
+        let (last, rest) = records.split_last().unwrap();
+        assert!(rest.iter().all(|r| r.is_ok()));
+        let e = last.as_ref().unwrap_err();
+        assert_eq!(e.exit_code(), 1);
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("after line {}", rest.len())) && msg.contains("x.jsonl.zst"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_json_array_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.jsonl");
+        std::fs::write(&p, "[{\"text\": \"a\"}]\n\"b\"\n").unwrap();
+        let r: Vec<_> = Reader::open(&p).unwrap().collect();
+        let msg = r[0].as_ref().unwrap_err().to_string();
+        assert!(
+            msg.contains(
+                "x.jsonl:1: the line is a JSON array; JSONL input is one JSON object per line"
+            ),
+            "{msg}"
+        );
+        assert!(r[1]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains(":2: the line is a JSON string"));
     }
 }

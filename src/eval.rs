@@ -200,6 +200,52 @@ pub(crate) fn split_point(len: usize) -> usize {
     }
 }
 
+/// Words per n-gram of the leakage audit: MassiveDS's decontamination measure is the Jaccard
+/// similarity of 13-gram sets.
+pub const NGRAM: usize = 13;
+
+/// A text's set of word 13-grams (lower-cased, split on whitespace), hashed: what the leakage
+/// audit compares a test document and each neighbour by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NGrams(std::collections::HashSet<u64>);
+
+impl NGrams {
+    /// The 13-grams of `text`; a text of fewer words has its whole word sequence as its one
+    /// n-gram, so two short texts are a copy exactly when their words are equal.
+    pub fn new(text: &str) -> Self {
+        use std::hash::{Hash, Hasher};
+        let words: Vec<String> = text.split_whitespace().map(str::to_lowercase).collect();
+        let hash = |gram: &[String]| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            gram.hash(&mut h);
+            h.finish()
+        };
+        if words.is_empty() {
+            return NGrams(Default::default());
+        }
+        if words.len() < NGRAM {
+            return NGrams([hash(&words)].into());
+        }
+        NGrams(words.windows(NGRAM).map(hash).collect())
+    }
+
+    /// Jaccard similarity |A ∩ B| / |A ∪ B| (0 when both are empty).
+    pub fn jaccard(&self, other: &NGrams) -> f64 {
+        let (small, large) = if self.0.len() <= other.0.len() {
+            (&self.0, &other.0)
+        } else {
+            (&other.0, &self.0)
+        };
+        let both = small.iter().filter(|g| large.contains(g)).count();
+        let either = self.0.len() + other.0.len() - both;
+        if either == 0 {
+            0.0
+        } else {
+            both as f64 / either as f64
+        }
+    }
+}
+
 /// Bits per byte of a log-likelihood over `bytes`: `-ll / bytes / ln 2` (docs/spec.md §3.2).
 pub fn bits_per_byte(loglik: f64, bytes: u64) -> f64 {
     -loglik / bytes.max(1) as f64 / std::f64::consts::LN_2
@@ -366,5 +412,19 @@ mod tests {
             tokens: 1,
         });
         assert!((a.bits_per_byte() - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ngram_jaccard_is_one_for_copies_and_falls_with_edits() {
+        let text: String = (0..100).map(|i| format!("w{i} ")).collect();
+        let a = NGrams::new(&text);
+        assert_eq!(a.jaccard(&NGrams::new(&text.to_uppercase())), 1.0);
+        // Changing one word of 100 removes the 13 n-grams that contain it: 75 of 88 shared.
+        let edited = text.replacen("w50 ", "x ", 1);
+        let j = a.jaccard(&NGrams::new(&edited));
+        assert!((j - 75.0 / 101.0).abs() < 1e-12, "{j}");
+        assert_eq!(a.jaccard(&NGrams::new("something else entirely")), 0.0);
+        assert_eq!(NGrams::new("a b").jaccard(&NGrams::new("A  b")), 1.0);
+        assert_eq!(NGrams::new("").jaccard(&NGrams::new("")), 0.0);
     }
 }

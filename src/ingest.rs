@@ -151,7 +151,7 @@ impl Ingest {
                 let Some(item) = reader.next() else { break };
                 let rec = match item {
                     Ok(r) => r,
-                    Err(e @ Error::BadInput { .. }) if self.skip_bad => {
+                    Err(e @ Error::BadInput { line: Some(_), .. }) if self.skip_bad => {
                         bad.push(e.to_string());
                         continue;
                     }

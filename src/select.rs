@@ -30,6 +30,29 @@ impl Selection {
     }
 }
 
+/// Where SIFT's candidates come from.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum SiftPool {
+    /// The nearest by L2 distance, through the store's search (exact or IVF-PQ): on unit-norm
+    /// embeddings the same order as cosine similarity.
+    #[default]
+    L2,
+    /// activeft's rule: the largest |⟨x, q⟩|, from exact inner-product searches for q and −q, so
+    /// strongly anti-correlated documents are candidates too.
+    InnerProduct,
+}
+
 /// SIFT's settings.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sift {

@@ -16,8 +16,8 @@ pub enum Kind {
     Flat,
 }
 
-/// Build the store's vector index. Defaults: √rows partitions, dim/8 sub-vectors (8 dimensions
-/// each), 8 bits; IVF-PQ needs at least 256 rows.
+/// Build the store's vector index. Defaults: √rows partitions (at most rows/256, what Lance
+/// trains), dim/8 sub-vectors (8 dimensions each), 8 bits; IVF-PQ needs at least 256 rows.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The LanceDB store directory.
@@ -26,7 +26,7 @@ pub struct Args {
     /// Index kind.
     #[arg(long, value_enum, default_value_t = Kind::IvfPq)]
     pub kind: Kind,
-    /// IVF partitions (default √rows).
+    /// IVF partitions (default √rows, at most rows/256).
     #[arg(long)]
     pub partitions: Option<u32>,
     /// PQ sub-vectors; must divide the dimension (default dim/8).

@@ -10,7 +10,7 @@ use tttnn::records::{Db, Query, RunStatus};
 use tttnn::runner::{self, Event, RunConfig, SettingsFile};
 use tttnn::{Error, Result};
 
-use super::sql::{print_query, Format};
+use super::sql::{print_query, print_table1_runs, Format};
 use super::ui::Printer;
 
 /// Run TTT-NN on a task's test documents and record every number in DuckDB.
@@ -48,10 +48,10 @@ pub fn run(args: Args, p: &Printer, matches: &ArgMatches) -> Result<()> {
         .clone()
         .or_else(|| file.as_ref().and_then(|f| f.db.clone()))
         .unwrap_or_else(|| PathBuf::from(super::DEFAULT_DB));
-    let (cfg, db, resume) = match args.resume {
+    let (cfg, resume) = match args.resume {
         Some(id) => {
-            let db = Db::open(&db_path)?;
-            let row = db
+            // Closed again before the run starts: the run opens it for each write.
+            let row = Db::open(&db_path)?
                 .run(id)?
                 .ok_or_else(|| Error::bad_file(&db_path, format!("has no run {id} to resume")))?;
             if row.status == RunStatus::Finished {
@@ -67,7 +67,7 @@ pub fn run(args: Args, p: &Printer, matches: &ArgMatches) -> Result<()> {
                     format!("run {id} has a config this tttnn cannot read: {e}"),
                 )
             })?;
-            (cfg, db, Some(id))
+            (cfg, Some(id))
         }
         None => {
             let cfg = match &file {
@@ -76,7 +76,7 @@ pub fn run(args: Args, p: &Printer, matches: &ArgMatches) -> Result<()> {
             };
             // Settings are checked before the database is created.
             let cfg = cfg.normalized()?;
-            (cfg, Db::open(&db_path)?, None)
+            (cfg, None)
         }
     };
     let start = Instant::now();
@@ -146,7 +146,7 @@ pub fn run(args: Args, p: &Printer, matches: &ArgMatches) -> Result<()> {
             }
         }
     };
-    let run_id = runner::run(&cfg, &db, resume, &mut on_event)?;
+    let run_id = runner::run(&cfg, &db_path, resume, &mut on_event)?;
     p.finish_bar();
     p.say(format!(
         "run {run_id} finished: {} documents in {:.1}s; tables: tttnn sql table1 --db {} --run {run_id}",
@@ -154,7 +154,9 @@ pub fn run(args: Args, p: &Printer, matches: &ArgMatches) -> Result<()> {
         start.elapsed().as_secs_f64(),
         db_path.display()
     ));
-    print_query(p, &db, Query::Table1.sql(), &[run_id], Format::Table, None)
+    let db = Db::open_read_only(&db_path)?;
+    print_query(&db, Query::Table1.sql(), &[run_id], Format::Table, None)?;
+    print_table1_runs(&db, &[run_id])
 }
 
 /// The running byte-weighted mean before and after, over complete documents.

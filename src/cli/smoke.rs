@@ -103,7 +103,6 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
     drop(store);
 
     let db_path = args.out.join(super::DEFAULT_DB);
-    let db = Db::open(&db_path)?;
     let cfg = RunConfig {
         name: Some("smoke".into()),
         store: Some(store_path),
@@ -118,7 +117,7 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
         device: args.device,
         ..RunConfig::default()
     };
-    let run_id = runner::run(&cfg, &db, None, &mut |e| {
+    let run_id = runner::run(&cfg, &db_path, None, &mut |e| {
         if let Event::Document {
             doc,
             record,
@@ -141,5 +140,6 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
     } else {
         Format::Table
     };
-    print_query(p, &db, Query::BpbVsK.sql(), &[run_id], format, None)
+    let db = Db::open_read_only(&db_path)?;
+    print_query(&db, Query::BpbVsK.sql(), &[run_id], format, None)
 }

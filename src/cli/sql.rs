@@ -1,8 +1,13 @@
 //! `tttnn sql`: any SQL, a `.sql` file or one of the bundled `queries/` against a results
-//! database, printed as a table or written as CSV, JSON or Parquet.
+//! database, printed as a table or written as CSV, JSON or Parquet; `--watch` re-runs it.
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use tttnn::records::{Db, Export, Query};
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use tttnn::records::{Db, Query, Rows};
 use tttnn::{Error, Result};
 
 use super::ui::Printer;
@@ -22,8 +27,9 @@ pub enum Format {
 
 /// Run SQL against a results database.
 ///
-/// QUERY is SQL text, a .sql file, or a bundled query: table1, bpb_vs_k, cost, compare_runs.
-/// Bundled queries read the variable `runs` that --run sets (all runs when unset).
+/// QUERY is SQL text, a .sql file, or a bundled query: table1, bpb_vs_k, cost, compare_runs,
+/// leakage. Bundled queries read the variable `runs` that --run sets (all runs when unset).
+/// Output goes to stdout (so `>>` appends) unless --out names a file; Parquet needs --out.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// SQL, a .sql file, or the name of a bundled query.
@@ -31,20 +37,29 @@ pub struct Args {
     /// Results database.
     #[arg(long, env = "TTTNN_DB", default_value = super::DEFAULT_DB)]
     pub db: PathBuf,
-    /// Only these runs (sets the SQL variable `runs`, a list the bundled queries filter on).
+    /// Only these runs (sets the SQL variable `runs`, a list the bundled queries filter on);
+    /// table1 takes each column from the given run of that method.
     #[arg(long = "run", value_name = "RUN_ID")]
     pub runs: Vec<i64>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    /// Write to this file instead of stdout.
+    /// Write to this file (replacing it) instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Re-run the query every SECONDS until interrupted (Ctrl-C), e.g. during a run.
+    #[arg(long, value_name = "SECONDS")]
+    pub watch: Option<f64>,
+    /// table1: leave out test documents with a near copy among their neighbours (13-gram
+    /// Jaccard ≥ 0.8; `tttnn sql leakage` lists them).
+    #[arg(long)]
+    pub exclude_near_copies: bool,
 }
 
 /// Runs the subcommand.
 pub fn run(args: Args, p: &Printer) -> Result<()> {
-    let sql = if let Ok(q) = args.query.parse::<Query>() {
+    let bundled = args.query.parse::<Query>().ok();
+    let sql = if let Some(q) = bundled {
         q.sql().to_string()
     } else if args.query.trim_end().ends_with(".sql") {
         let path = Path::new(args.query.trim());
@@ -52,40 +67,178 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
     } else {
         args.query.clone()
     };
-    let db = Db::open_read_only(&args.db)?;
-    print_query(p, &db, &sql, &args.runs, args.format, args.out.as_deref())
+    let once = || -> Result<()> {
+        // Opened per query, and read-only: a running `tttnn run` holds the file only while it
+        // records a document, and the open waits that out.
+        let db = Db::open_read_only(&args.db)?;
+        db.set_exclude_near_copies(args.exclude_near_copies)?;
+        print_query(&db, &sql, &args.runs, args.format, args.out.as_deref())?;
+        if bundled == Some(Query::Table1) && args.format == Format::Table && args.out.is_none() {
+            print_table1_runs(&db, &args.runs)?;
+        }
+        Ok(())
+    };
+    let Some(seconds) = args.watch else {
+        return once();
+    };
+    if !(seconds > 0.0 && seconds.is_finite()) {
+        return Err(Error::setting(
+            "watch",
+            format!("{seconds} is not a number of seconds"),
+        ));
+    }
+    loop {
+        p.say(format!(
+            "-- {} (every {seconds}s; Ctrl-C stops)",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        ));
+        once()?;
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+    }
 }
 
-/// Runs `sql` (the last statement's rows are the output) with `runs` bound, and prints or writes it.
+/// Runs `sql` (the last statement's rows are the output) with `runs` bound, and prints it to
+/// stdout or writes it to `out`.
 pub fn print_query(
-    p: &Printer,
     db: &Db,
     sql: &str,
     runs: &[i64],
     format: Format,
     out: Option<&Path>,
 ) -> Result<()> {
-    let stdout = Path::new("/dev/stdout");
-    let export = |kind| db.export(sql, runs, out.unwrap_or(stdout), kind);
-    match format {
-        Format::Table => {
-            let batches = db.query(sql, runs)?;
-            let table = duckdb::arrow::util::pretty::pretty_format_batches(&batches)
-                .map_err(|e| Error::internal(format!("formatting the result: {e}")))?
-                .to_string();
-            match out {
-                Some(path) => std::fs::write(path, table + "\n").map_err(|e| Error::io(path, e)),
-                None => p.out(table),
-            }
-        }
-        Format::Csv => export(Export::Csv),
-        Format::Json => export(Export::Json),
-        Format::Parquet => match out {
-            Some(_) => export(Export::Parquet),
-            None => Err(Error::setting(
+    if format == Format::Parquet {
+        let Some(out) = out else {
+            return Err(Error::setting(
                 "out",
                 "--format parquet writes a file: give --out FILE.parquet",
-            )),
-        },
+            ));
+        };
+        return db.export_parquet(sql, runs, out);
     }
+    let rows = db.query(sql, runs)?;
+    match out {
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+            let mut w = std::io::BufWriter::new(file);
+            write_rows(&rows, format, &mut w)
+                .and_then(|()| w.flush())
+                .map_err(|e| Error::io(path, e))
+        }
+        None => {
+            let mut w = std::io::stdout().lock();
+            write_rows(&rows, format, &mut w)
+                .and_then(|()| w.flush())
+                .map_err(|e| Error::io("<stdout>", e))
+        }
+    }
+}
+
+/// Prints which run fed each column of table1 (the `table1_runs` query), below the table.
+pub fn print_table1_runs(db: &Db, runs: &[i64]) -> Result<()> {
+    let mut w = std::io::stdout().lock();
+    writeln!(w, "columns from runs (tttnn sql table1_runs):")
+        .map_err(|e| Error::io("<stdout>", e))?;
+    drop(w);
+    print_query(db, Query::Table1Runs.sql(), runs, Format::Table, None)
+}
+
+/// Writes `rows` in `format` (a text format) to `w`.
+fn write_rows(rows: &Rows, format: Format, w: &mut dyn Write) -> std::io::Result<()> {
+    match format {
+        Format::Table => {
+            let table = duckdb::arrow::util::pretty::pretty_format_batches_with_schema(
+                rows.schema.clone(),
+                &rows.batches,
+            )
+            .map_err(arrow_io)?;
+            writeln!(w, "{table}")
+        }
+        Format::Csv => {
+            let mut csv = arrow_csv::WriterBuilder::new().with_header(true).build(w);
+            if rows.batches.is_empty() {
+                // A header with no rows, as COPY writes it.
+                csv.write(&RecordBatch::new_empty(flat_schema(&rows.schema)))
+                    .map_err(arrow_io)?;
+            }
+            for b in &rows.batches {
+                csv.write(&flat(b).map_err(arrow_io)?).map_err(arrow_io)?;
+            }
+            Ok(())
+        }
+        Format::Json => {
+            let mut json = arrow_json::ArrayWriter::new(&mut *w);
+            for b in &rows.batches {
+                json.write(b).map_err(arrow_io)?;
+            }
+            // No rows is `[]`.
+            json.finish().map_err(arrow_io)?;
+            writeln!(w)
+        }
+        Format::Parquet => unreachable!("Parquet is written by DuckDB's COPY"),
+    }
+}
+
+/// An Arrow error as the I/O error it wraps (a closed pipe stays a closed pipe).
+fn arrow_io(e: arrow_schema::ArrowError) -> std::io::Error {
+    match e {
+        arrow_schema::ArrowError::IoError(_, source) => source,
+        e => std::io::Error::other(e),
+    }
+}
+
+/// Whether CSV can write a column as it is (nested types such as DESCRIBE's lists cannot).
+fn csv_writable(t: &DataType) -> bool {
+    !matches!(
+        t,
+        DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::FixedSizeList(..)
+            | DataType::Struct(_)
+            | DataType::Map(..)
+            | DataType::Union(..)
+            | DataType::Dictionary(..)
+    )
+}
+
+fn flat_schema(schema: &Schema) -> Arc<Schema> {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| match csv_writable(f.data_type()) {
+                true => f.as_ref().clone(),
+                false => Field::new(f.name(), DataType::Utf8, true),
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// `batch` with every column CSV cannot write rendered as text, as DuckDB prints it.
+fn flat(batch: &RecordBatch) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
+    let schema = batch.schema();
+    if schema.fields().iter().all(|f| csv_writable(f.data_type())) {
+        return Ok(batch.clone());
+    }
+    let options = arrow_cast::display::FormatOptions::default();
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(
+            |(c, f)| -> std::result::Result<ArrayRef, arrow_schema::ArrowError> {
+                if csv_writable(f.data_type()) {
+                    return Ok(c.clone());
+                }
+                let fmt = arrow_cast::display::ArrayFormatter::try_new(c.as_ref(), &options)?;
+                let text: StringArray = (0..c.len())
+                    .map(|i| c.is_valid(i).then(|| fmt.value(i).to_string()))
+                    .collect();
+                Ok(Arc::new(text))
+            },
+        )
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(flat_schema(&schema), columns)
 }

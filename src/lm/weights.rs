@@ -46,9 +46,11 @@ pub(crate) fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn load(vs: &VarStore, dir: &Path) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for f in safetensors_files(dir)? {
-        for (name, t) in
-            Tensor::read_safetensors(&f).map_err(|e| Error::torch(f.display().to_string(), e))?
-        {
+        check_safetensors(&f)?;
+        // The file is the user's: whatever libtorch cannot read in it is bad input.
+        let read = Tensor::read_safetensors(&f)
+            .map_err(|e| Error::bad_file(&f, format!("not a readable safetensors file: {e}")))?;
+        for (name, t) in read {
             tensors.insert(name, t);
         }
     }
@@ -86,6 +88,54 @@ pub fn load(vs: &VarStore, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Checks a safetensors file's framing before libtorch reads it: the 8-byte header length, the
+/// JSON header, and every tensor's byte range inside the file, so a truncated download is named as
+/// one rather than failing inside libtorch.
+fn check_safetensors(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let bad = |m: String| Error::bad_file(path, m);
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut n = [0u8; 8];
+    if file.read_exact(&mut n).is_err() {
+        return Err(bad(format!(
+            "truncated safetensors file: {len} bytes, no header"
+        )));
+    }
+    let header_len = u64::from_le_bytes(n);
+    if header_len > len - 8 {
+        return Err(bad(format!(
+            "truncated or corrupt safetensors file: its header says {header_len} bytes, the file has {len}"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| Error::io(path, e))?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("corrupt safetensors header: {e}")))?;
+    let data = len - 8 - header_len;
+    let mut end = 0;
+    for (name, info) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+        let offsets = info
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .and_then(|o| o.get(1))
+            .and_then(|o| o.as_u64())
+            .ok_or_else(|| {
+                bad(format!(
+                    "corrupt safetensors header: tensor `{name}` has no data_offsets"
+                ))
+            })?;
+        end = end.max(offsets);
+    }
+    if end > data {
+        return Err(bad(format!(
+            "truncated safetensors file: its tensors need {end} bytes of data, the file holds {data}"
+        )));
+    }
+    Ok(())
+}
+
 /// Content hash of a model directory's weights, config and tokenizer: the first 16 hex digits of
 /// BLAKE3 over the files in name order, recorded with each run.
 pub fn content_hash(dir: &Path) -> Result<String> {
@@ -107,4 +157,39 @@ pub fn content_hash(dir: &Path) -> Result<String> {
         h.update_reader(file).map_err(|e| Error::io(f, e))?;
     }
     Ok(h.finalize().to_hex()[..16].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_or_corrupt_safetensors_are_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("model.safetensors");
+        let t = Tensor::from_slice(&[1.0f32; 64]);
+        Tensor::write_safetensors(&[("w", &t)], &p).unwrap();
+        check_safetensors(&p).unwrap();
+        let full = std::fs::read(&p).unwrap();
+        for (cut, says) in [
+            (
+                full.len() - 10,
+                "truncated safetensors file: its tensors need 256 bytes",
+            ),
+            (4, "no header"),
+            (40, "its header says"),
+        ] {
+            std::fs::write(&p, &full[..cut]).unwrap();
+            let e = check_safetensors(&p).unwrap_err();
+            assert_eq!(e.exit_code(), 1);
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        let mut corrupt = full.clone();
+        corrupt[9] = b'#';
+        std::fs::write(&p, &corrupt).unwrap();
+        assert!(check_safetensors(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("corrupt safetensors header"));
+    }
 }

@@ -1,7 +1,7 @@
 //! Merging the databases of a sharded run (`tttnn run --shard I/N`, one file each) into one run.
 use std::path::{Path, PathBuf};
 
-use super::{open_error, Db, RunStatus};
+use super::{Db, RunStatus};
 use crate::error::{Error, Result};
 use crate::runner::RunConfig;
 
@@ -49,7 +49,14 @@ impl Db {
         let path = input.display().to_string().replace('\'', "''");
         self.conn
             .execute_batch(&format!("ATTACH '{path}' AS shard{i} (READ_ONLY)"))
-            .map_err(|e| open_error(input, e))?;
+            .map_err(|e| {
+                if e.to_string().contains("lock") {
+                    // A shard still being written (DuckDB: one writing process per file).
+                    Error::bad_file(input, format!("database is in use by another process: {e}"))
+                } else {
+                    Error::records(input, e)
+                }
+            })?;
         let mut stmt = self
             .conn
             .prepare(&format!(

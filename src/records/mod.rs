@@ -9,10 +9,11 @@ mod queries;
 mod run;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use duckdb::{params, Connection};
 
-pub use queries::{CurvePoint, Export, Query};
+pub use queries::{CurvePoint, Query, Rows};
 pub use run::{DocRecord, NeighborRecord, NewRun, RunRow, RunStatus};
 
 use crate::corpus::PILE_SETS;
@@ -33,18 +34,29 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "004_settings_in_config",
         include_str!("../../migrations/004_settings_in_config.sql"),
     ),
+    (
+        "005_results_as_the_paper",
+        include_str!("../../migrations/005_results_as_the_paper.sql"),
+    ),
 ];
 
-/// A results database (DuckDB allows one writing process per file).
+/// A results database. DuckDB lets one process write a file, or several read it, at a time
+/// (docs/pitfalls.md §6), so a `Db` is held only as long as one piece of work: a run opens it to
+/// record each document and closes it, and readers (`tttnn sql`, `report`, another run) wait for
+/// a write in progress rather than fail.
 pub struct Db {
     conn: Connection,
     path: PathBuf,
 }
 
+/// Seconds an open waits for another process's hold on the file unless `TTTNN_DB_WAIT` says.
+pub const DEFAULT_DB_WAIT_S: f64 = 60.0;
+
 impl Db {
-    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    /// Opens (creating if needed) the database at `path` for writing and applies pending
+    /// migrations, waiting for another process's hold on the file (see [`DEFAULT_DB_WAIT_S`]).
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
+        let conn = open_waiting(path, || Connection::open(path))?;
         let db = Self {
             conn,
             path: path.to_path_buf(),
@@ -53,15 +65,16 @@ impl Db {
         Ok(db)
     }
 
-    /// Opens an existing database read-only (several readers may share it with no writer).
+    /// Opens an existing database read-only, waiting out a writer's hold on it (several readers
+    /// may share it).
     pub fn open_read_only(path: &Path) -> Result<Self> {
         if !path.is_file() {
             return Err(Error::bad_file(path, "no results database here"));
         }
-        let config = duckdb::Config::default()
-            .access_mode(duckdb::AccessMode::ReadOnly)
-            .map_err(|e| Error::records(path, e))?;
-        let conn = Connection::open_with_flags(path, config).map_err(|e| open_error(path, e))?;
+        let conn = open_waiting(path, || {
+            let config = duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly)?;
+            Connection::open_with_flags(path, config)
+        })?;
         Ok(Self {
             conn,
             path: path.to_path_buf(),
@@ -88,6 +101,15 @@ impl Db {
     }
 
     fn migrate(&self) -> Result<()> {
+        // The common case, a database at today's schema, reads one count and writes nothing: a
+        // run opens the file once per document.
+        let current: Option<i64> = self
+            .conn
+            .query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get(0))
+            .ok();
+        if current == Some(MIGRATIONS.len() as i64) {
+            return Ok(());
+        }
         self.conn
             .execute_batch(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -171,22 +193,56 @@ impl Db {
     /// A file that belongs with a run of this database (`<db>.<kind>/run-<id>.safetensors`), such
     /// as the AdamW state a resumed run continues from.
     pub fn artifact_path(&self, run_id: i64, kind: &str) -> PathBuf {
-        let mut dir = self.path.as_os_str().to_owned();
+        Self::artifact_path_of(&self.path, run_id, kind)
+    }
+
+    /// [`Db::artifact_path`] of the database at `db`, without opening it.
+    pub fn artifact_path_of(db: &Path, run_id: i64, kind: &str) -> PathBuf {
+        let mut dir = db.as_os_str().to_owned();
         dir.push(format!(".{kind}"));
         PathBuf::from(dir).join(format!("run-{run_id}.safetensors"))
     }
 }
 
-fn open_error(path: &Path, e: duckdb::Error) -> Error {
-    let msg = e.to_string();
-    if msg.contains("lock") {
-        // DuckDB allows one writing process per file (docs/pitfalls.md §6).
-        return Error::bad_file(
-            path,
-            format!("database is in use by another process: {msg}"),
-        );
+/// How long to wait for another process's hold on a results database: `TTTNN_DB_WAIT` seconds.
+fn db_wait() -> Result<Duration> {
+    let Ok(v) = std::env::var("TTTNN_DB_WAIT") else {
+        return Ok(Duration::from_secs_f64(DEFAULT_DB_WAIT_S));
+    };
+    v.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| *s >= 0.0 && s.is_finite())
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| Error::setting("TTTNN_DB_WAIT", format!("`{v}` is not a number of seconds")))
+}
+
+/// Opens with `open`, retrying while another process holds the file's lock (a run recording a
+/// document, a reader), for at most [`db_wait`].
+fn open_waiting(path: &Path, open: impl Fn() -> duckdb::Result<Connection>) -> Result<Connection> {
+    let wait = db_wait()?;
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match open() {
+            Ok(c) => return Ok(c),
+            // DuckDB's "Could not set lock on file ... Conflicting lock is held".
+            Err(e) if e.to_string().contains("lock") => {
+                if start.elapsed() >= wait {
+                    return Err(Error::bad_file(
+                        path,
+                        format!(
+                            "database is in use by another process (waited {} s; TTTNN_DB_WAIT sets how long): {e}",
+                            wait.as_secs_f64()
+                        ),
+                    ));
+                }
+                std::thread::sleep(pause.min(wait.saturating_sub(start.elapsed())));
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(Error::records(path, e)),
+        }
     }
-    Error::records(path, e)
 }
 
 #[cfg(test)]

@@ -85,6 +85,8 @@ pub struct DocRecord {
     pub alpha_source: Option<String>,
     pub context_tokens: Option<usize>,
     pub context_fallback: Option<bool>,
+    /// The largest 13-gram Jaccard similarity of a neighbour with the document (leakage audit).
+    pub max_jaccard13: Option<f64>,
 }
 
 /// One neighbour a document was trained on.
@@ -98,6 +100,8 @@ pub struct NeighborRecord {
     pub train_loss: Option<f64>,
     pub train_s: f64,
     pub eval_s: Option<f64>,
+    /// 13-gram Jaccard similarity of its text with the document's (leakage audit).
+    pub jaccard13: Option<f64>,
 }
 
 impl Db {
@@ -224,8 +228,8 @@ impl Db {
             c.execute(
                 "INSERT INTO docs (run_id, doc_id, set_name, bytes, words, tokens, neighbors_used,
                      complete, retrieval_s, train_s, eval_s, task, position, seq, train_steps, skipped_chunks,
-                     alpha, alpha_source, context_tokens, context_fallback)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     alpha, alpha_source, context_tokens, context_fallback, max_jaccard13)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 params![
                     run_id,
                     doc.doc_id,
@@ -247,6 +251,7 @@ impl Db {
                     doc.alpha_source,
                     doc.context_tokens.map(|n| n as i64),
                     doc.context_fallback,
+                    doc.max_jaccard13,
                 ],
             )?;
             {
@@ -258,7 +263,8 @@ impl Db {
             for n in neighbors {
                 c.execute(
                     "INSERT INTO neighbors (run_id, doc_id, rank, neighbor_id, distance, tokens, chunks,
-                         train_loss, train_s, eval_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         train_loss, train_s, eval_s, jaccard13)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     params![
                         run_id,
                         doc.doc_id,
@@ -270,6 +276,7 @@ impl Db {
                         n.train_loss.filter(|l| l.is_finite()),
                         n.train_s,
                         n.eval_s,
+                        n.jaccard13,
                     ],
                 )?;
             }

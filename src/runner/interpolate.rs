@@ -164,7 +164,6 @@ pub(super) fn interpolate(
         };
         Ok(eval::score_tokens(lm, &tokens, &[], Some(&mixture))?[0])
     })?;
-    out.complete = neighbors.len() == cfg.neighbors;
     out.alpha = Some(alpha);
     Ok(out)
 }

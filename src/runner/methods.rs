@@ -82,6 +82,11 @@ impl Outcome {
             alpha_source: self.alpha.map(|a| a.source.name().to_string()),
             context_tokens: self.context_tokens,
             context_fallback: self.context_fallback,
+            max_jaccard13: self
+                .neighbors
+                .iter()
+                .filter_map(|n| n.jaccard13)
+                .reduce(f64::max),
         }
     }
 }
@@ -267,7 +272,6 @@ pub(super) fn in_context(
     for r in &mut out.neighbors {
         r.tokens = nb_tokens[r.rank - 1].len();
     }
-    out.complete = neighbors.len() == cfg.neighbors;
     out.context_fallback = Some(!fits);
     out.context_tokens = Some(used);
     Ok(out)

@@ -1,7 +1,9 @@
 //! One run's session: the store, the model and the trainer opened once, the run created (or a
 //! killed one resumed) in the results database, then every planned document done in order and
-//! recorded in one transaction each.
+//! recorded in one transaction each. The database is opened for each write and closed after it,
+//! so others can read it (or record another run in it) while the run goes.
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::Instant;
 
 use super::interpolate::{interpolate, Alpha};
@@ -11,16 +13,18 @@ use super::settings::{serde_name, Method, RunConfig};
 use super::Event;
 use crate::embed::EncoderConfig;
 use crate::error::{Error, Result};
+use crate::eval::NGrams;
 use crate::lm::{weights, LanguageModel};
 use crate::records::{Db, NewRun, RunStatus};
-use crate::select;
+use crate::select::{self, SiftPool};
 use crate::store::{Neighbor, Retrieval, Store};
 use crate::ttt::{OptimizerState, TrainConfig, Trainer};
 
 /// Everything a run works with while it goes through its documents.
 pub(super) struct Session<'a> {
     pub cfg: &'a RunConfig,
-    pub db: &'a Db,
+    /// The results database, opened for each write ([`Session::db`]).
+    pub db_path: &'a Path,
     pub store: Store,
     pub lm: &'a LanguageModel,
 }
@@ -56,10 +60,11 @@ impl ResumePoint {
     }
 }
 
-/// Runs (or, with `resume`, continues) a TTT-NN run recorded in `db`; returns its id.
+/// Runs (or, with `resume`, continues) a TTT-NN run recorded in the results database at
+/// `db_path`; returns its id.
 pub fn run(
     cfg: &RunConfig,
-    db: &Db,
+    db_path: &Path,
     resume: Option<i64>,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<i64> {
@@ -99,12 +104,13 @@ pub fn run(
             lr: cfg.lr,
             max_length: cfg.max_length.unwrap_or(lm.n_ctx),
             precision: cfg.precision,
+            short_chunks: cfg.short_chunks,
             ..Default::default()
         },
     )?;
     let session = Session {
         cfg,
-        db,
+        db_path,
         store,
         lm: &lm,
     };
@@ -118,6 +124,7 @@ pub fn run(
         done: done.len(),
     });
     let result = session.documents(&mut trainer, &plan, run_id, &mut done, on_event);
+    let db = session.db()?;
     match &result {
         Ok(()) => {
             db.set_status(run_id, RunStatus::Finished, None)?;
@@ -132,10 +139,15 @@ pub fn run(
 }
 
 impl Session<'_> {
+    /// The results database, open until the returned handle is dropped.
+    fn db(&self) -> Result<Db> {
+        Db::open(self.db_path)
+    }
+
     /// Records a new run; returns its id.
     fn create(&self, model_hash: String) -> Result<i64> {
         let cfg = self.cfg;
-        self.db.create_run(&NewRun {
+        self.db()?.create_run(&NewRun {
             name: cfg.name.as_deref(),
             method: serde_name(&cfg.method),
             selection: serde_name(&cfg.select),
@@ -156,21 +168,22 @@ impl Session<'_> {
     /// returns the documents that stay done.
     fn resume(&self, id: i64, trainer: &mut Trainer) -> Result<HashSet<usize>> {
         let cfg = self.cfg;
-        let recorded = self.db.recorded_seqs(id)?;
+        let db = self.db()?;
+        let recorded = db.recorded_seqs(id)?;
         // AdamW's state after the last document is needed to go on as the original would.
         let needs_state = cfg.method.trains() && cfg.optimizer_state == OptimizerState::Carry;
-        let path = self.db.artifact_path(id, "optimizer");
+        let path = db.artifact_path(id, "optimizer");
         let saved_after = if needs_state && !recorded.is_empty() && path.is_file() {
             Some(trainer.load_optimizer(&path)?)
         } else {
             None
         };
         let point = ResumePoint::new(&recorded, needs_state, saved_after);
-        let redone = self.db.delete_docs_from(id, point.keep_below)?;
+        let redone = db.delete_docs_from(id, point.keep_below)?;
         if redone > 0 {
             tracing::info!("run {id}: {redone} document(s) recorded after the last saved optimizer state are redone");
         }
-        self.db.set_status(id, RunStatus::Running, None)?;
+        db.set_status(id, RunStatus::Running, None)?;
         Ok(point.done)
     }
 
@@ -182,16 +195,19 @@ impl Session<'_> {
         } else {
             cfg.neighbors
         };
-        let candidates = self.store.retrieve(
-            vector,
-            &Retrieval {
-                k,
-                mode: cfg.search_mode(),
-                max_distance: cfg.distance_threshold,
-                exclude_id: Some(exclude.to_string()),
-                split: Some(cfg.neighbor_split.clone()),
-            },
-        )?;
+        let retrieval = Retrieval {
+            k,
+            mode: cfg.search_mode(),
+            max_distance: cfg.distance_threshold,
+            exclude_id: Some(exclude.to_string()),
+            split: Some(cfg.neighbor_split.clone()),
+        };
+        let candidates = match (cfg.select.is_sift(), cfg.sift_pool) {
+            (true, SiftPool::InnerProduct) => {
+                self.store.retrieve_by_inner_product(vector, &retrieval)?
+            }
+            _ => self.store.retrieve(vector, &retrieval)?,
+        };
         if !cfg.select.is_sift() {
             return Ok(candidates);
         }
@@ -210,7 +226,7 @@ impl Session<'_> {
         on_event: &mut dyn FnMut(Event),
     ) -> Result<()> {
         let cfg = self.cfg;
-        let state_path = self.db.artifact_path(run_id, "optimizer");
+        let state_path = Db::artifact_path_of(self.db_path, run_id, "optimizer");
         // interpolate's α, chosen once per task: (task_index, α).
         let mut alpha: Option<(usize, Alpha)> = None;
         for (i, doc) in plan.iter().enumerate() {
@@ -255,21 +271,36 @@ impl Session<'_> {
                 }
                 Method::None => Outcome::scored(self.lm, text)?,
             };
-            if cfg.select.is_sift() {
-                // Adaptive SIFT stops when more picks would not help: the model stays as it is,
-                // so the curve's end point is its last state.
+            // Fewer neighbours than k: adaptive SIFT stopped (activeft trains on what it picked,
+            // possibly nothing), or in-context and interpolate kept only those within the
+            // distance threshold (the original scores the document with whatever survived, even
+            // none, and averages over every document). The model stays as it is, so the
+            // curve's end point at k is its last state and the document counts. TTT-NN with
+            // nearest neighbours keeps the original's rule: a short curve drops the document.
+            let scores_what_survived = cfg.select.is_sift()
+                || matches!(cfg.method, Method::InContext | Method::Interpolate);
+            if scores_what_survived {
                 let &(k, last) = outcome.curve.last().expect("the curve starts at k = 0");
-                if k != cfg.neighbors && !neighbors.is_empty() {
+                if k != cfg.neighbors {
                     outcome.curve.push((cfg.neighbors, last));
                 }
-                outcome.complete = !neighbors.is_empty();
+                outcome.complete = true;
+            }
+            if cfg.method.uses_neighbors() {
+                // The leakage audit: how much of each neighbour is the document itself.
+                let grams = NGrams::new(text);
+                for r in &mut outcome.neighbors {
+                    let nb = &neighbors[r.rank - 1];
+                    r.jaccard13 = Some(grams.jaccard(&NGrams::new(&nb.text)));
+                }
             }
             if cfg.method.trains() {
                 trainer.finish_document(cfg.optimizer_state);
             }
 
             let record = outcome.record(doc, retrieval_s);
-            self.db
+            // Held only for this write: readers and other runs wait at most this long.
+            self.db()?
                 .record_doc(run_id, &record, &outcome.curve, &outcome.neighbors)?;
             if cfg.method.trains() && cfg.optimizer_state == OptimizerState::Carry {
                 if let Some(dir) = state_path.parent() {

@@ -18,10 +18,14 @@ pub struct IvfPqParams {
     pub bits: u32,
 }
 
+/// Vectors Lance's IVF training fits each centroid on (`IvfBuildParams::sample_rate`).
+const LANCE_SAMPLE_RATE: usize = 256;
+
 impl IvfPqParams {
-    /// Defaults sized from the data: √rows partitions (at least 1), sub-vectors of 8 dimensions,
-    /// 8-bit codes. IVF-PQ needs 256 rows to train its codebooks. Sub-vectors of 16 dimensions
-    /// (LanceDB's usual dim/16) halve the index but lost recall on real embeddings.
+    /// Defaults sized from the data: √rows partitions, but no more than rows/256 (at least 1),
+    /// sub-vectors of 8 dimensions, 8-bit codes. IVF-PQ needs 256 rows to train its codebooks.
+    /// Sub-vectors of 16 dimensions (LanceDB's usual dim/16) halve the index but lost recall on
+    /// real embeddings.
     pub fn sized_for(rows: usize, dim: usize) -> Result<Self> {
         if rows < 256 {
             return Err(Error::setting("index", format!("IVF-PQ needs at least 256 rows to train 8-bit codebooks, the store has {rows}; use --kind flat")));
@@ -32,8 +36,12 @@ impl IvfPqParams {
                 format!("dimension {dim} is not a multiple of 8: give --sub-vectors (a divisor of {dim})"),
             ));
         }
+        // Lance fits each centroid on `sample_rate` (256) vectors and trains only rows/256
+        // partitions when asked for more (lance `supported_num_partitions`, with a warning): below
+        // 65,536 rows √rows is more than it would train, so ask for what it trains.
+        let sqrt = (rows as f64).sqrt().round() as usize;
         Ok(Self {
-            partitions: ((rows as f64).sqrt().round() as u32).max(1),
+            partitions: sqrt.min(rows / LANCE_SAMPLE_RATE).max(1) as u32,
             sub_vectors: (dim / 8) as u32,
             bits: 8,
         })
@@ -125,13 +133,16 @@ mod tests {
             }
         );
         assert_eq!(
-            IvfPqParams::sized_for(10_000, 384).unwrap(),
+            IvfPqParams::sized_for(100_000, 384).unwrap(),
             IvfPqParams {
-                partitions: 100,
+                partitions: 316,
                 sub_vectors: 48,
                 bits: 8
             }
         );
+        // Below 65,536 rows, what Lance trains: rows/256 (the demo store's 7,300 rows: 28, not 85).
+        assert_eq!(IvfPqParams::sized_for(7_300, 384).unwrap().partitions, 28);
+        assert_eq!(IvfPqParams::sized_for(300, 40).unwrap().partitions, 1);
         assert_eq!(IvfPqParams::sized_for(300, 40).unwrap().sub_vectors, 5);
         assert!(IvfPqParams::sized_for(100, 1024)
             .unwrap_err()

@@ -130,24 +130,72 @@ impl Store {
         mode: SearchMode,
         split: Option<&str>,
     ) -> Result<Vec<Neighbor>> {
+        let l2 = DistanceType::L2;
         let Some(split) = split else {
-            return self.search(vector, k, mode, None);
+            return self.search(vector, k, mode, l2, None);
         };
         let filter = format!("split = {}", sql_str(split));
-        let mut out = self.search(vector, 2 * k, mode, Some((&filter, Filter::After)))?;
+        let mut out = self.search(vector, 2 * k, mode, l2, Some((&filter, Filter::After)))?;
         if out.len() < k {
-            out = self.search(vector, k, mode, Some((&filter, Filter::Before)))?;
+            out = self.search(vector, k, mode, l2, Some((&filter, Filter::Before)))?;
         }
         out.truncate(k);
         Ok(out)
     }
 
-    /// The `limit` nearest documents to `vector` passing `filter`, nearest first.
+    /// activeft's SIFT candidate pool: the `r.k` documents with the largest |⟨x, q⟩|, from an
+    /// inner-product search for `vector` and one for its negation (activeft `sift.py` queries an
+    /// IP index with q and −q). Exact search: the store's IVF-PQ index is built for L2. Each
+    /// neighbour keeps its unsquared L2 distance, which `r.max_distance` filters on.
+    pub fn retrieve_by_inner_product(
+        &self,
+        vector: &[f32],
+        r: &Retrieval,
+    ) -> Result<Vec<Neighbor>> {
+        let extra = usize::from(r.exclude_id.is_some());
+        let filter = r
+            .split
+            .as_deref()
+            .map(|s| format!("split = {}", sql_str(s)));
+        let filter = filter.as_deref().map(|f| (f, Filter::Before));
+        let negated: Vec<f32> = vector.iter().map(|x| -x).collect();
+        let mut out = Vec::new();
+        for q in [vector, &negated[..]] {
+            out.extend(self.search(
+                q,
+                r.k + extra,
+                SearchMode::Exact,
+                DistanceType::Dot,
+                filter,
+            )?);
+        }
+        let ip = |n: &Neighbor| -> f64 {
+            n.embedding
+                .iter()
+                .zip(vector)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum()
+        };
+        out.sort_by(|a, b| ip(b).abs().total_cmp(&ip(a).abs()).then(a.id.cmp(&b.id)));
+        out.dedup_by(|a, b| a.id == b.id);
+        if let Some(id) = &r.exclude_id {
+            out.retain(|n| &n.id != id);
+        }
+        if let Some(d) = r.max_distance {
+            out.retain(|n| n.distance <= d);
+        }
+        out.truncate(r.k);
+        Ok(out)
+    }
+
+    /// The `limit` nearest documents to `vector` under `metric` passing `filter`, nearest first;
+    /// each with its unsquared L2 distance.
     fn search(
         &self,
         vector: &[f32],
         limit: usize,
         mode: SearchMode,
+        metric: DistanceType,
         filter: Option<(&str, Filter)>,
     ) -> Result<Vec<Neighbor>> {
         let mut query = self
@@ -155,7 +203,7 @@ impl Store {
             .vector_search(vector)
             .map_err(|e| self.err(e))?
             .column("embedding")
-            .distance_type(DistanceType::L2)
+            .distance_type(metric)
             .select(Select::columns(&[
                 "id",
                 "set_name",
@@ -194,17 +242,28 @@ impl Store {
             let dist = f32_column(&self.path, b, "_distance")?;
             let embeddings = embedding_column(&self.path, b)?;
             for (i, ((id, set_name), text)) in ids.into_iter().zip(sets).zip(texts).enumerate() {
+                let embedding = embedding_at(&self.path, embeddings, i)?;
                 // LanceDB's L2 is the squared distance; the original filters on the unsquared one.
+                let squared = match metric {
+                    DistanceType::L2 => dist[i],
+                    _ => embedding
+                        .iter()
+                        .zip(vector)
+                        .map(|(a, b)| (a - b) * (a - b))
+                        .sum(),
+                };
                 out.push(Neighbor {
                     id,
                     set_name,
-                    distance: dist[i].max(0.0).sqrt(),
+                    distance: squared.max(0.0).sqrt(),
                     text,
-                    embedding: embedding_at(&self.path, embeddings, i)?,
+                    embedding,
                 });
             }
         }
-        out.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+        if metric == DistanceType::L2 {
+            out.sort_by(|a, b| a.distance.total_cmp(&b.distance));
+        }
         Ok(out)
     }
 }

@@ -37,6 +37,9 @@ pub struct TrainConfig {
     #[serde(default)]
     /// fp32 (the original) or bf16 mixed precision (fp32 masters and AdamW state, bf16 compute).
     pub precision: Precision,
+    #[serde(default)]
+    /// What a one-token chunk gets: the original's zero-gradient AdamW step, or none.
+    pub short_chunks: ShortChunks,
 }
 
 impl Default for TrainConfig {
@@ -50,6 +53,7 @@ impl Default for TrainConfig {
             weight_decay: 0.01,
             clip_norm: 1.0,
             precision: Precision::Fp32,
+            short_chunks: ShortChunks::Step,
         }
     }
 }
@@ -75,6 +79,29 @@ pub enum OptimizerState {
     Reset,
 }
 
+/// What a one-token chunk gets. It has no next token to predict, so its loss is empty.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ShortChunks {
+    /// An AdamW step with zero gradient, as the original (its HF loss over no targets is NaN
+    /// with zero gradients, and `optimizer.step()` still decays the weights, moves the moments
+    /// and counts the step; docs/spec.md §2).
+    #[default]
+    Step,
+    /// No step: a departure (tttnn before issue #15).
+    Skip,
+}
+
 /// What training on one text did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TextTraining {
@@ -84,7 +111,9 @@ pub struct TextTraining {
     pub chunks: usize,
     /// AdamW steps taken.
     pub steps: usize,
-    /// Chunks of one token: no next-token loss, skipped.
+    /// Chunks of one token (no next-token loss) stepped with zero gradient (`ShortChunks::Step`).
+    pub zero_grad_steps: usize,
+    /// Chunks of one token skipped (`ShortChunks::Skip`).
     pub skipped_short: usize,
     /// Chunks whose loss was NaN or infinite: skipped, never applied.
     pub skipped_nonfinite: usize,
@@ -161,7 +190,15 @@ impl Trainer {
         for chunk in tokens.chunks(self.config.max_length.max(1)) {
             out.chunks += 1;
             if chunk.len() < 2 {
-                out.skipped_short += 1;
+                match self.config.short_chunks {
+                    ShortChunks::Step => {
+                        self.weights.zero_grad();
+                        self.opt.step(&mut self.weights);
+                        out.steps += 1;
+                        out.zero_grad_steps += 1;
+                    }
+                    ShortChunks::Skip => out.skipped_short += 1,
+                }
                 continue;
             }
             let ids = Tensor::from_slice(chunk).unsqueeze(0).to(lm.device());
@@ -200,8 +237,10 @@ impl Trainer {
             loss_sum += value;
             out.steps += 1;
         }
-        out.mean_loss = if out.steps > 0 {
-            loss_sum / out.steps as f64
+        // Over the steps that had a loss (a one-token chunk's is empty).
+        let with_loss = out.steps - out.zero_grad_steps;
+        out.mean_loss = if with_loss > 0 {
+            loss_sum / with_loss as f64
         } else {
             f64::NAN
         };

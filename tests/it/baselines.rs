@@ -22,10 +22,10 @@ fn run(store: &Path, db: &Path, args: &[&str]) -> i64 {
             "1e-3",
             "--val-portion",
             "0.5",
-            "--no-distance-threshold",
             "--store",
         ])
         .arg(store)
+        .args((!args.contains(&"--distance-threshold")).then_some("--no-distance-threshold"))
         .arg("--model")
         .arg(model())
         .arg("--db")
@@ -183,10 +183,106 @@ fn baselines_reduce_to_the_base_model_and_sit_side_by_side_in_table1() {
         .output()
         .unwrap());
     let header = csv.lines().next().unwrap();
-    assert_eq!(header, "task,docs,base_only,in_context,interpolate,dynamic_eval,ttt_nn,ttt_nn_pct,ttt_nn_sift,weight,runs");
+    assert_eq!(header, "task,docs,base_only,in_context,interpolate,dynamic_eval,ttt_nn,ttt_nn_pct,ttt_nn_sift,weight");
     let github = csv.lines().find(|l| l.starts_with("pile_github,")).unwrap();
     let cells: Vec<&str> = github.split(',').collect();
     assert!(cells[2..8].iter().all(|c| !c.is_empty()), "{github}");
+    // Each column traces to one run: the newest of its method over the same documents and
+    // model; base_only is TTT-NN's own k = 0; dynamic evaluation is read at pass min(6, k).
+    let r8 = crate::util::last_run(&db);
+    assert_eq!(
+        table1_runs(&db),
+        vec![
+            ("base_only".into(), r8, 0),
+            ("in_context".into(), r7, 2),
+            ("interpolate".into(), r3, 3),
+            ("dynamic_eval".into(), r5, 2),
+            ("ttt_nn".into(), r8, 3),
+        ]
+    );
+    let bpb = |run: i64, k: i64| -> f64 {
+        let c = curves(&db, run);
+        let bytes: f64 = c.keys().map(|d| text_of(&store, d).1.len() as f64).sum();
+        -c.values().map(|c| c[&k]).sum::<f64>() / bytes / std::f64::consts::LN_2
+    };
+    let cell = |row: &str, i: usize| -> f64 {
+        let line = row.lines().find(|l| l.starts_with("pile_github,")).unwrap();
+        line.split(',').nth(i).unwrap().parse().unwrap()
+    };
+    assert!((cell(&csv, 2) - bpb(r8, 0)).abs() < 1e-4);
+    assert!((cell(&csv, 6) - bpb(r8, 3)).abs() < 1e-4);
+    assert!((cell(&csv, 7) - (100.0 * cell(&csv, 6) / cell(&csv, 2))).abs() < 0.06);
+
+    // 9: in-context whose neighbours all fall outside the distance threshold scores every
+    // document alone (the original's EMPTY case) and counts it: the column is the base model.
+    let r9 = run(
+        &store,
+        &db,
+        &[
+            "--method",
+            "in-context",
+            "-k",
+            "2",
+            "--distance-threshold",
+            "1e-9",
+        ],
+    );
+    // 10: dynamic evaluation reports the pass it records, not the last one.
+    let r10 = run(
+        &store,
+        &db,
+        &[
+            "--method",
+            "dynamic-eval",
+            "-k",
+            "3",
+            "--dynamic-eval-pass",
+            "1",
+        ],
+    );
+    // 11: adaptive SIFT that stops before its first pick leaves the base model, and counts.
+    let r11 = run(
+        &store,
+        &db,
+        &["-k", "3", "--select", "sift", "--sift-adaptive", "1e9"],
+    );
+    for (doc, c) in curves(&db, r9).into_iter().chain(curves(&db, r11)) {
+        assert_eq!(
+            c.keys().copied().collect::<Vec<_>>(),
+            [0, c.keys().last().copied().unwrap()]
+        );
+        assert_eq!(c.values().next(), c.values().last(), "{doc}");
+    }
+    let runs = table1_runs(&db);
+    assert!(runs.contains(&("in_context".into(), r9, 2)), "{runs:?}");
+    assert!(runs.contains(&("dynamic_eval".into(), r10, 1)), "{runs:?}");
+    assert!(runs.contains(&("ttt_nn_sift".into(), r11, 3)), "{runs:?}");
+    let csv = ok(tttnn()
+        .args(["sql", "table1", "--format", "csv", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap());
+    assert_eq!(cell(&csv, 1), curves(&db, r9).len() as f64);
+    assert_eq!(cell(&csv, 3), cell(&csv, 2), "{csv}");
+    assert_eq!(cell(&csv, 8), cell(&csv, 2), "{csv}");
+    assert!((cell(&csv, 5) - bpb_rest(&db, &store, &lm, r10, 1)).abs() < 1e-4);
+    // --run picks the columns by hand.
+    let csv = ok(tttnn()
+        .args([
+            "sql",
+            "table1",
+            "--format",
+            "csv",
+            "--run",
+            &r7.to_string(),
+            "--run",
+        ])
+        .arg(r8.to_string())
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap());
+    assert!((cell(&csv, 3) - bpb(r7, 2)).abs() < 1e-4, "{csv}");
     let cost = ok(tttnn()
         .args(["sql", "cost", "--format", "csv", "--db"])
         .arg(&db)
@@ -204,6 +300,36 @@ fn baselines_reduce_to_the_base_model_and_sit_side_by_side_in_table1() {
             "{m} missing from cost:\n{cost}"
         );
     }
+}
+
+/// (column, run, k) of `tttnn sql table1_runs`.
+fn table1_runs(db: &Path) -> Vec<(String, i64, i64)> {
+    let csv = ok(tttnn()
+        .args(["sql", "table1_runs", "--format", "csv", "--db"])
+        .arg(db)
+        .output()
+        .unwrap());
+    csv.lines()
+        .skip(1)
+        .map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            (
+                c[0].to_string(),
+                c[1].parse().unwrap(),
+                c[5].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Bits per byte of a dynamic-evaluation run at pass `k`, over the documents' remainders.
+fn bpb_rest(db: &Path, store: &Path, lm: &LanguageModel, run: i64, k: i64) -> f64 {
+    let c = curves(db, run);
+    let bytes: f64 = c
+        .keys()
+        .map(|d| eval::split_text(lm, &text_of(store, d).1).unwrap().1.len() as f64)
+        .sum();
+    -c.values().map(|c| c[&k]).sum::<f64>() / bytes / std::f64::consts::LN_2
 }
 
 fn runner_grid() -> Vec<f64> {

@@ -1,5 +1,5 @@
 //! The real `tttnn` binary, run as a user would.
-use crate::util::tttnn;
+use crate::util::{ok, tttnn};
 
 #[test]
 fn usage_errors_are_bad_input() {
@@ -189,6 +189,26 @@ fn eval_prints_bits_per_byte_per_file_and_total() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("model_type `bert` is not supported"));
+    // A truncated model.safetensors is bad input named once, not an internal libtorch error.
+    let cut = dir.path().join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(fx.join("models/tiny-gpt2").join(f), cut.join(f)).unwrap();
+    }
+    let weights = std::fs::read(fx.join("models/tiny-gpt2/model.safetensors")).unwrap();
+    std::fs::write(cut.join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
+    let out = tttnn()
+        .args(["eval", "--model"])
+        .arg(&cut)
+        .arg(&text)
+        .output()
+        .unwrap();
+    let err = crate::util::fails(out, 1);
+    assert!(
+        err.contains("model.safetensors: truncated safetensors file"),
+        "{err}"
+    );
+    assert_eq!(err.matches("truncated").count(), 1, "{err}");
 }
 
 #[test]
@@ -222,4 +242,97 @@ fn a_closed_stdout_pipe_is_not_an_error() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn sql_writes_every_format_through_its_own_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.duckdb");
+    drop(tttnn::records::Db::open(&db).unwrap());
+    let sql = |query: &str, format: &str| {
+        let mut c = tttnn();
+        c.args(["sql", query, "--format", format, "--db"]).arg(&db);
+        c
+    };
+    // `>> f` appends: the output goes through the shell's descriptor, opened for appending.
+    let f = dir.path().join("results.csv");
+    std::fs::write(&f, "kept\n").unwrap();
+    for _ in 0..2 {
+        let append = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+        let status = sql("SELECT 1 AS one, 'a,b' AS two", "csv")
+            .stdout(append)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    assert_eq!(
+        std::fs::read_to_string(&f).unwrap(),
+        "kept\none,two\n1,\"a,b\"\none,two\n1,\"a,b\"\n"
+    );
+    // Statements that return rows but are not SELECTs work in every format.
+    for format in ["table", "csv", "json"] {
+        let out = ok(sql("DESCRIBE runs", format).output().unwrap());
+        assert!(out.contains("model_hash"), "{format}: {out}");
+        let out = ok(sql("SHOW TABLES", format).output().unwrap());
+        assert!(out.contains("pile_weights"), "{format}: {out}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(sql("SELECT 1 AS one WHERE false", "json")
+            .output()
+            .unwrap()))
+        .unwrap();
+    assert_eq!(json, serde_json::json!([]));
+    assert_eq!(
+        ok(sql("SELECT 1 AS one WHERE false", "csv").output().unwrap()),
+        "one\n"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(sql(
+        "SELECT set_name, weight FROM pile_weights ORDER BY set_name LIMIT 2",
+        "json",
+    )
+    .output()
+    .unwrap()))
+    .unwrap();
+    assert_eq!(json[0]["set_name"], "ArXiv");
+    // Parquet is a file.
+    let err = crate::util::fails(sql("SELECT 1", "parquet").output().unwrap(), 1);
+    assert!(err.contains("--out"), "{err}");
+    let pq = dir.path().join("x.parquet");
+    ok(sql("SELECT 42 AS answer", "parquet")
+        .arg("--out")
+        .arg(&pq)
+        .output()
+        .unwrap());
+    let back = ok(
+        sql(&format!("SELECT answer FROM '{}'", pq.display()), "csv")
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(back, "answer\n42\n");
+}
+
+#[test]
+fn sql_watch_reruns_until_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.duckdb");
+    drop(tttnn::records::Db::open(&db).unwrap());
+    let mut child = tttnn()
+        .args([
+            "sql",
+            "SELECT 7 AS seven",
+            "--format",
+            "csv",
+            "--watch",
+            "0.2",
+            "--db",
+        ])
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap();
+    let out = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    assert!(out.matches("seven\n7\n").count() >= 3, "{out}");
 }

@@ -129,21 +129,46 @@ fn tiny_gpt2_with_trainer() -> (LanguageModel, Trainer) {
 }
 
 #[test]
-fn one_token_chunks_are_skipped_and_counted() {
+fn one_token_chunks_take_a_zero_gradient_step_or_are_skipped() {
+    use tttnn::ttt::ShortChunks;
     let g = golden();
-    let (lm, mut trainer) = tiny_gpt2_with_trainer();
     let tokens = &g.lm_token_ids[0][..25];
-    let r = trainer.train_on_tokens(&lm, tokens).unwrap();
+    let trained = |short_chunks: ShortChunks| {
+        let lm = LanguageModel::load(&model(), Device::Cpu).unwrap();
+        let config = TrainConfig {
+            lr: 1e-3,
+            max_length: 24,
+            short_chunks,
+            ..Default::default()
+        };
+        let mut trainer = Trainer::new(&lm, config).unwrap();
+        let r = trainer.train_on_tokens(&lm, tokens).unwrap();
+        (r, weights(&lm))
+    };
+    // The original: the 1-token chunk's empty loss has zero gradients and AdamW still steps.
+    let (stepped, after_step) = trained(ShortChunks::Step);
     assert_eq!(
         (
-            r.tokens,
-            r.chunks,
-            r.steps,
-            r.skipped_short,
-            r.skipped_nonfinite
+            stepped.tokens,
+            stepped.chunks,
+            stepped.steps,
+            stepped.zero_grad_steps,
+            stepped.skipped_short,
+            stepped.skipped_nonfinite
         ),
-        (25, 2, 1, 1, 0)
+        (25, 2, 2, 1, 0, 0)
     );
+    assert!(stepped.mean_loss.is_finite());
+    let (skipped, after_skip) = trained(ShortChunks::Skip);
+    assert_eq!((skipped.steps, skipped.skipped_short), (1, 1));
+    assert_eq!(skipped.mean_loss, stepped.mean_loss);
+    // The zero-gradient step still moves the weights (decay, and the momentum of step 1).
+    let moved = after_step
+        .iter()
+        .zip(&after_skip)
+        .map(|(a, b)| max_abs_diff(a, b))
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-6, "{moved}");
 }
 
 #[test]

@@ -65,3 +65,65 @@ fn smollm2_bits_per_byte_matches_transformers() {
     );
     assert!(rel < 1e-5);
 }
+
+/// The reference stack's Python (`scripts/setup --reference`), if installed.
+fn reference_python() -> Option<PathBuf> {
+    let py = PathBuf::from(std::env::var_os("TTTNN_DEPS")?).join("reference-venv/bin/python");
+    py.is_file().then_some(py)
+}
+
+/// The converted directory loads in transformers as any HF model does (AutoTokenizer and
+/// AutoModelForCausalLM, with its bos/eos/pad inside the vocabulary) and scores a text, with eos
+/// as its prefix, to the log-likelihood tttnn gives it. Skipped, saying why, where the reference
+/// stack or the converted model is absent (CI on a fresh machine installs neither).
+#[test]
+fn the_converted_model_loads_and_scores_in_transformers() {
+    let (Some(dir), Some(python)) = (model_dir(), reference_python()) else {
+        eprintln!(
+            "skipped: needs the reference stack and the converted SmolLM2 (scripts/setup --real-models)"
+        );
+        return;
+    };
+    let text = "The converted model should load anywhere, not only in tttnn.";
+    let script = r#"
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+d, text = sys.argv[1], sys.argv[2]
+tok = AutoTokenizer.from_pretrained(d)
+model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+vocab = model.get_input_embeddings().weight.shape[0]
+ids = [tok.eos_token_id] + tok.encode(text, add_special_tokens=False)
+with torch.no_grad():
+    logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1], -1)
+ll = logp.gather(1, torch.tensor(ids[1:])[:, None]).sum().item()
+print(json.dumps({"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id,
+                  "vocab": vocab, "len": len(tok), "loglik": ll}))
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script])
+        .arg(&dir)
+        .arg(text)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    for k in ["bos", "eos", "pad"] {
+        assert_eq!(got[k], config[format!("{k}_token_id")], "{k}: {got}");
+        assert!(got[k].as_i64().unwrap() < got["vocab"].as_i64().unwrap());
+    }
+    // No token appended past the embedding (transformers' `</s>` default did that).
+    assert_eq!(got["len"], got["vocab"], "{got}");
+    let lm = LanguageModel::load(&dir, Device::Cpu).unwrap();
+    let ours = eval::loglikelihood(&lm, text).unwrap().loglik;
+    let theirs = got["loglik"].as_f64().unwrap();
+    assert!(
+        (ours - theirs).abs() / theirs.abs() < 1e-5,
+        "{ours} vs {theirs}"
+    );
+}

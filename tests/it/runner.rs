@@ -363,13 +363,107 @@ fn bad_settings_and_a_busy_database_are_clear_errors() {
         "one document per set, k = 0, 1, 3"
     );
 
+    // A hold that outlasts the wait is a clear error naming the file and the wait.
     let holder = Db::open(&db).unwrap();
-    let out = run_cmd(&store, &db, &K3).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let out = run_cmd(&store, &db, &K3)
+        .env("TTTNN_DB_WAIT", "0.5")
+        .output()
+        .unwrap();
+    let err = crate::util::fails(out, 1);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("in use"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains("in use by another process (waited 0.5 s"),
+        "{err}"
     );
     drop(holder);
+}
+
+#[test]
+fn two_runs_and_a_reader_share_one_database_while_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Fixture::Full.store(dir.path());
+    let db = dir.path().join("shared.duckdb");
+    // Created first, so both runs and the reader find the schema in place.
+    drop(Db::open(&db).unwrap());
+    let spawn = |method: &str| {
+        run_cmd(&store, &db, &K3)
+            .args(["--quiet", "--method", method])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut runs = [spawn("ttt-nn"), spawn("in-context")];
+    let (mut polls, mut seen_rows) = (0, 0);
+    let statuses = loop {
+        // The reader polls table1 about every second, as `tttnn sql table1 --watch 1` would.
+        let out = tttnn()
+            .args([
+                "sql",
+                "SELECT count(*) AS n FROM docs",
+                "--format",
+                "csv",
+                "--db",
+            ])
+            .arg(&db)
+            .output()
+            .unwrap();
+        let text = ok(out);
+        seen_rows = seen_rows.max(text.lines().nth(1).unwrap().parse::<i64>().unwrap());
+        ok(tttnn()
+            .args(["sql", "table1", "--db"])
+            .arg(&db)
+            .output()
+            .unwrap());
+        polls += 1;
+        let done: Vec<_> = runs.iter_mut().map(|c| c.try_wait().unwrap()).collect();
+        if done.iter().all(|d| d.is_some()) {
+            break done;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    };
+    for (status, child) in statuses.iter().zip(runs) {
+        let err = child.wait_with_output().unwrap().stderr;
+        assert!(
+            status.unwrap().success(),
+            "{}",
+            String::from_utf8_lossy(&err)
+        );
+    }
+    let c = crate::util::conn(&db);
+    let per_run: Vec<(String, String, i64)> = c
+        .prepare(
+            "SELECT r.method, r.status, count(d.doc_id) FROM runs r JOIN docs d ON d.run_id = r.id
+             GROUP BY r.method, r.status ORDER BY r.method",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let docs = Store::open(&store)
+        .unwrap()
+        .documents_of("test", None)
+        .unwrap()
+        .len() as i64;
+    assert_eq!(
+        per_run,
+        vec![
+            ("in-context".to_string(), "finished".to_string(), docs),
+            ("ttt-nn".to_string(), "finished".to_string(), docs)
+        ]
+    );
+    assert!(polls >= 2, "the runs ended before the reader could look");
+    assert!(seen_rows <= 2 * docs);
+    // Every TTT-NN row equals a run done alone into its own database.
+    let alone = dir.path().join("alone.duckdb");
+    ok(run_cmd(&store, &alone, &K3)
+        .arg("--quiet")
+        .output()
+        .unwrap());
+    let shared_run: i64 = c
+        .query_row("SELECT id FROM runs WHERE method = 'ttt-nn'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(curve(&db, shared_run), curve(&alone, 1));
 }

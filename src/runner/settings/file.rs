@@ -99,6 +99,10 @@ impl RunConfig {
             return Err(Error::internal(format!("{context} is not a JSON object")));
         };
         let mut map = to_map(&RunConfig::default())?;
+        // A run recorded before `short_chunks` existed skipped one-token chunks: resume it so.
+        if !recorded.contains_key("short_chunks") {
+            map.insert("short_chunks".into(), Value::from("skip"));
+        }
         for (key, value) in recorded {
             match (key.as_str(), value) {
                 // Before the settings were one struct: `sift: {lambda, adaptive}`, `shard` as an

@@ -13,10 +13,10 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::lm::Precision;
-use crate::select::{Selection, Sift};
+use crate::select::{Selection, Sift, SiftPool};
 use crate::store::{SearchMode, DEFAULT_REFINE_FACTOR};
 use crate::task::{Shard, Task, SEED};
-use crate::ttt::OptimizerState;
+use crate::ttt::{OptimizerState, ShortChunks};
 use crate::Device;
 
 /// What a run does with each document's neighbours (docs/spec.md §2, §4).
@@ -182,6 +182,13 @@ pub struct RunConfig {
     /// AdamW state across documents of a task: carry (the original) or reset (order-independent).
     #[arg(long, value_enum, env = "TTTNN_OPTIMIZER_STATE", default_value_t = OptimizerState::Carry)]
     pub optimizer_state: OptimizerState,
+    /// One-token chunks: step (the original: an AdamW step with zero gradient) or skip.
+    #[arg(long, value_enum, env = "TTTNN_SHORT_CHUNKS", default_value_t = ShortChunks::Step)]
+    pub short_chunks: ShortChunks,
+    /// dynamic-eval: the pass table1 reports (the original's script reports pass 6 of its 20;
+    /// later passes overfit the prefix).
+    #[arg(long, env = "TTTNN_DYNAMIC_EVAL_PASS", default_value_t = 6)]
+    pub dynamic_eval_pass: usize,
     /// Drop neighbours farther than this unsquared L2 distance (the original's).
     #[arg(long, env = "TTTNN_DISTANCE_THRESHOLD", default_value = "4.0")]
     pub distance_threshold: Option<f32>,
@@ -215,6 +222,10 @@ pub struct RunConfig {
     /// SIFT: nearest candidates to choose from.
     #[arg(long, env = "TTTNN_SIFT_CANDIDATES", default_value_t = 200)]
     pub sift_candidates: usize,
+    /// SIFT: candidates by l2 (the nearest, through the store's search) or inner-product
+    /// (activeft's rule: the largest |⟨x, q⟩| for q and −q, exact search).
+    #[arg(long, value_enum, env = "TTTNN_SIFT_POOL", default_value_t = SiftPool::L2)]
+    pub sift_pool: SiftPool,
     /// SIFT: noise variance λ (activeft's).
     #[arg(long, env = "TTTNN_SIFT_LAMBDA", default_value_t = 0.01)]
     pub sift_lambda: f64,
@@ -321,6 +332,25 @@ impl RunConfig {
         }
         if let Some(a) = self.alpha.filter(|a| !(0.0..=1.0).contains(a)) {
             return Err(Error::setting("alpha", format!("{a} is not in [0, 1]")));
+        }
+        if self.dynamic_eval_pass == 0 {
+            return Err(Error::setting(
+                "dynamic_eval_pass",
+                "pass 0 is the base model: give a pass from 1 on",
+            ));
+        }
+        if self.method == Method::DynamicEval
+            && !self
+                .eval_at
+                .includes(self.dynamic_eval_pass.min(self.neighbors), self.neighbors)
+        {
+            return Err(Error::setting(
+                "eval_at",
+                format!(
+                    "dynamic evaluation reports pass {}: add it to --eval-at",
+                    self.dynamic_eval_pass
+                ),
+            ));
         }
         if self.select.is_sift() && self.sift_candidates == 0 {
             return Err(Error::setting(
