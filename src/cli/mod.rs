@@ -48,7 +48,7 @@ pub enum Command {
     Eval(eval::Args),
     /// Run TTT-NN on a task's test documents and record every number in DuckDB; resumable.
     Run(Box<run::Args>),
-    /// Run SQL (or a bundled query: table1, bpb_vs_k, cost, compare_runs) against a results database.
+    /// Run SQL (or a bundled query: table1, table1_runs, bpb_vs_k, cost, compare_runs, leakage) against a results database.
     Sql(sql::Args),
     /// Plot bits per byte against k per task, and before/after bars (PNG and SVG).
     Report(report::Args),

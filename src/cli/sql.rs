@@ -27,8 +27,9 @@ pub enum Format {
 
 /// Run SQL against a results database.
 ///
-/// QUERY is SQL text, a .sql file, or a bundled query: table1, bpb_vs_k, cost, compare_runs,
-/// leakage. Bundled queries read the variable `runs` that --run sets (all runs when unset).
+/// QUERY is SQL text, a .sql file, or a bundled query: table1, table1_runs, bpb_vs_k, cost,
+/// compare_runs, leakage. Bundled queries read the variable `runs` that --run sets (all runs when
+/// unset).
 /// Output goes to stdout (so `>>` appends) unless --out names a file; Parquet needs --out.
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -74,6 +74,21 @@ pub struct Retrieval {
     pub split: Option<String>,
 }
 
+impl Retrieval {
+    /// What the search results `out` (in order) give under these settings: `exclude_id` left
+    /// out, at most `max_distance` away, at most `k`.
+    fn keep(&self, mut out: Vec<Neighbor>) -> Vec<Neighbor> {
+        if let Some(id) = &self.exclude_id {
+            out.retain(|n| &n.id != id);
+        }
+        if let Some(d) = self.max_distance {
+            out.retain(|n| n.distance <= d);
+        }
+        out.truncate(self.k);
+        out
+    }
+}
+
 /// When a filter applies: before the nearest-neighbour search, or to its results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Filter {
@@ -97,6 +112,13 @@ impl Store {
     /// The neighbours of `vector` under `r`: nearest first, `exclude_id` left out, at most
     /// `max_distance` away, at most `k` of them.
     pub fn retrieve(&self, vector: &[f32], r: &Retrieval) -> Result<Vec<Neighbor>> {
+        self.check_dim(vector)?;
+        let extra = usize::from(r.exclude_id.is_some());
+        let out = self.nearest_in(vector, r.k + extra, r.mode, r.split.as_deref())?;
+        Ok(r.keep(out))
+    }
+
+    fn check_dim(&self, vector: &[f32]) -> Result<()> {
         if vector.len() != self.dim() {
             return Err(Error::internal(format!(
                 "query vector is {}-d, store is {}-d",
@@ -104,16 +126,7 @@ impl Store {
                 self.dim()
             )));
         }
-        let extra = usize::from(r.exclude_id.is_some());
-        let mut out = self.nearest_in(vector, r.k + extra, r.mode, r.split.as_deref())?;
-        if let Some(id) = &r.exclude_id {
-            out.retain(|n| &n.id != id);
-        }
-        if let Some(d) = r.max_distance {
-            out.retain(|n| n.distance <= d);
-        }
-        out.truncate(r.k);
-        Ok(out)
+        Ok(())
     }
 
     /// The `k` nearest documents to `vector` among the documents of one split (all if `None`).
@@ -152,6 +165,7 @@ impl Store {
         vector: &[f32],
         r: &Retrieval,
     ) -> Result<Vec<Neighbor>> {
+        self.check_dim(vector)?;
         let extra = usize::from(r.exclude_id.is_some());
         let filter = r
             .split
@@ -178,14 +192,7 @@ impl Store {
         };
         out.sort_by(|a, b| ip(b).abs().total_cmp(&ip(a).abs()).then(a.id.cmp(&b.id)));
         out.dedup_by(|a, b| a.id == b.id);
-        if let Some(id) = &r.exclude_id {
-            out.retain(|n| &n.id != id);
-        }
-        if let Some(d) = r.max_distance {
-            out.retain(|n| n.distance <= d);
-        }
-        out.truncate(r.k);
-        Ok(out)
+        Ok(r.keep(out))
     }
 
     /// The `limit` nearest documents to `vector` under `metric` passing `filter`, nearest first;

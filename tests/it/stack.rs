@@ -122,6 +122,57 @@ fn split_search_returns_the_nearest_of_that_split() {
 }
 
 #[test]
+fn inner_product_pool_is_activefts_largest_absolute_inner_products() {
+    // Random 8-d vectors, some anti-correlated with the query: activeft's pool (the largest
+    // |<x, q>| of an IP search for q and for -q) holds them; the L2 pool does not.
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 2001) as f32 / 1000.0 - 1.0
+    };
+    let docs: Vec<Document> = (0..300u64)
+        .map(|i| Document {
+            id: format!("d{i}"),
+            split: if i % 10 == 0 { "test" } else { "train" }.into(),
+            set_name: "s".into(),
+            source: "synthetic".into(),
+            line: i + 1,
+            text: String::new(),
+            embedding: (0..8).map(|_| next()).collect(),
+        })
+        .collect();
+    let store = Store::open_or_create(dir.path(), 8).unwrap();
+    store.add(&docs).unwrap();
+    let q: Vec<f32> = (0..8).map(|_| next()).collect();
+    let ip = |d: &Document| -> f64 {
+        d.embedding
+            .iter()
+            .zip(&q)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum()
+    };
+    let k = 25;
+    let got: Vec<String> = store
+        .retrieve_by_inner_product(&q, &search(k, SearchMode::Exact, Some("train")))
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    let mut want: Vec<&Document> = docs.iter().filter(|d| d.split == "train").collect();
+    want.sort_by(|a, b| ip(b).abs().total_cmp(&ip(a).abs()));
+    let want: Vec<String> = want[..k].iter().map(|d| d.id.clone()).collect();
+    assert_eq!(got, want);
+    let negative = want
+        .iter()
+        .filter(|id| ip(docs.iter().find(|d| &&d.id == id).unwrap()) < 0.0)
+        .count();
+    assert!(negative > 0, "the pool holds anti-correlated documents");
+}
+
+#[test]
 fn duckdb_migrates_appends_and_aggregates() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.duckdb");

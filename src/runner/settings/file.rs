@@ -207,5 +207,11 @@ mod tests {
         assert_eq!((c.sift_lambda, c.refine_factor), (0.5, 0));
         assert_eq!(c.shard, Shard { index: 1, count: 3 });
         assert_eq!(c.search_mode(), SearchMode::Exact);
+        // A run recorded before `short_chunks` skipped one-token chunks, and resumes so.
+        assert_eq!(c.short_chunks, crate::ttt::ShortChunks::Skip);
+        assert_eq!(
+            RunConfig::default().short_chunks,
+            crate::ttt::ShortChunks::Step
+        );
     }
 }

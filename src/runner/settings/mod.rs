@@ -444,11 +444,35 @@ mod tests {
         assert!(e.to_string().contains("`lr`"), "{e}");
         let e = RunConfig {
             model: None,
-            ..base
+            ..base.clone()
         }
         .normalized()
         .unwrap_err();
         assert!(e.to_string().contains("give --model"), "{e}");
+        let dynamic = RunConfig {
+            method: Method::DynamicEval,
+            neighbors: 20,
+            ..base.clone()
+        };
+        assert_eq!(dynamic.clone().normalized().unwrap().dynamic_eval_pass, 6);
+        let e = RunConfig {
+            eval_at: "1,20".parse().unwrap(),
+            ..dynamic.clone()
+        }
+        .normalized()
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("reports pass 6: add it to --eval-at"),
+            "{e}"
+        );
+        let e = RunConfig {
+            dynamic_eval_pass: 0,
+            ..dynamic
+        }
+        .normalized()
+        .unwrap_err();
+        assert!(e.to_string().contains("`dynamic_eval_pass`"), "{e}");
         assert_eq!(serde_name(&ContextOrder::NearestLast), "nearest-last");
         assert_eq!(serde_name(&Method::TttNn), "ttt-nn");
     }
