@@ -74,8 +74,16 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
         let db = Db::open_read_only(&args.db)?;
         db.set_exclude_near_copies(args.exclude_near_copies)?;
         print_query(&db, &sql, &args.runs, args.format, args.out.as_deref())?;
-        if bundled == Some(Query::Table1) && args.format == Format::Table && args.out.is_none() {
-            print_table1_runs(&db, &args.runs)?;
+        if bundled == Some(Query::Table1) {
+            let runs = db.query(Query::Table1Runs.sql(), &args.runs)?;
+            if runs.is_empty() && args.runs.is_empty() {
+                // Columns come from finished runs unless chosen: say how to see a running one.
+                p.warn(
+                    "table1: no finished run with recorded documents; --run ID shows a running run",
+                );
+            } else if args.format == Format::Table && args.out.is_none() {
+                print_table1_runs(&db, &args.runs)?;
+            }
         }
         Ok(())
     };

@@ -280,10 +280,14 @@ impl Session<'_> {
             let scores_what_survived = cfg.select.is_sift()
                 || matches!(cfg.method, Method::InContext | Method::Interpolate);
             if scores_what_survived {
+                // Every evaluation point past the last neighbour holds that last state, so the
+                // curve (bpb_vs_k) averages the same documents at every k.
                 let &(k, last) = outcome.curve.last().expect("the curve starts at k = 0");
-                if k != cfg.neighbors {
-                    outcome.curve.push((cfg.neighbors, last));
-                }
+                let points =
+                    (k + 1..=cfg.neighbors).filter(|&p| cfg.eval_at.includes(p, cfg.neighbors));
+                outcome
+                    .curve
+                    .extend(points.map(|p| (p, last)).collect::<Vec<_>>());
                 outcome.complete = true;
             }
             if cfg.method.uses_neighbors() {
