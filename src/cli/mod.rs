@@ -5,6 +5,7 @@ mod eval;
 mod index;
 mod ingest;
 mod merge;
+mod neighbors;
 mod report;
 mod run;
 mod search;
@@ -44,6 +45,8 @@ pub enum Command {
     Index(index::Args),
     /// Nearest neighbours of a text or a stored document.
     Search(search::Args),
+    /// Retrieve every selected test document's neighbours once into a table `run` can read.
+    Neighbors(Box<neighbors::Args>),
     /// Bits per byte, byte and word perplexity of text files under an LM (lm-eval's protocol).
     Eval(eval::Args),
     /// Run TTT-NN on a task's test documents and record every number in DuckDB; resumable.
@@ -65,6 +68,7 @@ impl Command {
             Command::Ingest(a) => ingest::run(a, p),
             Command::Index(a) => index::run(a, p),
             Command::Search(a) => search::run(a, p),
+            Command::Neighbors(a) => neighbors::run(*a, p),
             Command::Eval(a) => eval::run(a, p),
             Command::Run(a) => run::run(*a, p, matches),
             Command::Sql(a) => sql::run(a, p),

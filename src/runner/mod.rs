@@ -3,14 +3,17 @@
 //! one's neighbours, evaluates it, trains on the neighbours nearest first (evaluating after each,
 //! or at `eval_at` points), resets the weights, and records the document in one transaction; a
 //! killed run resumes where it stopped. The [`settings`] are one struct from flag to record; the
-//! methods live in `methods.rs` and `interpolate.rs`.
+//! methods live in `methods.rs` and `interpolate.rs`; [`neighbors`] computes neighbour tables a
+//! run can read instead of searching.
 mod interpolate;
 mod methods;
+pub mod neighbors;
 pub mod plan;
 mod session;
 pub mod settings;
 
 pub use interpolate::{Alpha, AlphaSource, ALPHA_GRID, DEFAULT_ALPHA};
+pub use neighbors::{NeighborsConfig, NeighborsEvent, NeighborsSummary};
 pub use plan::PlannedDoc;
 pub use session::run;
 pub use settings::{ContextOrder, EvalAt, Method, RunConfig, SettingsFile};

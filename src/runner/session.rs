@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::interpolate::{interpolate, Alpha};
 use super::methods::{in_context, DocRun, Outcome};
+use super::neighbors::{needed, LoadedTable};
 use super::plan::{self, PlannedDoc};
 use super::settings::{serde_name, Method, RunConfig};
 use super::Event;
@@ -27,6 +28,8 @@ pub(super) struct Session<'a> {
     pub db_path: &'a Path,
     pub store: Store,
     pub lm: &'a LanguageModel,
+    /// The neighbour table read instead of searching (`--neighbors-from`).
+    pub table: Option<LoadedTable>,
 }
 
 /// Where a resumed run goes on: the documents kept, and from which `seq` on recorded ones are
@@ -95,6 +98,13 @@ pub fn run(
             shard: cfg.shard,
         },
     )?;
+    let table = match &cfg.neighbors_from {
+        Some(path) => {
+            let docs: Vec<&str> = plan.iter().map(|d| d.doc_id.as_str()).collect();
+            Some(LoadedTable::load(path, cfg, &store, &docs)?)
+        }
+        None => None,
+    };
     let model_hash = weights::content_hash(cfg.model()?)?;
     let lm = LanguageModel::load(cfg.model()?, cfg.device)?;
     // The trainer moves the fp32 weights into flat buffers; bf16 is mixed precision (ttt::adamw).
@@ -113,6 +123,7 @@ pub fn run(
         db_path,
         store,
         lm: &lm,
+        table,
     };
     let (run_id, mut done) = match resume {
         None => (session.create(model_hash)?, HashSet::new()),
@@ -190,11 +201,7 @@ impl Session<'_> {
     /// The neighbours of `vector`, nearest first, or as SIFT picks them.
     pub(super) fn neighbors(&self, vector: &[f32], exclude: &str) -> Result<Vec<Neighbor>> {
         let cfg = self.cfg;
-        let k = if cfg.select.is_sift() {
-            cfg.sift_candidates.max(cfg.neighbors)
-        } else {
-            cfg.neighbors
-        };
+        let k = needed(cfg);
         let retrieval = Retrieval {
             k,
             mode: cfg.search_mode(),
@@ -202,8 +209,9 @@ impl Session<'_> {
             exclude_id: Some(exclude.to_string()),
             split: Some(cfg.neighbor_split.clone()),
         };
-        let candidates = match (cfg.select.is_sift(), cfg.sift_pool) {
-            (true, SiftPool::InnerProduct) => {
+        let candidates = match (&self.table, cfg.select.is_sift(), cfg.sift_pool) {
+            (Some(table), _, _) => table.neighbors(&self.store, exclude, k)?,
+            (None, true, SiftPool::InnerProduct) => {
                 self.store.retrieve_by_inner_product(vector, &retrieval)?
             }
             _ => self.store.retrieve(vector, &retrieval)?,

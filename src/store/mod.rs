@@ -5,9 +5,10 @@
 //! API does, so the rest of the library (and its callers) never see an `async fn`. The type is one,
 //! its concerns are split across files as lance splits `Dataset`: this file opens, appends and
 //! reads documents; `search.rs` retrieves; `index.rs` builds and drops vector indexes; `arrow.rs`
-//! reads the table's columns.
+//! reads the table's columns; `neighbor_table.rs` keeps neighbours retrieved once for many runs.
 mod arrow;
 mod index;
+mod neighbor_table;
 mod search;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use lancedb::query::{ExecutableQuery, QueryBase, Select};
 use lancedb::Table;
 
 pub use index::IvfPqParams;
+pub use neighbor_table::{NeighborTable, TableNeighbor};
 pub use search::{Neighbor, Retrieval, SearchMode, DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR};
 
 use crate::error::{Error, Result};

@@ -1,12 +1,15 @@
 //! Nearest-neighbour retrieval: [`Store::retrieve`] is the one search entry point (exact, or the
 //! IVF-PQ index with exact re-ranking), with the split, exclusion and distance filters the
 //! original applies.
+use std::collections::HashMap;
+
 use arrow_array::RecordBatch;
 use futures::TryStreamExt;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
 use lancedb::DistanceType;
 
 use super::arrow::{embedding_at, embedding_column, f32_column, sql_str, string_column};
+use super::neighbor_table::TableNeighbor;
 use super::Store;
 use crate::error::{Error, Result};
 
@@ -193,6 +196,55 @@ impl Store {
         out.sort_by(|a, b| ip(b).abs().total_cmp(&ip(a).abs()).then(a.id.cmp(&b.id)));
         out.dedup_by(|a, b| a.id == b.id);
         Ok(r.keep(out))
+    }
+
+    /// The documents a neighbour table lists, in its order, with their texts and embeddings
+    /// read in one scan (what `tttnn run --neighbors-from` trains on, without searching).
+    pub fn neighbors_by_id(&self, listed: &[TableNeighbor]) -> Result<Vec<Neighbor>> {
+        if listed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = listed.iter().map(|n| sql_str(&n.id)).collect();
+        let batches = self.scan(
+            Some(format!("id IN ({})", ids.join(", "))),
+            &["id", "set_name", "text", "embedding"],
+            None,
+        )?;
+        let mut found: HashMap<String, (String, String, Vec<f32>)> = HashMap::new();
+        for b in &batches {
+            let embeddings = embedding_column(&self.path, b)?;
+            let rows = string_column(&self.path, b, "id")?
+                .into_iter()
+                .zip(string_column(&self.path, b, "set_name")?)
+                .zip(string_column(&self.path, b, "text")?);
+            for (i, ((id, set_name), text)) in rows.enumerate() {
+                found.insert(
+                    id,
+                    (set_name, text, embedding_at(&self.path, embeddings, i)?),
+                );
+            }
+        }
+        listed
+            .iter()
+            .map(|n| {
+                let (set_name, text, embedding) = found.get(&n.id).cloned().ok_or_else(|| {
+                    Error::bad_file(
+                        &self.path,
+                        format!(
+                            "neighbour {} of the neighbour table is not in this store",
+                            n.id
+                        ),
+                    )
+                })?;
+                Ok(Neighbor {
+                    id: n.id.clone(),
+                    set_name,
+                    distance: n.distance,
+                    text,
+                    embedding,
+                })
+            })
+            .collect()
     }
 
     /// The `limit` nearest documents to `vector` under `metric` passing `filter`, nearest first;

@@ -5,8 +5,18 @@ use std::path::PathBuf;
 
 use crate::util::{ok, tttnn};
 
-const SUBCOMMANDS: [&str; 10] = [
-    "doctor", "smoke", "ingest", "index", "search", "eval", "run", "sql", "report", "merge",
+const SUBCOMMANDS: [&str; 11] = [
+    "doctor",
+    "smoke",
+    "ingest",
+    "index",
+    "search",
+    "neighbors",
+    "eval",
+    "run",
+    "sql",
+    "report",
+    "merge",
 ];
 
 /// The help of `args`, with no `TTTNN_*` variable set (clap shows their values).
@@ -20,7 +30,21 @@ fn help(args: &[&str]) -> String {
 
 #[test]
 fn help_matches_the_snapshot() {
-    let mut text = format!("$ tttnn --help\n{}", help(&[]));
+    let top = help(&[]);
+    // Every subcommand `tttnn --help` lists has its help in the snapshot.
+    let listed: Vec<&str> = top
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .split("Options:")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert_eq!(listed, SUBCOMMANDS, "add a new subcommand to SUBCOMMANDS");
+    let mut text = format!("$ tttnn --help\n{top}");
     for sub in SUBCOMMANDS {
         text += &format!("\n$ tttnn {sub} --help\n{}", help(&[sub]));
     }

@@ -467,3 +467,93 @@ fn two_runs_and_a_reader_share_one_database_while_it_is_written() {
         .unwrap();
     assert_eq!(curve(&db, shared_run), curve(&alone, 1));
 }
+
+#[test]
+fn a_neighbour_table_gives_the_neighbours_and_curves_of_live_retrieval() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Fixture::Full.store(dir.path());
+    let table = dir.path().join("neighbors.lance");
+    let neighbors_cmd = |extra: &[&str]| {
+        let mut c = tttnn();
+        c.args([
+            "neighbors",
+            "--quiet",
+            "--task",
+            "pile_all",
+            "-k",
+            "3",
+            "--val-portion",
+            "1.0",
+        ])
+        .arg("--store")
+        .arg(&store)
+        .arg("--out")
+        .arg(&table)
+        .args(extra);
+        c
+    };
+    // Two shards write one table at once.
+    let shards: Vec<_> = ["0/2", "1/2"]
+        .iter()
+        .map(|s| {
+            neighbors_cmd(&["--shard", s])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut computed = 0;
+    for child in shards {
+        let out = ok(child.wait_with_output().unwrap());
+        let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+        computed += summary["computed"].as_u64().unwrap();
+    }
+    let docs = Store::open(&store)
+        .unwrap()
+        .documents_of("test", None)
+        .unwrap()
+        .len() as u64;
+    assert_eq!(computed, docs);
+    // Resumable: the whole set again finds every document done.
+    let again: serde_json::Value =
+        serde_json::from_str(&ok(neighbors_cmd(&[]).output().unwrap())).unwrap();
+    assert_eq!(
+        (again["documents"].as_u64(), again["computed"].as_u64()),
+        (Some(docs), Some(0))
+    );
+
+    let live = dir.path().join("live.duckdb");
+    let from_table = dir.path().join("table.duckdb");
+    ok(run_cmd(&store, &live, &K3).arg("--quiet").output().unwrap());
+    ok(run_cmd(&store, &from_table, &K3)
+        .arg("--quiet")
+        .arg("--neighbors-from")
+        .arg(&table)
+        .output()
+        .unwrap());
+    assert_eq!(neighbors(&live, 1), neighbors(&from_table, 1));
+    assert_eq!(curve(&live, 1), curve(&from_table, 1));
+    assert!(!curve(&live, 1).is_empty());
+    // A run that would retrieve otherwise is refused, naming the setting.
+    let out = run_cmd(&store, &from_table, &K3)
+        .args(["--distance-threshold", "1.5", "--neighbors-from"])
+        .arg(&table)
+        .output()
+        .unwrap();
+    let err = crate::util::fails(out, 1);
+    assert!(err.contains("--distance-threshold"), "{err}");
+    let out = run_cmd(
+        &store,
+        &from_table,
+        &["--task", "pile_all", "-k", "5", "--neighbors-from"],
+    )
+    .arg(&table)
+    .output()
+    .unwrap();
+    let err = crate::util::fails(out, 1);
+    assert!(
+        err.contains("k (or SIFT's candidates) is 5, the neighbour table's 3"),
+        "{err}"
+    );
+}

@@ -195,6 +195,10 @@ pub struct RunConfig {
     /// Keep every neighbour whatever its distance.
     #[arg(long, conflicts_with = "distance_threshold")]
     pub no_distance_threshold: bool,
+    /// Read each document's neighbours from this table (`tttnn neighbors`) instead of searching
+    /// the store; its retrieval settings must be the run's.
+    #[arg(long, env = "TTTNN_NEIGHBORS_FROM")]
+    pub neighbors_from: Option<PathBuf>,
     /// Search exactly (the paper's flat index; the default).
     #[arg(long, conflicts_with = "nprobes")]
     pub exact: bool,

@@ -1,0 +1,304 @@
+//! `tttnn neighbors`: every selected test document's neighbours retrieved once into a neighbour
+//! table (`store::NeighborTable`), resumable and shardable, so `tttnn run --neighbors-from` trains
+//! without searching: TTT workers then need only read access to the store (issue #16).
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::plan;
+use super::settings::RunConfig;
+use crate::error::{Error, Result};
+use crate::store::{Neighbor, NeighborTable, Retrieval, SearchMode, Store, TableNeighbor};
+use crate::task::{Shard, Task};
+
+fn defaults() -> RunConfig {
+    RunConfig::default()
+}
+
+/// `tttnn neighbors`' settings: which test documents (as `tttnn run` selects them) and how their
+/// neighbours are retrieved (as `tttnn run` retrieves them); defaults are `tttnn run`'s.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct NeighborsConfig {
+    /// LanceDB corpus store (from `tttnn ingest`).
+    #[arg(long, env = "TTTNN_STORE")]
+    pub store: PathBuf,
+    /// The neighbour table to write (a directory; created, or resumed if it exists).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// lm-eval task: pile_github, ... or pile_all for every set in the store.
+    #[arg(long, env = "TTTNN_TASK")]
+    pub task: Task,
+    /// Neighbours per document (a later run may use the first k of them; SIFT its candidates).
+    #[arg(long, short = 'k', env = "TTTNN_NEIGHBORS", default_value_t = defaults().neighbors)]
+    pub neighbors: usize,
+    /// Split the test documents come from.
+    #[arg(long, env = "TTTNN_SPLIT", default_value_t = defaults().split)]
+    pub split: String,
+    /// Split neighbours are retrieved from.
+    #[arg(long, env = "TTTNN_NEIGHBOR_SPLIT", default_value_t = defaults().neighbor_split)]
+    pub neighbor_split: String,
+    /// Fraction of each task's shuffled test documents (1.0 also covers interpolate's held-out ones).
+    #[arg(long, env = "TTTNN_VAL_PORTION", default_value_t = defaults().val_portion)]
+    pub val_portion: f64,
+    /// Seed of the test documents' shuffle.
+    #[arg(long, env = "TTTNN_SEED", default_value_t = defaults().seed)]
+    pub seed: u64,
+    /// At most this many documents per task.
+    #[arg(long, env = "TTTNN_LIMIT_DOCS")]
+    pub limit_docs: Option<usize>,
+    /// This worker's share I/N of the documents; shards append to one table concurrently.
+    #[arg(long, env = "TTTNN_SHARD", default_value_t = Shard::ALL)]
+    pub shard: Shard,
+    /// Drop neighbours farther than this unsquared L2 distance.
+    #[arg(long, env = "TTTNN_DISTANCE_THRESHOLD", default_value_t = defaults().distance_threshold.unwrap_or(f32::INFINITY))]
+    pub distance_threshold: f32,
+    /// Keep every neighbour whatever its distance.
+    #[arg(long, conflicts_with = "distance_threshold")]
+    pub no_distance_threshold: bool,
+    /// Search the IVF-PQ index probing this many partitions (exact search without it).
+    #[arg(long, env = "TTTNN_NPROBES")]
+    pub nprobes: Option<usize>,
+    /// With --nprobes: re-rank this many times k candidates by exact distance; 0: none.
+    #[arg(long, env = "TTTNN_REFINE_FACTOR", default_value_t = defaults().refine_factor)]
+    pub refine_factor: u32,
+}
+
+/// What a neighbour table was computed with: a run that reads it must retrieve the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableSettings {
+    /// The store's Lance version when the table was started.
+    pub store_version: u64,
+    /// Neighbours per document.
+    pub neighbors: usize,
+    /// Split searched.
+    pub neighbor_split: String,
+    /// Distance threshold (`None`: none).
+    pub distance_threshold: Option<f32>,
+    /// `None`: exact search; else the index's probes.
+    pub nprobes: Option<usize>,
+    /// Re-ranking with `nprobes`.
+    pub refine_factor: u32,
+}
+
+impl TableSettings {
+    fn search_mode(&self) -> SearchMode {
+        SearchMode::new(self.nprobes, self.refine_factor)
+    }
+
+    /// Checks that a run with `cfg` would retrieve these neighbours (its first `k` of them), on
+    /// `store` at the version the table was computed from.
+    fn check_run(&self, cfg: &RunConfig, store: &Store, table: &Path) -> Result<()> {
+        let differ = |setting: &str, here: String, there: String| {
+            Error::bad_file(
+                table,
+                format!("the run's {setting} is {here}, the neighbour table's {there}: give the run the table's, or recompute the table"),
+            )
+        };
+        let version = store.version()?;
+        if version != self.store_version {
+            return Err(Error::bad_file(
+                table,
+                format!(
+                    "computed on version {} of the store {}, which is now at {version}: recompute it",
+                    self.store_version,
+                    store.path().display()
+                ),
+            ));
+        }
+        if cfg.neighbor_split != self.neighbor_split {
+            return Err(differ(
+                "--neighbor-split",
+                cfg.neighbor_split.clone(),
+                self.neighbor_split.clone(),
+            ));
+        }
+        if cfg.distance_threshold != self.distance_threshold {
+            return Err(differ(
+                "--distance-threshold",
+                format!("{:?}", cfg.distance_threshold),
+                format!("{:?}", self.distance_threshold),
+            ));
+        }
+        if cfg.search_mode() != self.search_mode() {
+            return Err(differ(
+                "search",
+                format!("{:?}", cfg.search_mode()),
+                format!("{:?}", self.search_mode()),
+            ));
+        }
+        if cfg.select.is_sift() && cfg.sift_pool == crate::select::SiftPool::InnerProduct {
+            return Err(differ(
+                "--sift-pool",
+                "inner-product".into(),
+                "L2 neighbours".into(),
+            ));
+        }
+        let k = needed(cfg);
+        if k > self.neighbors {
+            return Err(differ(
+                "k (or SIFT's candidates)",
+                k.to_string(),
+                self.neighbors.to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Neighbours a run retrieves per document before choosing: k, or SIFT's candidates.
+pub(super) fn needed(cfg: &RunConfig) -> usize {
+    if cfg.select.is_sift() {
+        cfg.sift_candidates.max(cfg.neighbors)
+    } else {
+        cfg.neighbors
+    }
+}
+
+/// What `tttnn neighbors` reports while it works.
+#[derive(Debug, Clone)]
+pub enum NeighborsEvent {
+    /// `total` documents in this shard, `done` of them already in the table.
+    Started { total: usize, done: usize },
+    /// `n` more documents are in the table.
+    Committed { n: usize },
+}
+
+/// What `tttnn neighbors` did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NeighborsSummary {
+    /// Documents of this shard.
+    pub documents: usize,
+    /// Of them, computed now.
+    pub computed: usize,
+    /// Rows of a killed job's unfinished documents dropped before starting.
+    pub dropped_unfinished: usize,
+    /// Neighbour rows written now.
+    pub rows: usize,
+}
+
+/// Documents retrieved between two commits to the table.
+const COMMIT_DOCS: usize = 64;
+
+/// Computes (or resumes) the neighbour table `cfg.out`.
+pub fn compute(
+    cfg: &NeighborsConfig,
+    on_event: &mut dyn FnMut(NeighborsEvent),
+) -> Result<NeighborsSummary> {
+    if cfg.neighbors == 0 {
+        return Err(Error::setting(
+            "neighbors",
+            "0 neighbours make an empty table",
+        ));
+    }
+    let store = Store::open(&cfg.store)?;
+    let settings = TableSettings {
+        store_version: store.version()?,
+        neighbors: cfg.neighbors,
+        neighbor_split: cfg.neighbor_split.clone(),
+        distance_threshold: (!cfg.no_distance_threshold).then_some(cfg.distance_threshold),
+        nprobes: cfg.nprobes,
+        refine_factor: cfg.refine_factor,
+    };
+    let json = serde_json::to_string(&settings).map_err(|e| Error::json("table settings", e))?;
+    let table = NeighborTable::open_or_create(&cfg.out, &json)?;
+    let dropped_unfinished = table.drop_unfinished()?;
+    let planned = plan::plan(
+        &store.documents_of(&cfg.split, None)?,
+        &plan::Selection {
+            task: &cfg.task,
+            split: &cfg.split,
+            val_portion: cfg.val_portion,
+            seed: cfg.seed,
+            limit_docs: cfg.limit_docs,
+            shard: cfg.shard,
+        },
+    )?;
+    let done = table.done()?;
+    let todo: Vec<_> = planned
+        .iter()
+        .filter(|d| !done.contains(&d.doc_id))
+        .collect();
+    on_event(NeighborsEvent::Started {
+        total: planned.len(),
+        done: planned.len() - todo.len(),
+    });
+    let retrieval = |doc_id: &str| Retrieval {
+        k: settings.neighbors,
+        mode: settings.search_mode(),
+        max_distance: settings.distance_threshold,
+        exclude_id: Some(doc_id.to_string()),
+        split: Some(settings.neighbor_split.clone()),
+    };
+    let mut rows = 0;
+    for chunk in todo.chunks(COMMIT_DOCS) {
+        let mut batch = Vec::with_capacity(chunk.len());
+        for doc in chunk {
+            let stored = store.expect_document(&doc.doc_id)?;
+            let found = store.retrieve(&stored.embedding, &retrieval(&doc.doc_id))?;
+            let listed: Vec<TableNeighbor> = found
+                .iter()
+                .enumerate()
+                .map(|(i, n)| TableNeighbor {
+                    rank: i as u32 + 1,
+                    id: n.id.clone(),
+                    distance: n.distance,
+                })
+                .collect();
+            rows += listed.len();
+            batch.push((doc.doc_id.clone(), listed));
+        }
+        table.append(&batch)?;
+        on_event(NeighborsEvent::Committed { n: chunk.len() });
+    }
+    Ok(NeighborsSummary {
+        documents: planned.len(),
+        computed: todo.len(),
+        dropped_unfinished,
+        rows,
+    })
+}
+
+/// A neighbour table as a run reads it: every document's listed neighbours, checked against the
+/// run's settings and store when loaded.
+pub(super) struct LoadedTable {
+    path: PathBuf,
+    by_doc: HashMap<String, Vec<TableNeighbor>>,
+}
+
+impl LoadedTable {
+    /// Loads `path` for a run with `cfg` on `store`; every document in `must_hold` must be in it.
+    pub fn load(path: &Path, cfg: &RunConfig, store: &Store, must_hold: &[&str]) -> Result<Self> {
+        let table = NeighborTable::open(path)?;
+        let settings: TableSettings = serde_json::from_str(table.settings()).map_err(|e| {
+            Error::bad_file(path, format!("unreadable neighbour table settings: {e}"))
+        })?;
+        settings.check_run(cfg, store, path)?;
+        let by_doc = table.load()?;
+        let held: HashSet<&str> = by_doc.keys().map(String::as_str).collect();
+        if let Some(missing) = must_hold.iter().find(|d| !held.contains(*d)) {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "has no neighbours for test document {missing} (it holds {} documents): compute it for this run's documents",
+                    held.len()
+                ),
+            ));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            by_doc,
+        })
+    }
+
+    /// The first `k` listed neighbours of `doc_id`, with their texts and embeddings from `store`.
+    pub fn neighbors(&self, store: &Store, doc_id: &str, k: usize) -> Result<Vec<Neighbor>> {
+        let listed = self.by_doc.get(doc_id).ok_or_else(|| {
+            Error::bad_file(
+                &self.path,
+                format!("has no neighbours for document {doc_id}: for interpolate's held-out documents, give --alpha or compute the table with --val-portion 1"),
+            )
+        })?;
+        store.neighbors_by_id(&listed[..k.min(listed.len())])
+    }
+}
