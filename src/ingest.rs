@@ -4,6 +4,13 @@
 //! starts after the highest line of each file already stored — after a crash (even `kill -9`) the
 //! same command ends with exactly the rows of an uninterrupted run. A document's id is
 //! `FILE_NAME:LINE` ([`doc_id`]), so two files of one name cannot share a store.
+//!
+//! Sharded (`--shard I/N`): N processes (GPUs, machines) ingest one set of files into one store at
+//! once, worker I taking lines I+1, I+1+N, ... of every file. Each appends its own commits (Lance
+//! commits concurrent appends one after another, rebasing a commit that finds a newer version) and
+//! resumes after the highest line of its own share, so a worker killed with -9 and re-run adds
+//! nothing twice. Workers do not compact; an unsharded `tttnn ingest` of the same files afterwards
+//! adds nothing and merges the workers' small files.
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -11,6 +18,7 @@ use crate::corpus::{self, Reader, Record};
 use crate::embed::Encoder;
 use crate::error::{Error, Result};
 use crate::store::{Document, EncoderRecord, Store};
+use crate::task::Shard;
 
 /// Text bytes buffered before a commit regardless of `commit_rows`: bounds memory on Books3-sized
 /// documents.
@@ -45,6 +53,9 @@ pub struct Ingest {
     /// Skip malformed lines (bad JSON, invalid UTF-8, no `text`), count and report them.
     #[arg(long)]
     pub skip_bad: bool,
+    /// This worker's share I/N: lines I+1, I+1+N, ... of every file; N workers ingest at once.
+    #[arg(long, env = "TTTNN_SHARD", default_value_t = Shard::ALL)]
+    pub shard: Shard,
 }
 
 impl Default for Ingest {
@@ -103,6 +114,14 @@ impl Ingest {
         on_event: &mut dyn FnMut(IngestEvent),
     ) -> Result<IngestSummary> {
         let start = Instant::now();
+        let sharded = self.shard.count > 1;
+        if sharded && self.limit.is_some() {
+            return Err(Error::setting(
+                "limit",
+                "--limit counts the whole store's documents: give it to an unsharded ingest",
+            ));
+        }
+        let owns = |line: u64| self.shard.owns(line as usize - 1);
         let wanted: Vec<String> = self.sets.iter().map(|s| corpus::set_name(s)).collect();
         let record = encoder.record();
         let mut sources = Vec::new();
@@ -134,7 +153,7 @@ impl Ingest {
             if let Some(other) = store.other_source_with_prefix(&format!("{file_name}:"), source)? {
                 return Err(Error::bad_file(path, format!("ids are `{file_name}:LINE` and another file of that name is already in the store: {other}")));
             }
-            let resume = store.max_line(source)?.unwrap_or(0);
+            let resume = store.max_line(source, self.shard)?.unwrap_or(0);
             if resume > 0 {
                 on_event(IngestEvent::Resuming { path, line: resume });
             }
@@ -150,7 +169,10 @@ impl Ingest {
                 }
                 let Some(item) = reader.next() else { break };
                 let rec = match item {
+                    Ok(r) if !owns(r.line) => continue,
                     Ok(r) => r,
+                    // Another worker's line: its owner reports it.
+                    Err(Error::BadInput { line: Some(l), .. }) if !owns(l) => continue,
                     Err(e @ Error::BadInput { line: Some(_), .. }) if self.skip_bad => {
                         bad.push(e.to_string());
                         continue;
@@ -180,8 +202,13 @@ impl Ingest {
             batch.done_bytes += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         }
         let added = batch.added;
-        if added > 0 {
+        if added > 0 && !(sharded && self.shard.index > 0) {
+            // One writer of the store's config among shards: worker 0.
             store.record_encoder(&record)?;
+        }
+        // Workers leave the merge to an unsharded ingest, which merges what they left even when
+        // it adds nothing itself.
+        if !sharded && (added > 0 || store.fragments()? > 1) {
             on_event(IngestEvent::Compacting);
             store.compact()?;
         }
@@ -265,8 +292,8 @@ impl Batch<'_> {
 /// The ingest protocol's questions to the store, kept with the protocol (as lance keeps each
 /// concern of `Dataset` in its own file).
 impl Store {
-    /// Highest line of `source` already stored: ingest resumes after it.
-    fn max_line(&self, source: &str) -> Result<Option<u64>> {
+    /// Highest line of `source` in `shard`'s share already stored: ingest resumes after it.
+    fn max_line(&self, source: &str, shard: Shard) -> Result<Option<u64>> {
         let batches = self.scan(
             Some(format!("source = {}", crate::store::sql_str(source))),
             &["line"],
@@ -277,6 +304,7 @@ impl Store {
             max = max.max(
                 crate::store::u64_column(&self.path, b, "line")?
                     .into_iter()
+                    .filter(|&l| shard.owns(l as usize - 1))
                     .max(),
             );
         }

@@ -198,11 +198,18 @@ impl Store {
                 .map_err(err)?;
             let names = db.table_names().execute().await.map_err(err)?;
             match create {
-                Some(dim) if !names.iter().any(|n| n == DOCUMENTS) => db
-                    .create_empty_table(DOCUMENTS, documents_schema(dim))
-                    .execute()
-                    .await
-                    .map_err(err),
+                Some(dim) if !names.iter().any(|n| n == DOCUMENTS) => {
+                    match db
+                        .create_empty_table(DOCUMENTS, documents_schema(dim))
+                        .execute()
+                        .await
+                    {
+                        Ok(t) => Ok(t),
+                        // Another ingest worker (`--shard`) created it first: Lance's create
+                        // commits version 1 only if no one has.
+                        Err(_) => db.open_table(DOCUMENTS).execute().await.map_err(err),
+                    }
+                }
                 _ => db.open_table(DOCUMENTS).execute().await.map_err(err),
             }
         })?;
@@ -319,6 +326,13 @@ impl Store {
         self.block_on(self.table.add(batch).execute())
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Data fragments of the table (one after a compaction; each commit adds one).
+    pub fn fragments(&self) -> Result<usize> {
+        let native = self.native()?;
+        let manifest = self.block_on(native.manifest()).map_err(|e| self.err(e))?;
+        Ok(manifest.fragments.len())
     }
 
     /// The Lance table version (recorded with each run).

@@ -324,6 +324,81 @@ fn a_truncated_zstd_file_keeps_what_was_read_and_says_so_once() {
 }
 
 #[test]
+fn sharded_ingest_by_four_workers_equals_a_serial_one() {
+    let (dir, serial, _) = fresh();
+    let file = dir.path().join("docs.jsonl");
+    write_corpus(&file, 4000);
+    ok(ingest(&serial, &[&file], &["--commit-rows", "50"]));
+    let store = dir.path().join("sharded");
+    let worker = |i: usize| {
+        let mut c = tttnn();
+        c.arg("ingest")
+            .arg(&file)
+            .arg("--store")
+            .arg(&store)
+            .arg("--encoder")
+            .arg(encoder())
+            .args([
+                "--quiet",
+                "--commit-rows",
+                "50",
+                "--shard",
+                &format!("{i}/4"),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let mut workers: Vec<_> = (0..4).map(|i| worker(i).spawn().unwrap()).collect();
+    // Worker 0 is killed (-9) about half-way through its 1,000 documents (a worker takes about a
+    // second here), then run again: it must add nothing twice.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    workers[0].kill().unwrap();
+    for (i, w) in workers.into_iter().enumerate() {
+        let out = w.wait_with_output().unwrap();
+        if i > 0 {
+            ok(out);
+        }
+    }
+    let rerun: serde_json::Value = serde_json::from_str(&ok(worker(0).output().unwrap())).unwrap();
+    eprintln!("worker 0 added {} documents after its kill", rerun["added"]);
+    // An unsharded pass adds nothing and merges the workers' small files.
+    let last: serde_json::Value =
+        serde_json::from_str(&ok(ingest(&store, &[&file], &["--commit-rows", "50"]))).unwrap();
+    assert_eq!(
+        (last["added"].as_u64(), last["documents"].as_u64()),
+        (Some(0), Some(4000))
+    );
+    assert_eq!(
+        tttnn::store::Store::open(&store)
+            .unwrap()
+            .fragments()
+            .unwrap(),
+        1
+    );
+    let (a, b) = (
+        tttnn::store::Store::open(&serial).unwrap(),
+        tttnn::store::Store::open(&store).unwrap(),
+    );
+    let ids = ids(&serial);
+    assert_eq!(ids, self::ids(&store));
+    for id in ids.iter().step_by(13) {
+        let (x, y) = (
+            a.expect_document(id).unwrap(),
+            b.expect_document(id).unwrap(),
+        );
+        assert_eq!(x.text, y.text, "{id}");
+        assert_eq!(x.embedding, y.embedding, "{id}");
+    }
+    // --limit counts the whole store: not with shards.
+    let err = crate::util::fails(
+        ingest(&store, &[&file], &["--shard", "1/4", "--limit", "10"]),
+        1,
+    );
+    assert!(err.contains("`limit`"), "{err}");
+}
+
+#[test]
 fn sets_filter_and_limit() {
     let (_dir, store, corpus) = fresh();
     let out: serde_json::Value = serde_json::from_str(&ok(ingest(
