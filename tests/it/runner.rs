@@ -557,3 +557,73 @@ fn a_neighbour_table_gives_the_neighbours_and_curves_of_live_retrieval() {
         "{err}"
     );
 }
+
+/// Runs examples/cluster's recipe for `scheduler` through scripts/cluster-sim (local workers given
+/// the scheduler's index variables) on the fixture corpus; returns the merged results database.
+fn cluster_sim(dir: &Path, scheduler: &str, workers: usize) -> PathBuf {
+    let (mut train, mut test) = (String::new(), String::new());
+    let corpus = std::fs::read_to_string(crate::util::fixtures().join("corpus.jsonl")).unwrap();
+    for (i, l) in corpus.lines().enumerate() {
+        let out = if i % 4 == 1 { &mut test } else { &mut train };
+        out.push_str(l);
+        out.push('\n');
+    }
+    let (train_file, test_file) = (dir.join("train.jsonl"), dir.join("test.jsonl"));
+    std::fs::write(&train_file, train).unwrap();
+    std::fs::write(&test_file, test).unwrap();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(repo.join("scripts/cluster-sim"))
+        .arg(scheduler)
+        .env("TTTNN_BIN", env!("CARGO_BIN_EXE_tttnn"))
+        .env("WORKERS", workers.to_string())
+        .env("TTTNN_STORE", dir.join("store"))
+        .env("TTTNN_ENCODER", encoder())
+        .env("TTTNN_MODEL", model())
+        .env("TTTNN_TASK", "pile_all")
+        .env("TTTNN_NEIGHBORS", "3")
+        .env("TTTNN_TRAIN_FILES", &train_file)
+        .env("TTTNN_TEST_FILES", &test_file)
+        .env("TTTNN_NEIGHBOR_TABLE", dir.join("neighbors"))
+        .env("TTTNN_NEIGHBORS_ARGS", "--val-portion 1.0")
+        .env("TTTNN_RESULTS", dir.join("results"))
+        .env(
+            "TTTNN_RUN_ARGS",
+            "--lr 1e-3 --val-portion 1.0 --optimizer-state reset",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("results/results.duckdb")
+}
+
+#[test]
+fn the_slurm_and_kubernetes_recipes_merge_to_one_workers_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slurm_dir, k8s_dir) = (dir.path().join("slurm"), dir.path().join("k8s"));
+    std::fs::create_dir_all(&slurm_dir).unwrap();
+    std::fs::create_dir_all(&k8s_dir).unwrap();
+    let slurm = cluster_sim(&slurm_dir, "slurm", 2);
+    let k8s = cluster_sim(&k8s_dir, "k8s", 3);
+    // One worker, the whole task, live retrieval, on the store the SLURM workers ingested.
+    let single = dir.path().join("single.duckdb");
+    ok(run_cmd(&slurm_dir.join("store"), &single, &K3)
+        .args(["--quiet", "--optimizer-state", "reset"])
+        .output()
+        .unwrap());
+    let table1 = |db: &Path| {
+        ok(tttnn()
+            .args(["sql", "table1", "--format", "csv", "--db"])
+            .arg(db)
+            .output()
+            .unwrap())
+    };
+    assert!(table1(&single).lines().count() > 2, "{}", table1(&single));
+    assert_eq!(table1(&slurm), table1(&single));
+    assert_eq!(table1(&k8s), table1(&single));
+    let merged = crate::util::last_run(&slurm);
+    assert_eq!(curve(&slurm, merged), curve(&single, 1));
+}

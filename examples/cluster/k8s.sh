@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# TTT-NN on Kubernetes: each stage an Indexed Job (examples/cluster/k8s-job.yaml) applied when the
+# one before it completed (docs/scale.md). The data lives on a ReadWriteMany volume mounted at /data
+# in every pod. Edit the settings below, then:
+#
+#   WORKERS=8 TTTNN_IMAGE=registry/tttnn:latest examples/cluster/k8s.sh
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+workers=${WORKERS:-4}
+export TTTNN_IMAGE=${TTTNN_IMAGE:-tttnn:latest}
+export TTTNN_PVC=${TTTNN_PVC:-tttnn-data}
+export TTTNN_STORE=${TTTNN_STORE:-/data/store}
+export TTTNN_ENCODER=${TTTNN_ENCODER:-/data/encoder}
+export TTTNN_MODEL=${TTTNN_MODEL:-/data/model}
+export TTTNN_TASK=${TTTNN_TASK:-pile_all}
+export TTTNN_NEIGHBORS=${TTTNN_NEIGHBORS:-50}
+export TTTNN_TRAIN_FILES=${TTTNN_TRAIN_FILES:-/data/pile/train.jsonl.zst}
+export TTTNN_TEST_FILES=${TTTNN_TEST_FILES:-/data/pile/test.jsonl.zst}
+export TTTNN_NEIGHBOR_TABLE=${TTTNN_NEIGHBOR_TABLE:-/data/neighbors}
+export TTTNN_NEIGHBORS_ARGS=${TTTNN_NEIGHBORS_ARGS:-}
+export TTTNN_RESULTS=${TTTNN_RESULTS:-/data/results}
+export TTTNN_RUN_ARGS=${TTTNN_RUN_ARGS:---device cuda}
+timeout=${TTTNN_STAGE_TIMEOUT:-72h}
+for step in "ingest $workers 1" "compact 1 0" "neighbors $workers 0" "ttt $workers 1" "merge 1 0"; do
+  read -r stage completions gpus <<<"$step"
+  STAGE=$stage COMPLETIONS=$completions GPUS=$gpus envsubst <"$here/k8s-job.yaml" | kubectl apply -f -
+  kubectl wait --for=condition=complete "job/tttnn-$stage" --timeout="$timeout"
+done
+echo "results: kubectl exec into a pod with the volume, then: tttnn sql table1 --db $TTTNN_RESULTS/results.duckdb"

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# One stage of a TTT-NN job on a cluster, run by every worker of a SLURM array job or a Kubernetes
+# Indexed Job (docs/scale.md). The worker's index and the number of workers come from the scheduler:
+#   SLURM:      SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT
+#   Kubernetes: JOB_COMPLETION_INDEX, and TTTNN_WORKERS (the Job's `completions`)
+# Everything else from the environment (a shared filesystem or, once tttnn has it, object storage):
+#   TTTNN_BIN (default: tttnn on PATH), TTTNN_STORE, TTTNN_ENCODER, TTTNN_MODEL, TTTNN_TASK,
+#   TTTNN_TRAIN_FILES and TTTNN_TEST_FILES (space-separated JSONL), TTTNN_NEIGHBORS (k),
+#   TTTNN_NEIGHBOR_TABLE, TTTNN_RESULTS (a directory for the shard databases and the merged one),
+#   TTTNN_RUN_ARGS (more `tttnn run` flags, e.g. "--lr 2e-5 --device cuda").
+#
+#   tttnn-stage.sh ingest      every worker: its share of the train and test files' lines
+#   tttnn-stage.sh compact     one worker: merges the workers' small files (an unsharded ingest)
+#   tttnn-stage.sh neighbors   every worker: its share of the test documents' neighbours, one table
+#   tttnn-stage.sh ttt         every worker: its share of the test documents, its own database
+#   tttnn-stage.sh merge       one worker: the shard databases into one run
+set -euo pipefail
+stage=${1:?usage: tttnn-stage.sh ingest|compact|neighbors|ttt|merge}
+tttnn=${TTTNN_BIN:-tttnn}
+if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
+  index=$SLURM_ARRAY_TASK_ID
+  count=${SLURM_ARRAY_TASK_COUNT:?SLURM_ARRAY_TASK_COUNT unset: an array job sets it}
+elif [ -n "${JOB_COMPLETION_INDEX:-}" ]; then
+  index=$JOB_COMPLETION_INDEX
+  count=${TTTNN_WORKERS:?TTTNN_WORKERS unset: set it to the number of completions of the Indexed Job}
+else
+  index=0
+  count=1
+fi
+shard="$index/$count"
+k=${TTTNN_NEIGHBORS:-50}
+echo "tttnn-stage: $stage as worker $shard on $(hostname)" >&2
+case "$stage" in
+  ingest)
+    # shellcheck disable=SC2086 # the file lists are space-separated on purpose
+    "$tttnn" ingest -q $TTTNN_TRAIN_FILES --split train --store "$TTTNN_STORE" --encoder "$TTTNN_ENCODER" --shard "$shard" >/dev/null
+    # shellcheck disable=SC2086
+    "$tttnn" ingest -q $TTTNN_TEST_FILES --split test --store "$TTTNN_STORE" --encoder "$TTTNN_ENCODER" --shard "$shard" >/dev/null
+    ;;
+  compact)
+    # Unsharded passes add nothing (every line is stored) and merge the workers' small files.
+    # shellcheck disable=SC2086
+    "$tttnn" ingest -q $TTTNN_TRAIN_FILES --split train --store "$TTTNN_STORE" --encoder "$TTTNN_ENCODER" >/dev/null
+    # shellcheck disable=SC2086
+    "$tttnn" ingest -q $TTTNN_TEST_FILES --split test --store "$TTTNN_STORE" --encoder "$TTTNN_ENCODER" >/dev/null
+    ;;
+  neighbors)
+    "$tttnn" neighbors -q --store "$TTTNN_STORE" --task "$TTTNN_TASK" -k "$k" \
+      --out "$TTTNN_NEIGHBOR_TABLE" --shard "$shard" ${TTTNN_NEIGHBORS_ARGS:-} >/dev/null
+    ;;
+  ttt)
+    mkdir -p "$TTTNN_RESULTS"
+    db="$TTTNN_RESULTS/shard-$index-of-$count.duckdb"
+    # A rescheduled worker finds its database: it resumes the run there instead of starting over.
+    run=$("$tttnn" sql "SELECT max(id) FROM runs WHERE status <> 'finished'" --db "$db" --format csv 2>/dev/null | tail -n +2 || true)
+    if [ -n "$run" ]; then
+      "$tttnn" run -q --resume "$run" --db "$db" >/dev/null
+    elif [ -z "$("$tttnn" sql "SELECT id FROM runs" --db "$db" --format csv 2>/dev/null | tail -n +2 || true)" ]; then
+      # shellcheck disable=SC2086 # TTTNN_RUN_ARGS is a list of flags
+      "$tttnn" run -q --store "$TTTNN_STORE" --encoder "$TTTNN_ENCODER" --model "$TTTNN_MODEL" \
+        --task "$TTTNN_TASK" -k "$k" --neighbors-from "$TTTNN_NEIGHBOR_TABLE" --shard "$shard" \
+        --db "$db" ${TTTNN_RUN_ARGS:-} >/dev/null
+    fi
+    ;;
+  merge)
+    "$tttnn" merge "$TTTNN_RESULTS/results.duckdb" "$TTTNN_RESULTS"/shard-*-of-*.duckdb
+    ;;
+  *)
+    echo "tttnn-stage: unknown stage $stage" >&2
+    exit 1
+    ;;
+esac
