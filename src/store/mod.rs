@@ -31,6 +31,30 @@ use crate::error::{Error, Result};
 use arrow::{embedding_at, embedding_column};
 pub(crate) use arrow::{sql_str, string_column, u64_column};
 
+/// Whether `path` names an object store (`s3://bucket/prefix`, `gs://`, `az://`, `memory://`)
+/// rather than a local directory. LanceDB reads the object store's endpoint and credentials from
+/// the standard environment variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_REGION`,
+/// `AWS_ALLOW_HTTP` for a local server; docs/scale.md).
+pub fn is_uri(path: &Path) -> bool {
+    path.to_str().is_some_and(|s| s.contains("://"))
+}
+
+/// Refuses an object-store endpoint variable that is set but not a URL: object_store panics on
+/// one (an empty `AWS_ENDPOINT_URL` from a failed `$(...)`, say) instead of reporting it.
+pub(crate) fn check_endpoint_env() -> Result<()> {
+    for var in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT", "AWS_ENDPOINT_URL_S3"] {
+        if let Ok(v) = std::env::var(var) {
+            if !(v.starts_with("http://") || v.starts_with("https://")) {
+                return Err(Error::setting(
+                    var,
+                    format!("`{v}` is not an endpoint URL (http://host:port or https://…)"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Name of the table holding the corpus.
 pub(crate) const DOCUMENTS: &str = "documents";
 
@@ -178,7 +202,7 @@ impl Store {
 
     /// Opens an existing store.
     pub fn open(path: &Path) -> Result<Self> {
-        if !path.exists() {
+        if !is_uri(path) && !path.exists() {
             return Err(Error::bad_file(
                 path,
                 "no store here (create one with `tttnn ingest`)",
@@ -189,6 +213,9 @@ impl Store {
 
     /// Opens the documents table at `path`; creates it (for `create` dimensions) if asked to.
     fn connect(path: &Path, create: Option<usize>) -> Result<Self> {
+        if is_uri(path) {
+            check_endpoint_env()?;
+        }
         let rt = runtime()?;
         let err = |source| Error::store(path, source);
         let table = rt.block_on(async {

@@ -87,7 +87,7 @@ impl NeighborTable {
 
     /// Opens an existing table.
     pub fn open(path: &Path) -> Result<Self> {
-        if !path.exists() {
+        if !super::is_uri(path) && !path.exists() {
             return Err(Error::bad_file(
                 path,
                 "no neighbour table here (make one with `tttnn neighbors`)",
@@ -97,6 +97,9 @@ impl NeighborTable {
     }
 
     fn connect(path: &Path, create: Option<&str>) -> Result<Self> {
+        if super::is_uri(path) {
+            super::check_endpoint_env()?;
+        }
         let rt = super::runtime()?;
         let err = |source| Error::store(path, source);
         let (settings, neighbors, done) = rt.block_on(async {

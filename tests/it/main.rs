@@ -6,6 +6,7 @@ mod help;
 mod lm_golden;
 mod real_model;
 mod runner;
+mod s3;
 mod stack;
 mod store;
 mod util;
