@@ -41,7 +41,8 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
         "encoder {} on {}, {}, ONNX Runtime {}",
         record.dir, record.provider, record.precision, record.ort_version
     ));
-    let store = Store::open_or_create(&args.store, encoder.dim())?;
+    // With --shard, worker 0 creates the store and the others wait for it.
+    let store = Store::open_or_create_as(&args.store, encoder.dim(), args.ingest.shard.index == 0)?;
     if let Some(old) = store.encoder_record()? {
         if (&old.provider, &old.precision) != (&record.provider, &record.precision) {
             p.warn(format!(

@@ -201,7 +201,7 @@ pub fn compute(
         refine_factor: cfg.refine_factor,
     };
     let json = serde_json::to_string(&settings).map_err(|e| Error::json("table settings", e))?;
-    let table = NeighborTable::open_or_create(&cfg.out, &json)?;
+    let table = NeighborTable::open_or_create(&cfg.out, &json, cfg.shard.index == 0)?;
     let dropped_unfinished = table.drop_unfinished()?;
     let planned = plan::plan(
         &store.documents_of(&cfg.split, None)?,

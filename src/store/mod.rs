@@ -55,6 +55,10 @@ pub(crate) fn check_endpoint_env() -> Result<()> {
     Ok(())
 }
 
+/// How long a writer that does not create a table (`--shard I/N` with I > 0) waits for worker 0
+/// to create it.
+pub const CREATE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Name of the table holding the corpus.
 pub(crate) const DOCUMENTS: &str = "documents";
 
@@ -198,6 +202,45 @@ impl Store {
             ));
         }
         Ok(store)
+    }
+
+    /// Opens the store as one of several writers starting at once (`--shard I/N`): the creator
+    /// (worker 0) creates it if absent; the others wait for it to exist, up to
+    /// [`CREATE_WAIT`]. Two processes creating one Lance table race: the second create commits
+    /// as an overwrite of the first's version, which then conflicts with (or drops) appends.
+    pub fn open_or_create_as(path: &Path, dim: usize, creator: bool) -> Result<Self> {
+        if creator {
+            return Self::open_or_create(path, dim);
+        }
+        let start = std::time::Instant::now();
+        loop {
+            match Self::open(path) {
+                Ok(store) => {
+                    if store.dim != dim {
+                        return Err(Error::bad_file(
+                            path,
+                            format!(
+                                "store holds {}-d embeddings, the encoder makes {dim}-d ones",
+                                store.dim
+                            ),
+                        ));
+                    }
+                    return Ok(store);
+                }
+                Err(_) if start.elapsed() < CREATE_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(200))
+                }
+                Err(e) => {
+                    return Err(Error::bad_file(
+                        path,
+                        format!(
+                            "no store here after waiting {} s for worker 0 to create it: {e}",
+                            CREATE_WAIT.as_secs()
+                        ),
+                    ))
+                }
+            }
+        }
     }
 
     /// Opens an existing store.

@@ -10,6 +10,8 @@
 //!
 //! Shards (`--shard I/N`) append to the same tables concurrently: Lance commits concurrent appends
 //! one after another (a writer whose commit finds a newer version rebases onto it and retries).
+//! Worker 0 creates the tables and the others wait for them: two creators of one Lance table race,
+//! the second's create committing as an overwrite of the first's.
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,10 +71,29 @@ fn settings_schema() -> SchemaRef {
 }
 
 impl NeighborTable {
-    /// Opens the table at `path`, creating it with `settings` (JSON) if it does not exist; an
-    /// existing table must have been computed with the same settings.
-    pub fn open_or_create(path: &Path, settings: &str) -> Result<Self> {
-        let table = Self::connect(path, Some(settings))?;
+    /// Opens the table at `path`, creating it with `settings` (JSON) if it does not exist and
+    /// this process is the `creator` (worker 0 of `--shard I/N`; the others wait for it, as
+    /// [`super::Store::open_or_create_as`]); an existing table must have the same settings.
+    pub fn open_or_create(path: &Path, settings: &str, creator: bool) -> Result<Self> {
+        let table = if creator {
+            Self::connect(path, Some(settings))?
+        } else {
+            let start = std::time::Instant::now();
+            loop {
+                match Self::connect(path, None) {
+                    Ok(t) => break t,
+                    Err(_) if start.elapsed() < super::CREATE_WAIT => {
+                        std::thread::sleep(std::time::Duration::from_millis(200))
+                    }
+                    Err(e) => return Err(Error::bad_file(
+                        path,
+                        format!(
+                            "no neighbour table here after waiting for worker 0 to create it: {e}"
+                        ),
+                    )),
+                }
+            }
+        };
         if table.settings != settings {
             return Err(Error::bad_file(
                 path,
@@ -109,8 +130,8 @@ impl NeighborTable {
                 .map_err(err)?;
             let mut created = false;
             let settings_table = match create {
-                // The settings row is the table's first version: creating it is atomic, and a
-                // shard that loses the race to create it opens the winner's.
+                // The settings row is the table's first version, written by worker 0 alone (a
+                // re-run finds it and opens it).
                 Some(json) => {
                     let row = RecordBatch::try_new(
                         settings_schema(),
@@ -353,7 +374,7 @@ mod tests {
     fn a_killed_jobs_unfinished_rows_are_ignored_then_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
-        let t = NeighborTable::open_or_create(&path, r#"{"k":2}"#).unwrap();
+        let t = NeighborTable::open_or_create(&path, r#"{"k":2}"#, true).unwrap();
         t.append(&[("a".into(), vec![row(2, "y"), row(1, "x")])])
             .unwrap();
         // Killed between its two appends: b's rows are there, b is not marked done.
@@ -363,11 +384,11 @@ mod tests {
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded["a"], vec![row(1, "x"), row(2, "y")]);
         drop(t);
-        let t = NeighborTable::open_or_create(&path, r#"{"k":2}"#).unwrap();
+        let t = NeighborTable::open_or_create(&path, r#"{"k":2}"#, true).unwrap();
         assert_eq!(t.drop_unfinished().unwrap(), 1);
         assert_eq!(t.done().unwrap(), HashSet::from(["a".to_string()]));
         // Other settings are another table.
-        let e = NeighborTable::open_or_create(&path, r#"{"k":3}"#)
+        let e = NeighborTable::open_or_create(&path, r#"{"k":3}"#, false)
             .err()
             .unwrap();
         assert!(e.to_string().contains("other settings"), "{e}");
