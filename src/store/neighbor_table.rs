@@ -85,12 +85,14 @@ impl NeighborTable {
                     Err(_) if start.elapsed() < super::CREATE_WAIT => {
                         std::thread::sleep(std::time::Duration::from_millis(200))
                     }
-                    Err(e) => return Err(Error::bad_file(
-                        path,
-                        format!(
+                    Err(e) => {
+                        return Err(Error::bad_file(
+                            path,
+                            format!(
                             "no neighbour table here after waiting for worker 0 to create it: {e}"
                         ),
-                    )),
+                        ))
+                    }
                 }
             }
         };
