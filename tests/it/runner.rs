@@ -559,8 +559,15 @@ fn a_neighbour_table_gives_the_neighbours_and_curves_of_live_retrieval() {
 }
 
 /// Runs examples/cluster's recipe for `scheduler` through scripts/cluster-sim (local workers given
-/// the scheduler's index variables) on the fixture corpus; returns the merged results database.
-fn cluster_sim(dir: &Path, scheduler: &str, workers: usize) -> PathBuf {
+/// the scheduler's index variables) on the fixture corpus, the store and the neighbour table at
+/// `store` and `table` (local or `s3://`, with `s3`'s variables); returns the merged results.
+fn cluster_sim(
+    dir: &Path,
+    scheduler: &str,
+    workers: usize,
+    (store, table): (&str, &str),
+    s3: Option<&crate::s3::S3Server>,
+) -> PathBuf {
     let (mut train, mut test) = (String::new(), String::new());
     let corpus = std::fs::read_to_string(crate::util::fixtures().join("corpus.jsonl")).unwrap();
     for (i, l) in corpus.lines().enumerate() {
@@ -572,18 +579,22 @@ fn cluster_sim(dir: &Path, scheduler: &str, workers: usize) -> PathBuf {
     std::fs::write(&train_file, train).unwrap();
     std::fs::write(&test_file, test).unwrap();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(repo.join("scripts/cluster-sim"))
+    let mut cmd = Command::new(repo.join("scripts/cluster-sim"));
+    if let Some(s3) = s3 {
+        s3.env(&mut cmd);
+    }
+    let out = cmd
         .arg(scheduler)
         .env("TTTNN_BIN", env!("CARGO_BIN_EXE_tttnn"))
         .env("WORKERS", workers.to_string())
-        .env("TTTNN_STORE", dir.join("store"))
+        .env("TTTNN_STORE", store)
         .env("TTTNN_ENCODER", encoder())
         .env("TTTNN_MODEL", model())
         .env("TTTNN_TASK", "pile_all")
         .env("TTTNN_NEIGHBORS", "3")
         .env("TTTNN_TRAIN_FILES", &train_file)
         .env("TTTNN_TEST_FILES", &test_file)
-        .env("TTTNN_NEIGHBOR_TABLE", dir.join("neighbors"))
+        .env("TTTNN_NEIGHBOR_TABLE", table)
         .env("TTTNN_NEIGHBORS_ARGS", "--val-portion 1.0")
         .env("TTTNN_RESULTS", dir.join("results"))
         .env(
@@ -606,8 +617,18 @@ fn the_slurm_and_kubernetes_recipes_merge_to_one_workers_run() {
     let (slurm_dir, k8s_dir) = (dir.path().join("slurm"), dir.path().join("k8s"));
     std::fs::create_dir_all(&slurm_dir).unwrap();
     std::fs::create_dir_all(&k8s_dir).unwrap();
-    let slurm = cluster_sim(&slurm_dir, "slurm", 2);
-    let k8s = cluster_sim(&k8s_dir, "k8s", 3);
+    // SLURM on a shared filesystem; Kubernetes with the store and the table on S3.
+    let slurm_store = slurm_dir.join("store").display().to_string();
+    let slurm_table = slurm_dir.join("neighbors").display().to_string();
+    let slurm = cluster_sim(&slurm_dir, "slurm", 2, (&slurm_store, &slurm_table), None);
+    let s3 = crate::s3::S3Server::start("cluster");
+    let k8s = cluster_sim(
+        &k8s_dir,
+        "k8s",
+        3,
+        ("s3://cluster/store", "s3://cluster/neighbors"),
+        Some(&s3),
+    );
     // One worker, the whole task, live retrieval, on the store the SLURM workers ingested.
     let single = dir.path().join("single.duckdb");
     ok(run_cmd(&slurm_dir.join("store"), &single, &K3)

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use crate::util::{curve, encoder, fixtures, model, ok, tttnn};
 
 /// A local S3 server with one bucket, stopped when dropped.
-struct S3Server {
+pub struct S3Server {
     child: Child,
     endpoint: String,
 }
@@ -27,7 +27,8 @@ fn script(name: &str) -> PathBuf {
 }
 
 impl S3Server {
-    fn start(bucket: &str) -> Self {
+    /// Starts a server with `bucket`.
+    pub fn start(bucket: &str) -> Self {
         let mut child = Command::new(s3_python())
             .arg(script("s3_server.py"))
             .arg(bucket)
@@ -48,7 +49,7 @@ impl S3Server {
     }
 
     /// `cmd` with the standard AWS variables pointing at this server.
-    fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+    pub fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
         cmd.env("AWS_ENDPOINT_URL", &self.endpoint)
             .env("AWS_ALLOW_HTTP", "true")
             .env("AWS_ACCESS_KEY_ID", "test")
