@@ -203,8 +203,8 @@ pub fn compute(
     let json = serde_json::to_string(&settings).map_err(|e| Error::json("table settings", e))?;
     let table = NeighborTable::open_or_create(&cfg.out, &json, cfg.shard.index == 0)?;
     let dropped_unfinished = table.drop_unfinished()?;
-    let planned = plan::plan(
-        &store.documents_of(&cfg.split, None)?,
+    let planned = plan::plan_store(
+        &store,
         &plan::Selection {
             task: &cfg.task,
             split: &cfg.split,

@@ -49,6 +49,11 @@ pub struct Selection<'a> {
     pub shard: Shard,
 }
 
+/// The plan of the test documents `s` selects from `store`'s documents of `s.split`.
+pub fn plan_store(store: &crate::store::Store, s: &Selection) -> Result<Vec<PlannedDoc>> {
+    plan(&store.documents_of(s.split, None)?, s)
+}
+
 /// The plan over `docs`, a split's documents in file order (as [`crate::store::Store::documents_of`]
 /// returns them).
 pub fn plan(docs: &[DocRef], s: &Selection) -> Result<Vec<PlannedDoc>> {

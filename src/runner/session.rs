@@ -87,8 +87,8 @@ pub fn run(
             ));
         }
     }
-    let plan = plan::plan(
-        &store.documents_of(&cfg.split, None)?,
+    let plan = plan::plan_store(
+        &store,
         &plan::Selection {
             task: cfg.task()?,
             split: &cfg.split,

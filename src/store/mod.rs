@@ -191,17 +191,21 @@ impl Store {
 
     /// Opens the store at `path`, creating an empty documents table for dimension `dim` if absent.
     pub fn open_or_create(path: &Path, dim: usize) -> Result<Self> {
-        let store = Self::connect(path, Some(dim))?;
-        if store.dim != dim {
+        Self::connect(path, Some(dim))?.of_dim(dim)
+    }
+
+    /// This store, if its embeddings have `dim` dimensions (the encoder's).
+    fn of_dim(self, dim: usize) -> Result<Self> {
+        if self.dim != dim {
             return Err(Error::bad_file(
-                path,
+                &self.path,
                 format!(
                     "store holds {}-d embeddings, the encoder makes {dim}-d ones",
-                    store.dim
+                    self.dim
                 ),
             ));
         }
-        Ok(store)
+        Ok(self)
     }
 
     /// Opens the store as one of several writers starting at once (`--shard I/N`): the creator
@@ -215,18 +219,7 @@ impl Store {
         let start = std::time::Instant::now();
         loop {
             match Self::open(path) {
-                Ok(store) => {
-                    if store.dim != dim {
-                        return Err(Error::bad_file(
-                            path,
-                            format!(
-                                "store holds {}-d embeddings, the encoder makes {dim}-d ones",
-                                store.dim
-                            ),
-                        ));
-                    }
-                    return Ok(store);
-                }
+                Ok(store) => return store.of_dim(dim),
                 Err(_) if start.elapsed() < CREATE_WAIT => {
                     std::thread::sleep(std::time::Duration::from_millis(200))
                 }
