@@ -202,7 +202,7 @@ impl Ingest {
             batch.done_bytes += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         }
         let added = batch.added;
-        if added > 0 && !(sharded && self.shard.index > 0) {
+        if added > 0 && self.shard.index == 0 {
             // One writer of the store's config among shards: worker 0.
             store.record_encoder(&record)?;
         }

@@ -156,7 +156,7 @@ pub fn run(args: Args, p: &Printer, matches: &ArgMatches) -> Result<()> {
     ));
     let db = Db::open_read_only(&db_path)?;
     print_query(&db, Query::Table1.sql(), &[run_id], Format::Table, None)?;
-    print_table1_runs(&db, &[run_id])
+    print_table1_runs(&db.query(Query::Table1Runs.sql(), &[run_id])?)
 }
 
 /// The running byte-weighted mean before and after, over complete documents.

@@ -82,7 +82,7 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
                     "table1: no finished run with recorded documents; --run ID shows a running run",
                 );
             } else if args.format == Format::Table && args.out.is_none() {
-                print_table1_runs(&db, &args.runs)?;
+                print_table1_runs(&runs)?;
             }
         }
         Ok(())
@@ -128,30 +128,26 @@ pub fn print_query(
         return db.export_parquet(sql, runs, out);
     }
     let rows = db.query(sql, runs)?;
-    match out {
+    let (mut w, name): (Box<dyn Write>, &Path) = match out {
         Some(path) => {
             let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-            let mut w = std::io::BufWriter::new(file);
-            write_rows(&rows, format, &mut w)
-                .and_then(|()| w.flush())
-                .map_err(|e| Error::io(path, e))
+            (Box::new(std::io::BufWriter::new(file)), path)
         }
-        None => {
-            let mut w = std::io::stdout().lock();
-            write_rows(&rows, format, &mut w)
-                .and_then(|()| w.flush())
-                .map_err(|e| Error::io("<stdout>", e))
-        }
-    }
+        None => (Box::new(std::io::stdout().lock()), Path::new("<stdout>")),
+    };
+    write_rows(&rows, format, &mut w)
+        .and_then(|()| w.flush())
+        .map_err(|e| Error::io(name, e))
 }
 
-/// Prints which run fed each column of table1 (the `table1_runs` query), below the table.
-pub fn print_table1_runs(db: &Db, runs: &[i64]) -> Result<()> {
+/// Prints which run fed each column of table1 (the rows of the `table1_runs` query), below the
+/// table.
+pub fn print_table1_runs(runs: &Rows) -> Result<()> {
     let mut w = std::io::stdout().lock();
     writeln!(w, "columns from runs (tttnn sql table1_runs):")
-        .map_err(|e| Error::io("<stdout>", e))?;
-    drop(w);
-    print_query(db, Query::Table1Runs.sql(), runs, Format::Table, None)
+        .and_then(|()| write_rows(runs, Format::Table, &mut w))
+        .and_then(|()| w.flush())
+        .map_err(|e| Error::io("<stdout>", e))
 }
 
 /// Writes `rows` in `format` (a text format) to `w`.

@@ -50,7 +50,7 @@ impl Db {
         self.conn
             .execute_batch(&format!("ATTACH '{path}' AS shard{i} (READ_ONLY)"))
             .map_err(|e| {
-                if e.to_string().contains("lock") {
+                if super::is_lock_error(&e) {
                     // A shard still being written (DuckDB: one writing process per file).
                     Error::bad_file(input, format!("database is in use by another process: {e}"))
                 } else {

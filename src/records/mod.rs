@@ -204,6 +204,12 @@ impl Db {
     }
 }
 
+/// Whether DuckDB refused a file because another process holds it ("Could not set lock on file
+/// ... Conflicting lock is held"; docs/pitfalls.md §6).
+pub(crate) fn is_lock_error(e: &duckdb::Error) -> bool {
+    e.to_string().contains("lock")
+}
+
 /// How long to wait for another process's hold on a results database: `TTTNN_DB_WAIT` seconds.
 fn db_wait() -> Result<Duration> {
     let Ok(v) = std::env::var("TTTNN_DB_WAIT") else {
@@ -226,8 +232,7 @@ fn open_waiting(path: &Path, open: impl Fn() -> duckdb::Result<Connection>) -> R
     loop {
         match open() {
             Ok(c) => return Ok(c),
-            // DuckDB's "Could not set lock on file ... Conflicting lock is held".
-            Err(e) if e.to_string().contains("lock") => {
+            Err(e) if is_lock_error(&e) => {
                 if start.elapsed() >= wait {
                     return Err(Error::bad_file(
                         path,

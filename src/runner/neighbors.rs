@@ -202,7 +202,6 @@ pub fn compute(
     };
     let json = serde_json::to_string(&settings).map_err(|e| Error::json("table settings", e))?;
     let table = NeighborTable::open_or_create(&cfg.out, &json, cfg.shard.index == 0)?;
-    let dropped_unfinished = table.drop_unfinished()?;
     let planned = plan::plan_store(
         &store,
         &plan::Selection {
@@ -219,6 +218,8 @@ pub fn compute(
         .iter()
         .filter(|d| !done.contains(&d.doc_id))
         .collect();
+    let dropped_unfinished =
+        table.drop_unfinished(&todo.iter().map(|d| d.doc_id.as_str()).collect())?;
     on_event(NeighborsEvent::Started {
         total: planned.len(),
         done: planned.len() - todo.len(),

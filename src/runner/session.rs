@@ -293,9 +293,7 @@ impl Session<'_> {
                 let &(k, last) = outcome.curve.last().expect("the curve starts at k = 0");
                 let points =
                     (k + 1..=cfg.neighbors).filter(|&p| cfg.eval_at.includes(p, cfg.neighbors));
-                outcome
-                    .curve
-                    .extend(points.map(|p| (p, last)).collect::<Vec<_>>());
+                outcome.curve.extend(points.map(|p| (p, last)));
                 outcome.complete = true;
             }
             if cfg.method.uses_neighbors() {

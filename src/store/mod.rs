@@ -59,6 +59,33 @@ pub(crate) fn check_endpoint_env() -> Result<()> {
 /// to create it.
 pub const CREATE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// Opens, with `open`, what worker 0 of `--shard I/N` creates (a store, a neighbour table),
+/// retrying until it exists, for at most [`CREATE_WAIT`].
+pub(crate) fn wait_for_creator<T>(
+    path: &Path,
+    what: &str,
+    open: impl Fn() -> Result<T>,
+) -> Result<T> {
+    let start = std::time::Instant::now();
+    loop {
+        match open() {
+            Ok(t) => return Ok(t),
+            Err(_) if start.elapsed() < CREATE_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(200))
+            }
+            Err(e) => {
+                return Err(Error::bad_file(
+                    path,
+                    format!(
+                        "no {what} here after waiting {} s for worker 0 to create it: {e}",
+                        CREATE_WAIT.as_secs()
+                    ),
+                ))
+            }
+        }
+    }
+}
+
 /// Name of the table holding the corpus.
 pub(crate) const DOCUMENTS: &str = "documents";
 
@@ -216,24 +243,7 @@ impl Store {
         if creator {
             return Self::open_or_create(path, dim);
         }
-        let start = std::time::Instant::now();
-        loop {
-            match Self::open(path) {
-                Ok(store) => return store.of_dim(dim),
-                Err(_) if start.elapsed() < CREATE_WAIT => {
-                    std::thread::sleep(std::time::Duration::from_millis(200))
-                }
-                Err(e) => {
-                    return Err(Error::bad_file(
-                        path,
-                        format!(
-                            "no store here after waiting {} s for worker 0 to create it: {e}",
-                            CREATE_WAIT.as_secs()
-                        ),
-                    ))
-                }
-            }
-        }
+        wait_for_creator(path, "store", || Self::open(path))?.of_dim(dim)
     }
 
     /// Opens an existing store.
@@ -261,18 +271,13 @@ impl Store {
                 .map_err(err)?;
             let names = db.table_names().execute().await.map_err(err)?;
             match create {
-                Some(dim) if !names.iter().any(|n| n == DOCUMENTS) => {
-                    match db
-                        .create_empty_table(DOCUMENTS, documents_schema(dim))
-                        .execute()
-                        .await
-                    {
-                        Ok(t) => Ok(t),
-                        // Another ingest worker (`--shard`) created it first: Lance's create
-                        // commits version 1 only if no one has.
-                        Err(_) => db.open_table(DOCUMENTS).execute().await.map_err(err),
-                    }
-                }
+                // One creator only: ingest workers other than 0 wait for the table
+                // (`open_or_create_as`).
+                Some(dim) if !names.iter().any(|n| n == DOCUMENTS) => db
+                    .create_empty_table(DOCUMENTS, documents_schema(dim))
+                    .execute()
+                    .await
+                    .map_err(err),
                 _ => db.open_table(DOCUMENTS).execute().await.map_err(err),
             }
         })?;

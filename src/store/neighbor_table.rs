@@ -78,23 +78,7 @@ impl NeighborTable {
         let table = if creator {
             Self::connect(path, Some(settings))?
         } else {
-            let start = std::time::Instant::now();
-            loop {
-                match Self::connect(path, None) {
-                    Ok(t) => break t,
-                    Err(_) if start.elapsed() < super::CREATE_WAIT => {
-                        std::thread::sleep(std::time::Duration::from_millis(200))
-                    }
-                    Err(e) => {
-                        return Err(Error::bad_file(
-                            path,
-                            format!(
-                            "no neighbour table here after waiting for worker 0 to create it: {e}"
-                        ),
-                        ))
-                    }
-                }
-            }
+            super::wait_for_creator(path, "neighbour table", || Self::connect(path, None))?
         };
         if table.settings != settings {
             return Err(Error::bad_file(
@@ -130,58 +114,39 @@ impl NeighborTable {
                 .execute()
                 .await
                 .map_err(err)?;
-            let mut created = false;
+            let names = db.table_names().execute().await.map_err(err)?;
             let settings_table = match create {
-                // The settings row is the table's first version, written by worker 0 alone (a
-                // re-run finds it and opens it).
-                Some(json) => {
+                // The settings row is the table's first version, written by worker 0 alone
+                // (`open_or_create`); a re-run opens what it wrote.
+                Some(json) if !names.iter().any(|n| n == "settings") => {
                     let row = RecordBatch::try_new(
                         settings_schema(),
                         vec![Arc::new(StringArray::from(vec![json]))],
                     )
                     .map_err(|e| Error::arrow("the neighbour table's settings", e))?;
-                    match db.create_table("settings", row).execute().await {
-                        Ok(t) => {
-                            created = true;
-                            t
-                        }
-                        Err(_) => db.open_table("settings").execute().await.map_err(err)?,
-                    }
+                    db.create_table("settings", row)
+                        .execute()
+                        .await
+                        .map_err(err)?
                 }
+                Some(_) => db.open_table("settings").execute().await.map_err(err)?,
                 None => db.open_table("settings").execute().await.map_err(|_| {
                     Error::bad_file(path, "not a neighbour table (no `settings` table)")
                 })?,
             };
-            // Only the process that created `settings` creates the other two: two creators of
-            // one Lance table race (the second commits an overwrite over the first's appends).
+            // Worker 0 creates whichever of the other two is missing (a kill may have left one
+            // out); the other workers only open them.
             let table = |name: &'static str, schema: SchemaRef| {
                 let db = db.clone();
                 async move {
-                    if created {
-                        return db
+                    match db.open_table(name).execute().await {
+                        Ok(t) => Ok(t),
+                        Err(_) if create.is_some() => db
                             .create_empty_table(name, schema)
                             .execute()
                             .await
-                            .map_err(err);
-                    }
-                    // Another shard is creating it; a creator killed before it did leaves it to
-                    // whoever comes after the wait.
-                    let start = std::time::Instant::now();
-                    loop {
-                        match db.open_table(name).execute().await {
-                            Ok(t) => return Ok(t),
-                            Err(_) if start.elapsed() < std::time::Duration::from_secs(10) => {
-                                tokio::time::sleep(std::time::Duration::from_millis(50)).await
-                            }
-                            Err(_) if create.is_some() => {
-                                return db
-                                    .create_empty_table(name, schema)
-                                    .execute()
-                                    .await
-                                    .map_err(err)
-                            }
-                            Err(e) => return Err(err(e)),
-                        }
+                            .map_err(err),
+                        Err(e) => Err(err(e)),
                     }
                 }
             };
@@ -248,15 +213,16 @@ impl NeighborTable {
         Ok(out)
     }
 
-    /// Drops the rows of documents not marked done (a job killed between its two appends).
-    pub fn drop_unfinished(&self) -> Result<usize> {
-        let done = self.done()?;
+    /// Drops the rows that `docs` (this worker's documents not marked done) have: a job of this
+    /// worker killed between its two appends left them. Only this worker's own documents: another
+    /// shard's may be between its two appends right now.
+    pub fn drop_unfinished(&self, docs: &HashSet<&str>) -> Result<usize> {
         let mut orphans = HashSet::new();
         for b in self.scan(&self.neighbors, None)? {
             orphans.extend(
                 string_column(&self.path, &b, "doc_id")?
                     .into_iter()
-                    .filter(|d| !done.contains(d)),
+                    .filter(|d| docs.contains(d.as_str())),
             );
         }
         if orphans.is_empty() {
@@ -387,7 +353,9 @@ mod tests {
         assert_eq!(loaded["a"], vec![row(1, "x"), row(2, "y")]);
         drop(t);
         let t = NeighborTable::open_or_create(&path, r#"{"k":2}"#, true).unwrap();
-        assert_eq!(t.drop_unfinished().unwrap(), 1);
+        // Another worker's unfinished document is not this worker's to drop.
+        assert_eq!(t.drop_unfinished(&HashSet::from(["c"])).unwrap(), 0);
+        assert_eq!(t.drop_unfinished(&HashSet::from(["b", "c"])).unwrap(), 1);
         assert_eq!(t.done().unwrap(), HashSet::from(["a".to_string()]));
         // Other settings are another table.
         let e = NeighborTable::open_or_create(&path, r#"{"k":3}"#, false)

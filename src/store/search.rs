@@ -186,16 +186,22 @@ impl Store {
                 filter,
             )?);
         }
-        let ip = |n: &Neighbor| -> f64 {
-            n.embedding
-                .iter()
-                .zip(vector)
-                .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                .sum()
-        };
-        out.sort_by(|a, b| ip(b).abs().total_cmp(&ip(a).abs()).then(a.id.cmp(&b.id)));
-        out.dedup_by(|a, b| a.id == b.id);
-        Ok(r.keep(out))
+        // |<x, q>| once per candidate, then ranked (ties by id, so q's and -q's copies meet).
+        let mut ranked: Vec<(f64, Neighbor)> = out
+            .into_iter()
+            .map(|n| {
+                let ip: f64 = n
+                    .embedding
+                    .iter()
+                    .zip(vector)
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum();
+                (ip.abs(), n)
+            })
+            .collect();
+        ranked.sort_by(|(a, x), (b, y)| b.total_cmp(a).then(x.id.cmp(&y.id)));
+        ranked.dedup_by(|(_, x), (_, y)| x.id == y.id);
+        Ok(r.keep(ranked.into_iter().map(|(_, n)| n).collect()))
     }
 
     /// The documents a neighbour table lists, in its order, with their texts and embeddings
