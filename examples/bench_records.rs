@@ -38,6 +38,8 @@ fn new_run(db: &Db) -> i64 {
         neighbors: 20,
         max_length: 1024,
         shard: Shard::ALL,
+        lanes: 1,
+        adapter: "full".into(),
         config: "{}".into(),
     })
     .unwrap()

@@ -6,9 +6,15 @@
 //! queries, searched among `--search-split` documents with the query document left out, as
 //! `tttnn run` retrieves. Commands and figures: docs/benchmarks.md.
 //!
+//! With `--s3-latency-ms 0,20,50` the same store is then copied into the local S3 server
+//! (scripts/s3_server.py, moto) and the same queries run against `s3://` with that much latency
+//! injected before every request, counting requests and bytes per query.
+//!
 //!     cargo run --example bench_retrieval -- [--rows 100000] [--dim 1024] [--queries 100] [--k 50]
 //!     cargo run --example bench_retrieval -- --store runs/demo/store --queries 100
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use tttnn::store::{Document, IvfPqParams, Retrieval, SearchMode, Store};
@@ -62,6 +68,31 @@ struct Args {
     /// Rebuild the IVF-PQ index even when the store has one.
     #[arg(long)]
     rebuild_index: bool,
+    /// Latencies (ms) injected before every request to the local S3 server, one pass each over
+    /// the same queries against a copy of the store there (none: no object-storage pass).
+    #[arg(long, value_delimiter = ',')]
+    s3_latency_ms: Vec<f64>,
+    /// IVF-PQ settings of the object-storage passes, as nprobes:refine (0: none).
+    #[arg(long, value_delimiter = ',', default_value = "20:2,40:5")]
+    s3_search: Vec<String>,
+    /// Queries per object-storage setting (the first of --queries).
+    #[arg(long, default_value_t = 30)]
+    s3_queries: usize,
+}
+
+/// Peak resident memory of this process since the last [`reset_peak_rss`], in GiB.
+fn peak_rss_gib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / (1024.0 * 1024.0))
+}
+
+/// Resets the kernel's peak-RSS mark (Linux: `5` to clear_refs), so the next reading is one phase's.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// xorshift64* with Box-Muller: deterministic normals without a dependency.
@@ -223,18 +254,21 @@ fn main() -> anyhow::Result<()> {
     let (rows, dim, k) = (store.count()?, store.dim(), args.k);
     if args.rebuild_index || store.vector_indexes()?.is_empty() {
         let p = IvfPqParams::resolve(rows, dim, args.partitions, args.sub_vectors, 8)?;
+        reset_peak_rss();
         let t = Instant::now();
         store.create_ivf_pq(p)?;
         println!(
-            "IVF-PQ index: {} partitions, {} sub-vectors, {} bits, built in {:.1} s",
+            "IVF-PQ index: {} partitions, {} sub-vectors, {} bits, built in {:.1} s, peak RSS {:.2} GiB",
             p.partitions,
             p.sub_vectors,
             p.bits,
-            t.elapsed().as_secs_f64()
+            t.elapsed().as_secs_f64(),
+            peak_rss_gib()
         );
     }
+    reset_peak_rss();
     println!("{rows} rows x {dim} dims; {what}; k = {k}\n");
-    let (mut exact_ms, truth) = run(&store, &queries, k, SearchMode::Exact)?;
+    let (mut exact_ms, truth) = exact(&args, &store, &queries)?;
     let p50 = percentile(&mut exact_ms, 0.5);
     let p99 = percentile(&mut exact_ms, 0.99);
     println!("| rows | dim | search | nprobes | refine | p50 ms | p99 ms | recall@{k} | speed-up vs exact (p50) |");
@@ -247,13 +281,7 @@ fn main() -> anyhow::Result<()> {
                 refine_factor: (refine > 0).then_some(refine),
             };
             let (mut ms, found) = run(&store, &queries, k, mode)?;
-            let (hits, wanted) = found.iter().zip(&truth).fold((0, 0), |(h, w), (f, t)| {
-                (
-                    h + f.iter().filter(|id| t.contains(id)).count(),
-                    w + t.len(),
-                )
-            });
-            let recall = hits as f64 / wanted.max(1) as f64;
+            let recall = recall(&found, &truth);
             let a = percentile(&mut ms, 0.5);
             let b = percentile(&mut ms, 0.99);
             let refine = if refine > 0 {
@@ -265,6 +293,204 @@ fn main() -> anyhow::Result<()> {
                 "| {rows} | {dim} | IVF-PQ | {nprobes} | {refine} | {a:.2} | {b:.2} | {recall:.3} | {:.1}x |",
                 p50 / a
             );
+        }
+    }
+    println!("\npeak RSS while searching: {:.2} GiB", peak_rss_gib());
+    if !args.s3_latency_ms.is_empty() {
+        object_storage(&args, &store, &queries, &truth)?;
+    }
+    Ok(())
+}
+
+/// Exact search's latencies and results for `queries`; on a local synthetic store they are kept
+/// in the store's directory and reused by later runs with the same queries (exact search over
+/// 10M vectors takes seconds per query).
+fn exact(
+    args: &Args,
+    store: &Store,
+    queries: &[Query],
+) -> anyhow::Result<(Vec<f64>, Vec<Vec<String>>)> {
+    let cache = (args.store.is_none() && !tttnn::store::is_uri(store.path())).then(|| {
+        store.path().join(format!(
+            "bench-exact-k{}-{}q{}.json",
+            args.k,
+            queries.len(),
+            if args.filter_split { "-split" } else { "" }
+        ))
+    });
+    if let Some(path) = cache.as_ref().filter(|p| p.exists()) {
+        eprintln!("exact results from {}", path.display());
+        return Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?);
+    }
+    let found = run(store, queries, args.k, SearchMode::Exact)?;
+    if let Some(path) = cache {
+        std::fs::write(path, serde_json::to_string(&found)?)?;
+    }
+    Ok(found)
+}
+
+/// Recall@k of `found` against `truth`, query by query.
+fn recall(found: &[Vec<String>], truth: &[Vec<String>]) -> f64 {
+    let (hits, wanted) = found.iter().zip(truth).fold((0, 0), |(h, w), (f, t)| {
+        (
+            h + f.iter().filter(|id| t.contains(id)).count(),
+            w + t.len(),
+        )
+    });
+    hits as f64 / wanted.max(1) as f64
+}
+
+/// The local S3 server with the store uploaded, driven over its stdin (scripts/s3_server.py).
+struct S3Server {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// Requests and bytes the server counted since the last reset.
+#[derive(serde::Deserialize)]
+struct S3Stats {
+    requests: u64,
+    by_method: std::collections::BTreeMap<String, u64>,
+    bytes_sent: u64,
+}
+
+impl S3Server {
+    /// Starts the server with the local store `dir` uploaded to `s3://bench/store`.
+    fn start(dir: &Path) -> anyhow::Result<(Self, String)> {
+        let python = std::env::var("TTTNN_S3_PYTHON").map_err(|_| {
+            anyhow::anyhow!("TTTNN_S3_PYTHON is unset: run scripts/setup and source .tttnn-env")
+        })?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3_server.py");
+        let t = Instant::now();
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg("bench")
+            .arg("--upload")
+            .arg(format!("{}=bench/store", dir.display()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut endpoint = String::new();
+        stdout.read_line(&mut endpoint)?;
+        anyhow::ensure!(endpoint.starts_with("http://"), "no endpoint: {endpoint:?}");
+        eprintln!(
+            "uploaded {} to the local S3 server in {:.1}s",
+            dir.display(),
+            t.elapsed().as_secs_f64()
+        );
+        Ok((
+            S3Server {
+                child,
+                stdin,
+                stdout,
+            },
+            endpoint.trim().to_string(),
+        ))
+    }
+
+    fn send(&mut self, line: &str) -> anyhow::Result<()> {
+        writeln!(self.stdin, "{line}")?;
+        Ok(self.stdin.flush()?)
+    }
+
+    fn stats(&mut self) -> anyhow::Result<S3Stats> {
+        self.send("stats")?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        Ok(serde_json::from_str(&line)?)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The object-storage passes: per injected latency, a fresh open of the store on S3, its first
+/// (cold) query, then every `--s3-search` setting over the first `--s3-queries` queries.
+fn object_storage(
+    args: &Args,
+    store: &Store,
+    queries: &[Query],
+    truth: &[Vec<String>],
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !tttnn::store::is_uri(store.path()),
+        "the object-storage pass copies a local store"
+    );
+    let settings = args
+        .s3_search
+        .iter()
+        .map(|s| {
+            let (n, r) = s
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("--s3-search {s}: want nprobes:refine"))?;
+            Ok((n.parse::<usize>()?, r.parse::<u32>()?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (mut server, endpoint) = S3Server::start(store.path())?;
+    for (var, value) in [
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ] {
+        std::env::set_var(var, value);
+    }
+    let n = args.s3_queries.min(queries.len());
+    let (queries, truth) = (&queries[..n], &truth[..n]);
+    let k = args.k;
+    println!("\nThe same store on the local S3 server (moto), {n} queries per setting:\n");
+    println!("| injected latency ms | search | nprobes | refine | p50 ms | p99 ms | recall@{k} | requests/query | KiB/query | requests by method |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for &latency in &args.s3_latency_ms {
+        server.send(&format!("latency {latency}"))?;
+        server.send("reset")?;
+        let t = Instant::now();
+        let remote = Store::open(Path::new("s3://bench/store"))?;
+        let (nprobes, refine) = settings[0];
+        let mode = SearchMode::Indexed {
+            nprobes,
+            refine_factor: (refine > 0).then_some(refine),
+        };
+        let (_, first) = run(&remote, &queries[..1], k, mode)?;
+        let cold = t.elapsed().as_secs_f64() * 1e3;
+        let s = server.stats()?;
+        println!(
+            "| {latency} | open + first query | {nprobes} | {refine} | {cold:.1} | - | {:.3} | {} | {:.1} | {:?} |",
+            recall(&first, &truth[..1]),
+            s.requests,
+            s.bytes_sent as f64 / 1024.0,
+            s.by_method
+        );
+        for &(nprobes, refine) in &settings {
+            let mode = SearchMode::Indexed {
+                nprobes,
+                refine_factor: (refine > 0).then_some(refine),
+            };
+            // The same queries twice: the first pass reads index partitions for the first time,
+            // the repeat finds them in Lance's index cache.
+            for pass in ["IVF-PQ", "IVF-PQ, repeated"] {
+                server.send("reset")?;
+                let (mut ms, found) = run(&remote, queries, k, mode)?;
+                let s = server.stats()?;
+                let per = |x: u64| x as f64 / n as f64;
+                println!(
+                    "| {latency} | {pass} | {nprobes} | {refine} | {:.1} | {:.1} | {:.3} | {:.1} | {:.1} | {:?} |",
+                    percentile(&mut ms, 0.5),
+                    percentile(&mut ms, 0.99),
+                    recall(&found, truth),
+                    per(s.requests),
+                    per(s.bytes_sent) / 1024.0,
+                    s.by_method
+                );
+            }
         }
     }
     Ok(())

@@ -19,6 +19,38 @@ pub enum Device {
 
 impl Device {
     /// The tch device, loading CUDA support first when asked for.
+    /// Memory a run may plan with, in bytes: available RAM on the CPU (`MemAvailable`), the GPU's
+    /// total memory on CUDA (from `nvidia-smi`); None when it cannot be read.
+    pub fn memory_bytes(self) -> Option<u64> {
+        match self {
+            Device::Cpu => {
+                let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+                let kb = info.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?;
+                Some(
+                    kb.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()?
+                        * 1024,
+                )
+            }
+            Device::Cuda => {
+                let out = std::process::Command::new("nvidia-smi")
+                    .args([
+                        "--query-gpu=memory.total",
+                        "--format=csv,noheader,nounits",
+                        "-i",
+                        "0",
+                    ])
+                    .output()
+                    .ok()?;
+                let mib: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+                Some(mib * 1024 * 1024)
+            }
+        }
+    }
+
     pub fn to_tch(self) -> Result<tch::Device> {
         match self {
             Device::Cpu => Ok(tch::Device::Cpu),

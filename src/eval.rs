@@ -167,6 +167,53 @@ pub fn score_tokens(
     Ok(totals)
 }
 
+/// Σ log p(target) of one window per lane (`tttnn run --lanes`), each lane scored with its own
+/// weights in one batched forward; `None`: the lane has no window this round. Inputs are padded
+/// at the end, after every scored position (causal attention), so each lane's sum is what
+/// [`score_tokens`] gives for that window alone.
+pub(crate) fn score_windows_in_lanes(
+    lm: &LanguageModel,
+    windows: &[Option<&Window>],
+) -> Vec<Option<f64>> {
+    let longest = windows.iter().flatten().map(|w| w.input.len()).max();
+    let Some(t) = longest.filter(|&t| t > 0) else {
+        return vec![None; windows.len()];
+    };
+    let mut ids = vec![0i64; windows.len() * t];
+    for (l, w) in windows.iter().enumerate() {
+        if let Some(w) = w {
+            ids[l * t..l * t + w.input.len()].copy_from_slice(&w.input);
+        }
+    }
+    tch::no_grad(|| {
+        let device = lm.device();
+        let input = Tensor::from_slice(&ids)
+            .view([windows.len() as i64, t as i64])
+            .to(device);
+        let logits = lm.forward(&input, false);
+        windows
+            .iter()
+            .enumerate()
+            .map(|(l, w)| {
+                let w = (*w)?;
+                let n = w.targets.len() as i64;
+                let scored = logits
+                    .get(l as i64)
+                    .narrow(0, w.input.len() as i64 - n, n)
+                    .to_kind(Kind::Float);
+                let targets = Tensor::from_slice(&w.targets).to(device).unsqueeze(1);
+                // As score_tokens: log p(t) = logit_t - logsumexp(logits).
+                let logp = scored.gather(1, &targets, false) - scored.logsumexp([-1], true);
+                Some(
+                    logp.to_kind(Kind::Double)
+                        .sum(Kind::Double)
+                        .double_value(&[]),
+                )
+            })
+            .collect()
+    })
+}
+
 /// The unigram distribution of `tokens` over a `vocab`-sized vocabulary (counts / length).
 pub fn unigram(tokens: &[i64], vocab: i64) -> Tensor {
     let counts = Tensor::zeros([vocab], (Kind::Double, tch::Device::Cpu));

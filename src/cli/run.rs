@@ -103,6 +103,7 @@ pub fn run(args: Args, p: &Printer, matches: &ArgMatches) -> Result<()> {
                 progress.bar = Some(b);
             }
         }
+        Event::Planned { plan } => p.say(format!("memory plan: {plan}")),
         Event::Neighbor {
             doc,
             rank,

@@ -1,8 +1,10 @@
 //! GPT-2 (`GPT2LMHeadModel`): learned positions, pre-LayerNorm blocks, Conv1D weights stored
 //! `[in, out]`, tanh-approximated GELU, LM head tied to the token embedding.
 use serde::Deserialize;
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::Tensor;
+
+use super::layers::{Conv1D, Embedding, LayerNorm, Lora};
 
 /// `config.json` of a GPT-2 model.
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +37,9 @@ pub struct Config {
     /// End-of-text token id.
     #[serde(default)]
     pub eos_token_id: Option<i64>,
+    /// LoRA adapters to add (`--adapter lora`); not part of config.json.
+    #[serde(skip)]
+    pub lora: Option<Lora>,
 }
 
 fn default_eps() -> f64 {
@@ -42,33 +47,6 @@ fn default_eps() -> f64 {
 }
 fn default_dropout() -> f64 {
     0.1
-}
-
-/// HF's Conv1D: a linear layer whose weight is stored transposed, `[in, out]`.
-#[derive(Debug)]
-struct Conv1D {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl Conv1D {
-    fn new(vs: nn::Path, n_in: i64, n_out: i64) -> Self {
-        Self {
-            weight: vs.var("weight", &[n_in, n_out], nn::Init::Const(0.)),
-            bias: vs.var("bias", &[n_out], nn::Init::Const(0.)),
-        }
-    }
-}
-
-impl Module for Conv1D {
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        // One fused GEMM with the bias, as HF's Conv1D (`torch.addmm`).
-        let mut shape = xs.size();
-        let n_in = shape.pop().expect("at least one dimension");
-        let ys = self.bias.addmm(&xs.reshape([-1, n_in]), &self.weight);
-        shape.push(self.weight.size()[1]);
-        ys.view(shape.as_slice())
-    }
 }
 
 #[derive(Debug)]
@@ -83,8 +61,13 @@ struct Attention {
 impl Attention {
     fn new(vs: nn::Path, cfg: &Config) -> Self {
         Self {
-            c_attn: Conv1D::new(&vs / "c_attn", cfg.n_embd, 3 * cfg.n_embd),
-            c_proj: Conv1D::new(&vs / "c_proj", cfg.n_embd, cfg.n_embd),
+            c_attn: Conv1D::new(
+                &vs / "c_attn",
+                cfg.n_embd,
+                3 * cfg.n_embd,
+                cfg.lora.as_ref(),
+            ),
+            c_proj: Conv1D::new(&vs / "c_proj", cfg.n_embd, cfg.n_embd, cfg.lora.as_ref()),
             n_head: cfg.n_head,
             attn_pdrop: cfg.attn_pdrop,
             resid_pdrop: cfg.resid_pdrop,
@@ -122,8 +105,8 @@ impl Mlp {
     fn new(vs: nn::Path, cfg: &Config) -> Self {
         let inner = cfg.n_inner.unwrap_or(4 * cfg.n_embd);
         Self {
-            c_fc: Conv1D::new(&vs / "c_fc", cfg.n_embd, inner),
-            c_proj: Conv1D::new(&vs / "c_proj", inner, cfg.n_embd),
+            c_fc: Conv1D::new(&vs / "c_fc", cfg.n_embd, inner, cfg.lora.as_ref()),
+            c_proj: Conv1D::new(&vs / "c_proj", inner, cfg.n_embd, cfg.lora.as_ref()),
             resid_pdrop: cfg.resid_pdrop,
         }
     }
@@ -137,22 +120,19 @@ impl Mlp {
 
 #[derive(Debug)]
 struct Block {
-    ln_1: nn::LayerNorm,
+    ln_1: LayerNorm,
     attn: Attention,
-    ln_2: nn::LayerNorm,
+    ln_2: LayerNorm,
     mlp: Mlp,
 }
 
 impl Block {
     fn new(vs: nn::Path, cfg: &Config) -> Self {
-        let ln = nn::LayerNormConfig {
-            eps: cfg.layer_norm_epsilon,
-            ..Default::default()
-        };
+        let eps = cfg.layer_norm_epsilon;
         Self {
-            ln_1: nn::layer_norm(&vs / "ln_1", vec![cfg.n_embd], ln),
+            ln_1: LayerNorm::new(&vs / "ln_1", cfg.n_embd, eps),
             attn: Attention::new(&vs / "attn", cfg),
-            ln_2: nn::layer_norm(&vs / "ln_2", vec![cfg.n_embd], ln),
+            ln_2: LayerNorm::new(&vs / "ln_2", cfg.n_embd, eps),
             mlp: Mlp::new(&vs / "mlp", cfg),
         }
     }
@@ -166,10 +146,10 @@ impl Block {
 /// GPT-2 with its LM head.
 #[derive(Debug)]
 pub struct Gpt2 {
-    wte: nn::Embedding,
-    wpe: nn::Embedding,
+    wte: Embedding,
+    wpe: Embedding,
     blocks: Vec<Block>,
-    ln_f: nn::LayerNorm,
+    ln_f: LayerNorm,
     embd_pdrop: f64,
 }
 
@@ -177,31 +157,26 @@ impl Gpt2 {
     /// Creates the variables under `transformer.*`, HF's names.
     pub fn new(vs: nn::Path, cfg: &Config) -> Self {
         let t = &vs / "transformer";
-        let emb = nn::EmbeddingConfig::default();
-        let ln = nn::LayerNormConfig {
-            eps: cfg.layer_norm_epsilon,
-            ..Default::default()
-        };
         Self {
-            wte: nn::embedding(&t / "wte", cfg.vocab_size, cfg.n_embd, emb),
-            wpe: nn::embedding(&t / "wpe", cfg.n_positions, cfg.n_embd, emb),
+            wte: Embedding::new(&t / "wte", cfg.vocab_size, cfg.n_embd),
+            wpe: Embedding::new(&t / "wpe", cfg.n_positions, cfg.n_embd),
             blocks: (0..cfg.n_layer)
                 .map(|i| Block::new(&t / "h" / i, cfg))
                 .collect(),
-            ln_f: nn::layer_norm(&t / "ln_f", vec![cfg.n_embd], ln),
+            ln_f: LayerNorm::new(&t / "ln_f", cfg.n_embd, cfg.layer_norm_epsilon),
             embd_pdrop: cfg.embd_pdrop,
         }
     }
 
-    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
+    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` (under lanes, the batch is the
+    /// lanes).
     pub fn forward(&self, ids: &Tensor, train: bool) -> Tensor {
         let (_, t) = ids.size2().expect("[batch, seq]");
-        let pos = Tensor::arange(t, (tch::Kind::Int64, ids.device()));
         let mut xs =
-            (self.wte.forward(ids) + self.wpe.forward(&pos)).dropout(self.embd_pdrop, train);
+            (self.wte.forward(ids) + self.wpe.first_rows(t)).dropout(self.embd_pdrop, train);
         for b in &self.blocks {
             xs = b.forward(&xs, train);
         }
-        self.ln_f.forward(&xs).matmul(&self.wte.ws.tr())
+        self.wte.logits(&self.ln_f.forward(&xs))
     }
 }

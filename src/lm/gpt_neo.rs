@@ -2,8 +2,10 @@
 //! (sliding-window) causal attention, no 1/√d scaling of attention scores (as HF computes it),
 //! `nn.Linear` weights stored `[out, in]`, LM head tied to the token embedding.
 use serde::Deserialize;
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::{Kind, Tensor};
+
+use super::layers::{Embedding, LayerNorm, Linear, Lora};
 
 /// `config.json` of a GPT-Neo model.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +43,9 @@ pub struct Config {
     /// End-of-text token id.
     #[serde(default)]
     pub eos_token_id: Option<i64>,
+    /// LoRA adapters to add (`--adapter lora`); not part of config.json.
+    #[serde(skip)]
+    pub lora: Option<Lora>,
 }
 
 fn default_window() -> i64 {
@@ -62,10 +67,10 @@ impl Config {
 
 #[derive(Debug)]
 struct Attention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    out_proj: nn::Linear,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
     n_head: i64,
     window: Option<i64>,
     attn_dropout: f64,
@@ -75,15 +80,11 @@ struct Attention {
 impl Attention {
     fn new(vs: nn::Path, cfg: &Config, local: bool) -> Self {
         let h = cfg.hidden_size;
-        let no_bias = nn::LinearConfig {
-            bias: false,
-            ..Default::default()
-        };
         Self {
-            q_proj: nn::linear(&vs / "q_proj", h, h, no_bias),
-            k_proj: nn::linear(&vs / "k_proj", h, h, no_bias),
-            v_proj: nn::linear(&vs / "v_proj", h, h, no_bias),
-            out_proj: nn::linear(&vs / "out_proj", h, h, Default::default()),
+            q_proj: Linear::new(&vs / "q_proj", h, h, false, cfg.lora.as_ref()),
+            k_proj: Linear::new(&vs / "k_proj", h, h, false, cfg.lora.as_ref()),
+            v_proj: Linear::new(&vs / "v_proj", h, h, false, cfg.lora.as_ref()),
+            out_proj: Linear::new(&vs / "out_proj", h, h, true, cfg.lora.as_ref()),
             n_head: cfg.num_heads,
             window: local.then_some(cfg.window_size),
             attn_dropout: cfg.attention_dropout,
@@ -136,37 +137,24 @@ impl Attention {
 
 #[derive(Debug)]
 struct Block {
-    ln_1: nn::LayerNorm,
+    ln_1: LayerNorm,
     attn: Attention,
-    ln_2: nn::LayerNorm,
-    c_fc: nn::Linear,
-    c_proj: nn::Linear,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    c_proj: Linear,
     resid_dropout: f64,
 }
 
 impl Block {
     fn new(vs: nn::Path, cfg: &Config, local: bool) -> Self {
-        let ln = nn::LayerNormConfig {
-            eps: cfg.layer_norm_epsilon,
-            ..Default::default()
-        };
-        let inner = cfg.intermediate_size.unwrap_or(4 * cfg.hidden_size);
+        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_epsilon);
+        let inner = cfg.intermediate_size.unwrap_or(4 * h);
         Self {
-            ln_1: nn::layer_norm(&vs / "ln_1", vec![cfg.hidden_size], ln),
+            ln_1: LayerNorm::new(&vs / "ln_1", h, eps),
             attn: Attention::new(&vs / "attn" / "attention", cfg, local),
-            ln_2: nn::layer_norm(&vs / "ln_2", vec![cfg.hidden_size], ln),
-            c_fc: nn::linear(
-                &vs / "mlp" / "c_fc",
-                cfg.hidden_size,
-                inner,
-                Default::default(),
-            ),
-            c_proj: nn::linear(
-                &vs / "mlp" / "c_proj",
-                inner,
-                cfg.hidden_size,
-                Default::default(),
-            ),
+            ln_2: LayerNorm::new(&vs / "ln_2", h, eps),
+            c_fc: Linear::new(&vs / "mlp" / "c_fc", h, inner, true, cfg.lora.as_ref()),
+            c_proj: Linear::new(&vs / "mlp" / "c_proj", inner, h, true, cfg.lora.as_ref()),
             resid_dropout: cfg.resid_dropout,
         }
     }
@@ -183,10 +171,10 @@ impl Block {
 /// GPT-Neo with its LM head.
 #[derive(Debug)]
 pub struct GptNeo {
-    wte: nn::Embedding,
-    wpe: nn::Embedding,
+    wte: Embedding,
+    wpe: Embedding,
     blocks: Vec<Block>,
-    ln_f: nn::LayerNorm,
+    ln_f: LayerNorm,
     embed_dropout: f64,
 }
 
@@ -194,20 +182,10 @@ impl GptNeo {
     /// Creates the variables under `transformer.*`, HF's names.
     pub fn new(vs: nn::Path, cfg: &Config) -> Self {
         let t = &vs / "transformer";
-        let emb = nn::EmbeddingConfig::default();
-        let ln = nn::LayerNormConfig {
-            eps: cfg.layer_norm_epsilon,
-            ..Default::default()
-        };
         let kinds = cfg.layer_kinds();
         Self {
-            wte: nn::embedding(&t / "wte", cfg.vocab_size, cfg.hidden_size, emb),
-            wpe: nn::embedding(
-                &t / "wpe",
-                cfg.max_position_embeddings,
-                cfg.hidden_size,
-                emb,
-            ),
+            wte: Embedding::new(&t / "wte", cfg.vocab_size, cfg.hidden_size),
+            wpe: Embedding::new(&t / "wpe", cfg.max_position_embeddings, cfg.hidden_size),
             blocks: (0..cfg.num_layers)
                 .map(|i| {
                     Block::new(
@@ -217,20 +195,20 @@ impl GptNeo {
                     )
                 })
                 .collect(),
-            ln_f: nn::layer_norm(&t / "ln_f", vec![cfg.hidden_size], ln),
+            ln_f: LayerNorm::new(&t / "ln_f", cfg.hidden_size, cfg.layer_norm_epsilon),
             embed_dropout: cfg.embed_dropout,
         }
     }
 
-    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
+    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` (under lanes, the batch is the
+    /// lanes).
     pub fn forward(&self, ids: &Tensor, train: bool) -> Tensor {
         let (_, t) = ids.size2().expect("[batch, seq]");
-        let pos = Tensor::arange(t, (Kind::Int64, ids.device()));
         let mut xs =
-            (self.wte.forward(ids) + self.wpe.forward(&pos)).dropout(self.embed_dropout, train);
+            (self.wte.forward(ids) + self.wpe.first_rows(t)).dropout(self.embed_dropout, train);
         for b in &self.blocks {
             xs = b.forward(&xs, train);
         }
-        self.ln_f.forward(&xs).matmul(&self.wte.ws.tr())
+        self.wte.logits(&self.ln_f.forward(&xs))
     }
 }

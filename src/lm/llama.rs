@@ -4,9 +4,10 @@
 use std::path::Path;
 
 use serde::Deserialize;
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::{Kind, Tensor};
 
+use super::layers::{lm_head_logits, Embedding, Linear, Lora, RmsNorm};
 use crate::error::{Error, Result};
 
 /// `config.json` of a Llama or Qwen2 model.
@@ -59,6 +60,9 @@ pub struct Config {
     /// End-of-text token id (a list in some configs).
     #[serde(default)]
     pub eos_token_id: Option<serde_json::Value>,
+    /// LoRA adapters to add (`--adapter lora`); not part of config.json.
+    #[serde(skip)]
+    pub lora: Option<Lora>,
 }
 
 /// `rope_scaling` of config.json.
@@ -165,31 +169,6 @@ impl Config {
     }
 }
 
-/// RMSNorm in fp32, as HF's `LlamaRMSNorm`.
-#[derive(Debug)]
-struct RmsNorm {
-    weight: Tensor,
-    eps: f64,
-}
-
-impl RmsNorm {
-    fn new(vs: nn::Path, dim: i64, eps: f64) -> Self {
-        Self {
-            weight: vs.var("weight", &[dim], nn::Init::Const(1.0)),
-            eps,
-        }
-    }
-}
-
-impl Module for RmsNorm {
-    fn forward(&self, xs: &Tensor) -> Tensor {
-        let kind = xs.kind();
-        let x = xs.to_kind(Kind::Float);
-        let var = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-        &self.weight * (x * (var + self.eps).rsqrt()).to_kind(kind)
-    }
-}
-
 fn rotate_half(x: &Tensor) -> Tensor {
     let half = x.size()[x.dim() - 1] / 2;
     Tensor::cat(&[-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1)
@@ -197,10 +176,10 @@ fn rotate_half(x: &Tensor) -> Tensor {
 
 #[derive(Debug)]
 struct Attention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    o_proj: nn::Linear,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -212,19 +191,13 @@ impl Attention {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         // Qwen2 always has q/k/v biases and no o_proj bias; Llama follows `attention_bias`.
         let qkv_bias = cfg.model_type == "qwen2" || cfg.attention_bias;
-        let qkv = nn::LinearConfig {
-            bias: qkv_bias,
-            ..Default::default()
-        };
-        let o = nn::LinearConfig {
-            bias: cfg.model_type != "qwen2" && cfg.attention_bias,
-            ..Default::default()
-        };
+        let o_bias = cfg.model_type != "qwen2" && cfg.attention_bias;
+        let (q, kv) = (cfg.num_attention_heads * hd, cfg.kv_heads() * hd);
         Self {
-            q_proj: nn::linear(&vs / "q_proj", h, cfg.num_attention_heads * hd, qkv),
-            k_proj: nn::linear(&vs / "k_proj", h, cfg.kv_heads() * hd, qkv),
-            v_proj: nn::linear(&vs / "v_proj", h, cfg.kv_heads() * hd, qkv),
-            o_proj: nn::linear(&vs / "o_proj", cfg.num_attention_heads * hd, h, o),
+            q_proj: Linear::new(&vs / "q_proj", h, q, qkv_bias, cfg.lora.as_ref()),
+            k_proj: Linear::new(&vs / "k_proj", h, kv, qkv_bias, cfg.lora.as_ref()),
+            v_proj: Linear::new(&vs / "v_proj", h, kv, qkv_bias, cfg.lora.as_ref()),
+            o_proj: Linear::new(&vs / "o_proj", q, h, o_bias, cfg.lora.as_ref()),
             heads: cfg.num_attention_heads,
             kv_heads: cfg.kv_heads(),
             head_dim: hd,
@@ -265,18 +238,15 @@ struct Block {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
-    gate_proj: nn::Linear,
-    up_proj: nn::Linear,
-    down_proj: nn::Linear,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
 }
 
 impl Block {
     fn new(vs: nn::Path, cfg: &Config) -> Self {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let lc = nn::LinearConfig {
-            bias: cfg.mlp_bias,
-            ..Default::default()
-        };
+        let bias = cfg.mlp_bias;
         let mlp = &vs / "mlp";
         Self {
             input_layernorm: RmsNorm::new(&vs / "input_layernorm", h, cfg.rms_norm_eps),
@@ -286,9 +256,9 @@ impl Block {
                 h,
                 cfg.rms_norm_eps,
             ),
-            gate_proj: nn::linear(&mlp / "gate_proj", h, i, lc),
-            up_proj: nn::linear(&mlp / "up_proj", h, i, lc),
-            down_proj: nn::linear(&mlp / "down_proj", i, h, lc),
+            gate_proj: Linear::new(&mlp / "gate_proj", h, i, bias, cfg.lora.as_ref()),
+            up_proj: Linear::new(&mlp / "up_proj", h, i, bias, cfg.lora.as_ref()),
+            down_proj: Linear::new(&mlp / "down_proj", i, h, bias, cfg.lora.as_ref()),
         }
     }
 
@@ -307,7 +277,7 @@ impl Block {
 /// A Llama or Qwen2 causal LM.
 #[derive(Debug)]
 pub struct Llama {
-    embed_tokens: nn::Embedding,
+    embed_tokens: Embedding,
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Option<Tensor>,
@@ -319,12 +289,7 @@ impl Llama {
     pub fn new(vs: nn::Path, cfg: &Config) -> Self {
         let m = &vs / "model";
         Self {
-            embed_tokens: nn::embedding(
-                &m / "embed_tokens",
-                cfg.vocab_size,
-                cfg.hidden_size,
-                Default::default(),
-            ),
+            embed_tokens: Embedding::new(&m / "embed_tokens", cfg.vocab_size, cfg.hidden_size),
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| Block::new(&m / "layers" / i, cfg))
                 .collect(),
@@ -340,7 +305,8 @@ impl Llama {
         }
     }
 
-    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]`.
+    /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` (under lanes, the batch is the
+    /// lanes).
     pub fn forward(&self, ids: &Tensor, train: bool) -> Tensor {
         let (_, t) = ids.size2().expect("[batch, seq]");
         let dev = ids.device();
@@ -355,8 +321,8 @@ impl Llama {
         }
         let xs = self.norm.forward(&xs);
         match &self.lm_head {
-            Some(w) => xs.matmul(&w.tr()),
-            None => xs.matmul(&self.embed_tokens.ws.tr()),
+            Some(w) => lm_head_logits(&xs, w),
+            None => self.embed_tokens.logits(&xs),
         }
     }
 }

@@ -2,6 +2,7 @@
 pub mod device;
 pub mod gpt2;
 pub mod gpt_neo;
+pub mod layers;
 pub mod llama;
 pub mod weights;
 
@@ -14,6 +15,7 @@ use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
 use crate::Device;
+pub use layers::Lora;
 
 /// The libtorch version tch 0.24.0 binds; scripts/setup installs this torch wheel.
 pub const TORCH_VERSION: &str = "2.11.0";
@@ -69,6 +71,42 @@ impl Precision {
     }
 }
 
+/// The seed LoRA adapters are drawn with: every document's adapters start from the same draw.
+const LORA_SEED: i64 = 0x10_4A;
+
+/// Freezes every weight but the LoRA adapters, after checking each target adapted some layer.
+fn freeze_all_but_adapters(vs: &VarStore, lora: &Lora, config: &Path) -> Result<()> {
+    let vars = vs.variables();
+    for target in &lora.targets {
+        let suffix = format!(".{target}.lora_A.weight");
+        if !vars.keys().any(|n| n.ends_with(&suffix)) {
+            let mut layers: Vec<&str> = vars
+                .iter()
+                .filter(|(n, t)| n.ends_with(".weight") && t.dim() == 2 && !weights::is_adapter(n))
+                .map(|(n, _)| n)
+                .filter_map(|n| n.trim_end_matches(".weight").rsplit('.').next())
+                .filter(|n| n.parse::<usize>().is_err())
+                .collect();
+            layers.sort();
+            layers.dedup();
+            return Err(Error::setting(
+                "lora_targets",
+                format!(
+                    "`{target}` names no linear layer of {} (its layers: {})",
+                    config.display(),
+                    layers.join(", ")
+                ),
+            ));
+        }
+    }
+    for (name, var) in vars {
+        if !weights::is_adapter(&name) {
+            let _ = var.set_requires_grad(false);
+        }
+    }
+    Ok(())
+}
+
 /// The network behind a [`LanguageModel`].
 #[derive(Debug)]
 enum Network {
@@ -88,6 +126,14 @@ pub struct LanguageModel {
     pub eot_id: i64,
     /// Size of the output vocabulary (the logits' last dimension).
     pub vocab_size: i64,
+    /// Transformer blocks.
+    pub n_layer: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// The largest dropout probability training draws masks with (config.json's).
+    pub dropout: f64,
+    /// The LoRA adapters it carries, targets resolved (None: every weight trains).
+    pub lora: Option<Lora>,
     /// Where it was loaded from.
     pub dir: PathBuf,
 }
@@ -95,55 +141,88 @@ pub struct LanguageModel {
 impl LanguageModel {
     /// Loads `config.json`, `tokenizer.json` and the safetensors weights of an HF model directory.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        Self::load_with(dir, device, None)
+    }
+
+    /// As [`LanguageModel::load`], with LoRA adapters on the layers `lora` targets (the model
+    /// type's default targets when it names none): the base weights are frozen, only the
+    /// adapters train. The adapters start from a fixed seed, the same every load.
+    pub fn load_with(dir: &Path, device: Device, lora: Option<&Lora>) -> Result<Self> {
         let device = device.to_tch()?;
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
         let bad = |e: serde_json::Error| Error::bad_file(&config_path, e.to_string());
         let ModelType { model_type } = serde_json::from_str(&text).map_err(bad)?;
+        let lora = lora.map(|l| Lora {
+            targets: if l.targets.is_empty() {
+                Lora::default_targets(&model_type)
+            } else {
+                l.targets.clone()
+            },
+            ..l.clone()
+        });
+        if lora.is_some() {
+            tch::manual_seed(LORA_SEED);
+        }
         let tok_path = dir.join("tokenizer.json");
         let tokenizer =
             Tokenizer::from_file(&tok_path).map_err(|e| Error::tokenizer(tok_path.clone(), e))?;
         let vs = VarStore::new(device);
-        let (network, n_ctx, eos, vocab_size) = match model_type.as_str() {
-            "gpt2" => {
-                let cfg: gpt2::Config = serde_json::from_str(&text).map_err(bad)?;
-                (
-                    Network::Gpt2(gpt2::Gpt2::new(vs.root(), &cfg)),
-                    cfg.n_positions as usize,
-                    cfg.eos_token_id,
-                    cfg.vocab_size,
-                )
-            }
-            "gpt_neo" => {
-                let cfg: gpt_neo::Config = serde_json::from_str(&text).map_err(bad)?;
-                (
-                    Network::GptNeo(gpt_neo::GptNeo::new(vs.root(), &cfg)),
-                    cfg.max_position_embeddings as usize,
-                    cfg.eos_token_id,
-                    cfg.vocab_size,
-                )
-            }
-            "llama" | "qwen2" => {
-                let cfg: llama::Config = serde_json::from_str(&text).map_err(bad)?;
-                cfg.validate(&config_path)?;
-                (
-                    Network::Llama(llama::Llama::new(vs.root(), &cfg)),
-                    cfg.max_position_embeddings as usize,
-                    cfg.eos(),
-                    cfg.vocab_size,
-                )
-            }
-            other => {
-                return Err(Error::bad_file(
-                    &config_path,
-                    format!(
-                        "model_type `{other}` is not supported (supported: {})",
-                        SUPPORTED_MODEL_TYPES.join(", ")
-                    ),
-                ))
-            }
-        };
+        let (network, n_ctx, eos, vocab_size, dropout, (n_layer, hidden)) =
+            match model_type.as_str() {
+                "gpt2" => {
+                    let mut cfg: gpt2::Config = serde_json::from_str(&text).map_err(bad)?;
+                    cfg.lora = lora.clone();
+                    (
+                        Network::Gpt2(gpt2::Gpt2::new(vs.root(), &cfg)),
+                        cfg.n_positions as usize,
+                        cfg.eos_token_id,
+                        cfg.vocab_size,
+                        cfg.resid_pdrop.max(cfg.embd_pdrop).max(cfg.attn_pdrop),
+                        (cfg.n_layer, cfg.n_embd),
+                    )
+                }
+                "gpt_neo" => {
+                    let mut cfg: gpt_neo::Config = serde_json::from_str(&text).map_err(bad)?;
+                    cfg.lora = lora.clone();
+                    (
+                        Network::GptNeo(gpt_neo::GptNeo::new(vs.root(), &cfg)),
+                        cfg.max_position_embeddings as usize,
+                        cfg.eos_token_id,
+                        cfg.vocab_size,
+                        cfg.resid_dropout
+                            .max(cfg.embed_dropout)
+                            .max(cfg.attention_dropout),
+                        (cfg.num_layers, cfg.hidden_size),
+                    )
+                }
+                "llama" | "qwen2" => {
+                    let mut cfg: llama::Config = serde_json::from_str(&text).map_err(bad)?;
+                    cfg.lora = lora.clone();
+                    cfg.validate(&config_path)?;
+                    (
+                        Network::Llama(llama::Llama::new(vs.root(), &cfg)),
+                        cfg.max_position_embeddings as usize,
+                        cfg.eos(),
+                        cfg.vocab_size,
+                        cfg.attention_dropout,
+                        (cfg.num_hidden_layers, cfg.hidden_size),
+                    )
+                }
+                other => {
+                    return Err(Error::bad_file(
+                        &config_path,
+                        format!(
+                            "model_type `{other}` is not supported (supported: {})",
+                            SUPPORTED_MODEL_TYPES.join(", ")
+                        ),
+                    ))
+                }
+            };
         weights::load(&vs, dir)?;
+        if let Some(lora) = &lora {
+            freeze_all_but_adapters(&vs, lora, &config_path)?;
+        }
         let eot_id = match eos.or_else(|| tokenizer.token_to_id("<|endoftext|>").map(i64::from)) {
             Some(id) => id,
             None => {
@@ -160,6 +239,10 @@ impl LanguageModel {
             n_ctx,
             eot_id,
             vocab_size,
+            n_layer: n_layer as usize,
+            hidden: hidden as usize,
+            dropout,
+            lora,
             dir: dir.to_path_buf(),
         })
     }

@@ -38,7 +38,13 @@ pub(crate) fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     ))
 }
 
-/// Copies every variable of `vs` from the model directory's safetensors files.
+/// Whether the variable `name` is a LoRA adapter's (`...q_proj.lora_A.weight`).
+pub fn is_adapter(name: &str) -> bool {
+    name.contains(".lora_A.") || name.contains(".lora_B.")
+}
+
+/// Copies every variable of `vs` but the LoRA adapters from the model directory's safetensors
+/// files.
 ///
 /// A variable `a.b.c` is also looked up without its first component (`b.c`): the original
 /// `gpt2` checkpoints name their tensors `h.0.attn...` where `save_pretrained` writes
@@ -57,6 +63,9 @@ pub fn load(vs: &VarStore, dir: &Path) -> Result<()> {
     let mut missing = Vec::new();
     tch::no_grad(|| -> Result<()> {
         for (name, mut var) in vs.variables() {
+            if is_adapter(&name) {
+                continue; // LoRA adapters are not in the checkpoint; they start from their init.
+            }
             let alt = name.split_once('.').map(|(_, rest)| rest.to_string());
             let src = tensors
                 .get(&name)

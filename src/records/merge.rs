@@ -132,19 +132,20 @@ impl Db {
     /// Copies the attached shards into one new run, in one transaction.
     fn copy_shards(&self, shards: &[ShardRun]) -> Result<i64> {
         let count = shards.len();
-        let columns = "name, method, selection, status, started_at, finished_at, task, model,
-            model_hash, encoder, store, store_version, neighbors, max_length, config,
-            tttnn_version, git_commit";
         let union = |column: &str| {
             (0..count)
                 .map(|i| format!("SELECT {column} FROM shard{i}.runs"))
                 .collect::<Vec<_>>()
                 .join(" UNION ALL ")
         };
+        // By name: a shard recorded before a migration lacks its columns, which then take their
+        // defaults.
         let mut sql = format!(
             "CREATE TEMP TABLE merged AS SELECT nextval('run_ids') AS id;
-             INSERT INTO runs (id, {columns}, shard_index, shard_count)
-             SELECT (SELECT id FROM merged), {columns}, NULL, {count} FROM shard0.runs;
+             INSERT INTO runs BY NAME
+             SELECT * EXCLUDE (id, shard_index, shard_count, error),
+                    (SELECT id FROM merged) AS id, {count} AS shard_count
+             FROM shard0.runs;
              UPDATE runs SET started_at = (SELECT min(started_at) FROM ({starts})),
                              finished_at = (SELECT max(finished_at) FROM ({ends}))
              WHERE id = (SELECT id FROM merged);\n",
@@ -191,6 +192,8 @@ mod tests {
                     neighbors: 1,
                     max_length: 8,
                     shard: Shard::ALL,
+                    lanes: 1,
+                    adapter: "full".into(),
                     config: RunConfig::default().to_json().unwrap(),
                 })
                 .unwrap();

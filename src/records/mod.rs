@@ -38,6 +38,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "005_results_as_the_paper",
         include_str!("../../migrations/005_results_as_the_paper.sql"),
     ),
+    (
+        "006_lanes_and_adapters",
+        include_str!("../../migrations/006_lanes_and_adapters.sql"),
+    ),
 ];
 
 /// A results database. DuckDB lets one process write a file, or several read it, at a time

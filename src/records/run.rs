@@ -50,6 +50,10 @@ pub struct NewRun<'a> {
     /// Tokens per training chunk as run (the model's context length unless set).
     pub max_length: usize,
     pub shard: Shard,
+    /// Test documents trained at once (`--lanes`).
+    pub lanes: usize,
+    /// What TTT trains: `full`, or `lora r=… alpha=… targets`.
+    pub adapter: String,
     /// The run's settings as JSON (`RunConfig`).
     pub config: String,
 }
@@ -111,9 +115,9 @@ impl Db {
             .conn
             .query_row(
                 "INSERT INTO runs (name, method, selection, status, task, model, model_hash, encoder,
-                     store, store_version, neighbors, max_length, shard_index, shard_count, config,
-                     tttnn_version, git_commit)
-                 VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                     store, store_version, neighbors, max_length, shard_index, shard_count, lanes,
+                     adapter, config, tttnn_version, git_commit)
+                 VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  RETURNING id",
                 params![
                     run.name,
@@ -129,6 +133,8 @@ impl Db {
                     run.max_length as i64,
                     run.shard.index as i64,
                     run.shard.count as i64,
+                    run.lanes as i64,
+                    run.adapter,
                     run.config,
                     crate::VERSION,
                     crate::GIT_COMMIT,
@@ -330,6 +336,8 @@ mod tests {
             neighbors: 50,
             max_length: 1024,
             shard: Shard::ALL,
+            lanes: 1,
+            adapter: "full".into(),
             config,
         }
     }

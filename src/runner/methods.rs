@@ -34,20 +34,53 @@ impl Outcome {
     /// Starts a document's outcome with the base model's score of `text` (k = 0), timed.
     pub fn scored(lm: &LanguageModel, text: &str) -> Result<Self> {
         let t = Instant::now();
-        let score = eval::loglikelihood(lm, text)?;
-        Ok(Outcome {
-            curve: vec![(0, score.loglik)],
+        let mut out = Outcome::unscored(eval::loglikelihood(lm, text)?);
+        out.curve.push((0, out.score.loglik));
+        out.eval_s = t.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    /// A document's outcome before anything is scored: `score` without its curve.
+    pub fn unscored(score: DocScore) -> Self {
+        Outcome {
+            curve: Vec::new(),
             score,
             neighbors: Vec::new(),
             train_s: 0.0,
-            eval_s: t.elapsed().as_secs_f64(),
+            eval_s: 0.0,
             steps: 0,
             skipped: 0,
             complete: true,
             alpha: None,
             context_tokens: None,
             context_fallback: None,
-        })
+        }
+    }
+
+    /// Books one training pass (on a neighbour, or a dynamic-evaluation pass) into its record
+    /// and the document's totals.
+    pub fn book_training(
+        &mut self,
+        record: &mut NeighborRecord,
+        trained: &TextTraining,
+        train_s: f64,
+    ) {
+        self.train_s += train_s;
+        self.steps += trained.steps;
+        self.skipped += trained.skipped_short + trained.skipped_nonfinite;
+        record.tokens = trained.tokens;
+        record.chunks = trained.chunks;
+        record.train_loss = Some(trained.mean_loss);
+        record.train_s = train_s;
+    }
+
+    /// Books the document's log-likelihood after `record.rank` passes, scored in `eval_s`
+    /// seconds; returns its bits per byte.
+    pub fn book_score(&mut self, record: &mut NeighborRecord, loglik: f64, eval_s: f64) -> f64 {
+        self.eval_s += eval_s;
+        record.eval_s = Some(eval_s);
+        self.curve.push((record.rank, loglik));
+        eval::bits_per_byte(loglik, self.score.bytes)
     }
 
     /// Bits per byte before (k = 0) and after the last evaluation point.
@@ -125,24 +158,15 @@ impl DocRun<'_> {
             trained,
             train_s,
         } = step;
-        out.train_s += train_s;
-        out.steps += trained.steps;
-        out.skipped += trained.skipped_short + trained.skipped_nonfinite;
-        record.tokens = trained.tokens;
-        record.chunks = trained.chunks;
-        record.train_loss = Some(trained.mean_loss);
-        record.train_s = train_s;
-        let rank = record.rank;
+        out.book_training(&mut record, trained, train_s);
         let mut bits_per_byte = None;
-        if self.cfg.eval_at.includes(rank, last) {
+        if self.cfg.eval_at.includes(record.rank, last) {
             let t = Instant::now();
             let score = eval::loglikelihood(self.lm, text)?;
-            let s = t.elapsed().as_secs_f64();
-            out.eval_s += s;
-            record.eval_s = Some(s);
-            out.curve.push((rank, score.loglik));
-            bits_per_byte = Some(eval::bits_per_byte(score.loglik, score.bytes));
+            bits_per_byte =
+                Some(out.book_score(&mut record, score.loglik, t.elapsed().as_secs_f64()));
         }
+        let rank = record.rank;
         (self.on_event)(Event::Neighbor {
             doc: self.doc,
             rank,

@@ -6,6 +6,7 @@
 //! methods live in `methods.rs` and `interpolate.rs`; [`neighbors`] computes neighbour tables a
 //! run can read instead of searching.
 mod interpolate;
+mod lanes;
 mod methods;
 pub mod neighbors;
 pub mod plan;
@@ -16,7 +17,7 @@ pub use interpolate::{Alpha, AlphaSource, ALPHA_GRID, DEFAULT_ALPHA};
 pub use neighbors::{NeighborsConfig, NeighborsEvent, NeighborsSummary};
 pub use plan::PlannedDoc;
 pub use session::run;
-pub use settings::{ContextOrder, EvalAt, Method, RunConfig, SettingsFile};
+pub use settings::{Adapter, ContextOrder, EvalAt, Lanes, Method, RunConfig, SettingsFile};
 
 use crate::records::{DocRecord, NeighborRecord};
 
@@ -29,6 +30,8 @@ pub enum Event<'a> {
         total: usize,
         done: usize,
     },
+    /// The lanes' memory plan (`--lanes`), before the first document.
+    Planned { plan: &'a crate::ttt::LanePlan },
     /// Trained on one neighbour (and evaluated after it if `bits_per_byte` is set).
     Neighbor {
         doc: &'a PlannedDoc,

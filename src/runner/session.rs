@@ -10,7 +10,7 @@ use super::interpolate::{interpolate, Alpha};
 use super::methods::{in_context, DocRun, Outcome};
 use super::neighbors::{needed, LoadedTable};
 use super::plan::{self, PlannedDoc};
-use super::settings::{serde_name, Method, RunConfig};
+use super::settings::{serde_name, Lanes, Method, RunConfig};
 use super::Event;
 use crate::embed::EncoderConfig;
 use crate::error::{Error, Result};
@@ -19,7 +19,7 @@ use crate::lm::{weights, LanguageModel};
 use crate::records::{Db, NewRun, RunStatus};
 use crate::select::{self, SiftPool};
 use crate::store::{Neighbor, Retrieval, Store};
-use crate::ttt::{OptimizerState, TrainConfig, Trainer};
+use crate::ttt::{LanePlan, LaneTrainer, OptimizerState, TrainConfig, Trainer};
 
 /// Everything a run works with while it goes through its documents.
 pub(super) struct Session<'a> {
@@ -30,6 +30,22 @@ pub(super) struct Session<'a> {
     pub lm: &'a LanguageModel,
     /// The neighbour table read instead of searching (`--neighbors-from`).
     pub table: Option<LoadedTable>,
+    /// Documents trained at once (`--lanes`, resolved by the memory plan).
+    pub lanes: usize,
+}
+
+/// How a run trains: one document at a time, or several in lanes (`--lanes`).
+enum Training {
+    Sequential(Trainer),
+    Lanes(LaneTrainer),
+}
+
+/// A document as a method starts on it: its text and its neighbours.
+pub(super) struct Retrieved {
+    pub text: String,
+    pub neighbors: Vec<Neighbor>,
+    /// Seconds spent reading the text and finding the neighbours.
+    pub retrieval_s: f64,
 }
 
 /// Where a resumed run goes on: the documents kept, and from which `seq` on recorded ones are
@@ -106,35 +122,76 @@ pub fn run(
         None => None,
     };
     let model_hash = weights::content_hash(cfg.model()?)?;
-    let lm = LanguageModel::load(cfg.model()?, cfg.device)?;
+    let lm = LanguageModel::load_with(cfg.model()?, cfg.device, cfg.lora().as_ref())?;
     // The trainer moves the fp32 weights into flat buffers; bf16 is mixed precision (ttt::adamw).
-    let mut trainer = Trainer::new(
-        &lm,
-        TrainConfig {
-            lr: cfg.lr,
-            max_length: cfg.max_length.unwrap_or(lm.n_ctx),
-            precision: cfg.precision,
-            short_chunks: cfg.short_chunks,
-            ..Default::default()
-        },
-    )?;
+    let train = TrainConfig {
+        lr: cfg.lr,
+        max_length: cfg.max_length.unwrap_or(lm.n_ctx),
+        precision: cfg.precision,
+        short_chunks: cfg.short_chunks,
+        dropout: cfg.dropout,
+        ..Default::default()
+    };
+    let mut training = if cfg.lanes.many() {
+        if cfg.dropout.on() && lm.dropout > 0.0 {
+            // Each lane would need its own document's stream of masks, drawn as a run of one
+            // document at a time draws them; one batched draw cannot give that.
+            return Err(Error::setting(
+                "dropout",
+                format!(
+                    "{} trains with dropout {} and lanes cannot draw each document's masks as \
+                     a run without lanes does: give --dropout off (a departure) or --lanes 1",
+                    lm.dir.join("config.json").display(),
+                    lm.dropout
+                ),
+            ));
+        }
+        let asked = match cfg.lanes {
+            Lanes::Fixed(n) => Some(n),
+            Lanes::Auto => None,
+        };
+        let budget = match cfg.memory_gib {
+            Some(gib) => Some((gib * (1u64 << 30) as f64) as u64),
+            None => cfg.device.memory_bytes(),
+        };
+        let plan = LanePlan::new(&lm, &train, asked, budget)?;
+        on_event(Event::Planned { plan: &plan });
+        if plan.lanes > 1 {
+            Training::Lanes(LaneTrainer::new(&lm, train, plan.lanes)?)
+        } else {
+            Training::Sequential(Trainer::new(&lm, train)?)
+        }
+    } else {
+        Training::Sequential(Trainer::new(&lm, train)?)
+    };
     let session = Session {
         cfg,
         db_path,
         store,
         lm: &lm,
         table,
+        lanes: match &training {
+            Training::Sequential(_) => 1,
+            Training::Lanes(l) => l.lanes(),
+        },
     };
     let (run_id, mut done) = match resume {
         None => (session.create(model_hash)?, HashSet::new()),
-        Some(id) => (id, session.resume(id, &mut trainer)?),
+        Some(id) => (id, session.resume(id, &mut training)?),
     };
     on_event(Event::Started {
         run_id,
         total: plan.len(),
         done: done.len(),
     });
-    let result = session.documents(&mut trainer, &plan, run_id, &mut done, on_event);
+    let result = match &mut training {
+        Training::Sequential(trainer) => {
+            session.documents(trainer, &plan, run_id, &mut done, on_event)
+        }
+        Training::Lanes(lanes) => {
+            session.documents_in_lanes(lanes, &plan, run_id, &mut done, on_event)
+        }
+    };
     let db = session.db()?;
     match &result {
         Ok(()) => {
@@ -171,23 +228,37 @@ impl Session<'_> {
             neighbors: cfg.neighbors,
             max_length: cfg.max_length.unwrap_or(self.lm.n_ctx),
             shard: cfg.shard,
+            lanes: self.lanes,
+            adapter: match &self.lm.lora {
+                None => "full".into(),
+                Some(l) => format!(
+                    "lora r={} alpha={} {}",
+                    l.rank,
+                    l.alpha,
+                    l.targets.join(",")
+                ),
+            },
             config: cfg.to_json()?,
         })
     }
 
     /// Reopens run `id`: loads the AdamW state it saved, deletes what was recorded after it, and
     /// returns the documents that stay done.
-    fn resume(&self, id: i64, trainer: &mut Trainer) -> Result<HashSet<usize>> {
+    fn resume(&self, id: i64, training: &mut Training) -> Result<HashSet<usize>> {
         let cfg = self.cfg;
         let db = self.db()?;
         let recorded = db.recorded_seqs(id)?;
         // AdamW's state after the last document is needed to go on as the original would.
         let needs_state = cfg.method.trains() && cfg.optimizer_state == OptimizerState::Carry;
         let path = db.artifact_path(id, "optimizer");
-        let saved_after = if needs_state && !recorded.is_empty() && path.is_file() {
-            Some(trainer.load_optimizer(&path)?)
-        } else {
-            None
+        let saved_after = match training {
+            Training::Sequential(trainer)
+                if needs_state && !recorded.is_empty() && path.is_file() =>
+            {
+                Some(trainer.load_optimizer(&path)?)
+            }
+            // Lanes never carry AdamW state (RunConfig refuses it): nothing to load.
+            _ => None,
         };
         let point = ResumePoint::new(&recorded, needs_state, saved_after);
         let redone = db.delete_docs_from(id, point.keep_below)?;
@@ -248,70 +319,32 @@ impl Session<'_> {
                 trainer.reset_optimizer();
             }
             tch::manual_seed(doc.seed(cfg.seed));
-
-            let t = Instant::now();
-            let stored = self.store.expect_document(&doc.doc_id)?;
-            let neighbors = if cfg.method.uses_neighbors() {
-                self.neighbors(&stored.embedding, &doc.doc_id)?
-            } else {
-                Vec::new()
-            };
-            let retrieval_s = t.elapsed().as_secs_f64();
-
+            let retrieved = self.retrieve(doc)?;
+            let (text, neighbors) = (&retrieved.text, &retrieved.neighbors);
             let mut run = DocRun {
                 cfg,
                 lm: self.lm,
                 doc,
                 on_event: &mut *on_event,
             };
-            let text = &stored.text;
             let mut outcome = match cfg.method {
-                Method::TttNn => run.ttt_nn(trainer, text, &neighbors)?,
+                Method::TttNn => run.ttt_nn(trainer, text, neighbors)?,
                 Method::DynamicEval => run.dynamic_eval(trainer, text)?,
-                Method::InContext => in_context(cfg, self.lm, text, &neighbors)?,
+                Method::InContext => in_context(cfg, self.lm, text, neighbors)?,
                 Method::Interpolate => {
                     let a = match alpha {
                         Some((task, a)) if task == doc.task_index => a,
                         _ => self.choose_alpha(&doc.set_name)?,
                     };
                     alpha = Some((doc.task_index, a));
-                    interpolate(cfg, self.lm, text, &neighbors, a)?
+                    interpolate(cfg, self.lm, text, neighbors, a)?
                 }
                 Method::None => Outcome::scored(self.lm, text)?,
             };
-            // Fewer neighbours than k: adaptive SIFT stopped (activeft trains on what it picked,
-            // possibly nothing), or in-context and interpolate kept only those within the
-            // distance threshold (the original scores the document with whatever survived, even
-            // none, and averages over every document). The model stays as it is, so the
-            // curve's end point at k is its last state and the document counts. TTT-NN with
-            // nearest neighbours keeps the original's rule: a short curve drops the document.
-            let scores_what_survived = cfg.select.is_sift()
-                || matches!(cfg.method, Method::InContext | Method::Interpolate);
-            if scores_what_survived {
-                // Every evaluation point past the last neighbour holds that last state, so the
-                // curve (bpb_vs_k) averages the same documents at every k.
-                let &(k, last) = outcome.curve.last().expect("the curve starts at k = 0");
-                let points =
-                    (k + 1..=cfg.neighbors).filter(|&p| cfg.eval_at.includes(p, cfg.neighbors));
-                outcome.curve.extend(points.map(|p| (p, last)));
-                outcome.complete = true;
-            }
-            if cfg.method.uses_neighbors() {
-                // The leakage audit: how much of each neighbour is the document itself.
-                let grams = NGrams::new(text);
-                for r in &mut outcome.neighbors {
-                    let nb = &neighbors[r.rank - 1];
-                    r.jaccard13 = Some(grams.jaccard(&NGrams::new(&nb.text)));
-                }
-            }
             if cfg.method.trains() {
                 trainer.finish_document(cfg.optimizer_state);
             }
-
-            let record = outcome.record(doc, retrieval_s);
-            // Held only for this write: readers and other runs wait at most this long.
-            self.db()?
-                .record_doc(run_id, &record, &outcome.curve, &outcome.neighbors)?;
+            self.record(run_id, doc, &retrieved, &mut outcome, on_event)?;
             if cfg.method.trains() && cfg.optimizer_state == OptimizerState::Carry {
                 if let Some(dir) = state_path.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -319,14 +352,73 @@ impl Session<'_> {
                 trainer.save_optimizer(&state_path, doc.seq as i64)?;
             }
             done.insert(doc.seq);
-            let (bpb_before, bpb_after) = outcome.before_after();
-            on_event(Event::Document {
-                doc,
-                record: &record,
-                bpb_before,
-                bpb_after,
-            });
         }
+        Ok(())
+    }
+
+    /// A planned document's text and neighbours.
+    pub(super) fn retrieve(&self, doc: &PlannedDoc) -> Result<Retrieved> {
+        let t = Instant::now();
+        let stored = self.store.expect_document(&doc.doc_id)?;
+        let neighbors = if self.cfg.method.uses_neighbors() {
+            self.neighbors(&stored.embedding, &doc.doc_id)?
+        } else {
+            Vec::new()
+        };
+        Ok(Retrieved {
+            text: stored.text,
+            neighbors,
+            retrieval_s: t.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Completes a document's outcome as every method needs, records it and reports it.
+    pub(super) fn record(
+        &self,
+        run_id: i64,
+        doc: &PlannedDoc,
+        retrieved: &Retrieved,
+        outcome: &mut Outcome,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<()> {
+        let cfg = self.cfg;
+        let (text, neighbors) = (&retrieved.text, &retrieved.neighbors);
+        // Fewer neighbours than k: adaptive SIFT stopped (activeft trains on what it picked,
+        // possibly nothing), or in-context and interpolate kept only those within the
+        // distance threshold (the original scores the document with whatever survived, even
+        // none, and averages over every document). The model stays as it is, so the
+        // curve's end point at k is its last state and the document counts. TTT-NN with
+        // nearest neighbours keeps the original's rule: a short curve drops the document.
+        let scores_what_survived =
+            cfg.select.is_sift() || matches!(cfg.method, Method::InContext | Method::Interpolate);
+        if scores_what_survived {
+            // Every evaluation point past the last neighbour holds that last state, so the
+            // curve (bpb_vs_k) averages the same documents at every k.
+            let &(k, last) = outcome.curve.last().expect("the curve starts at k = 0");
+            let points =
+                (k + 1..=cfg.neighbors).filter(|&p| cfg.eval_at.includes(p, cfg.neighbors));
+            outcome.curve.extend(points.map(|p| (p, last)));
+            outcome.complete = true;
+        }
+        if cfg.method.uses_neighbors() {
+            // The leakage audit: how much of each neighbour is the document itself.
+            let grams = NGrams::new(text);
+            for r in &mut outcome.neighbors {
+                let nb = &neighbors[r.rank - 1];
+                r.jaccard13 = Some(grams.jaccard(&NGrams::new(&nb.text)));
+            }
+        }
+        let record = outcome.record(doc, retrieved.retrieval_s);
+        // Held only for this write: readers and other runs wait at most this long.
+        self.db()?
+            .record_doc(run_id, &record, &outcome.curve, &outcome.neighbors)?;
+        let (bpb_before, bpb_after) = outcome.before_after();
+        on_event(Event::Document {
+            doc,
+            record: &record,
+            bpb_before,
+            bpb_after,
+        });
         Ok(())
     }
 }

@@ -45,11 +45,23 @@ pub struct FlatWeights {
     grad: Tensor,
     /// fp32 copy of the pretrained weights.
     pretrained: Tensor,
+    /// Lanes: every buffer but `pretrained` is `[lanes, P]` (None: `[P]`, one document at a time).
+    lanes: Option<i64>,
 }
 
 impl FlatWeights {
     /// Moves `lm`'s trainable weights (expected in fp32) into flat buffers in `precision`.
     pub fn new(lm: &LanguageModel, precision: Precision) -> Result<Self> {
+        Self::build(lm, precision, None)
+    }
+
+    /// As [`FlatWeights::new`] with `lanes` copies of every weight, each starting pretrained; the
+    /// model then computes lane `l` of its batch with copy `l`.
+    pub fn with_lanes(lm: &LanguageModel, precision: Precision, lanes: usize) -> Result<Self> {
+        Self::build(lm, precision, Some(lanes as i64))
+    }
+
+    fn build(lm: &LanguageModel, precision: Precision, lanes: Option<i64>) -> Result<Self> {
         let mut vars: Vec<(String, Tensor)> = lm
             .var_store()
             .variables()
@@ -76,31 +88,43 @@ impl FlatWeights {
             Precision::Fp32 | Precision::Tf32 => Kind::Float,
             Precision::Bf16 => Kind::BFloat16,
         };
+        if work_kind != Kind::Float {
+            // Frozen weights (the base under LoRA) are only computed with: bf16 like the rest.
+            for (name, mut t) in lm.var_store().variables() {
+                if !t.requires_grad() {
+                    let narrow = t.to_kind(work_kind);
+                    t.f_set_data(&narrow)
+                        .map_err(|e| Error::torch(format!("casting frozen weight {name}"), e))?;
+                }
+            }
+        }
         let flat = tch::no_grad(|| -> Result<Self> {
-            let master = Tensor::empty([offset], (Kind::Float, device));
+            let pretrained = Tensor::empty([offset], (Kind::Float, device));
             for (slot, (_, t)) in slots.iter().zip(&vars) {
-                master
+                pretrained
                     .narrow(0, slot.offset, slot.numel)
                     .copy_(&t.to_kind(Kind::Float).reshape([-1]));
             }
+            let master = match lanes {
+                None => pretrained.copy(),
+                Some(l) => pretrained.unsqueeze(0).repeat([l, 1]),
+            };
             let working = (work_kind != Kind::Float).then(|| master.to_kind(work_kind));
-            let pretrained = master.copy();
-            let grad = Tensor::zeros([offset], (work_kind, device));
-            let model_buf = working.as_ref().unwrap_or(&master);
-            for (slot, (name, t)) in slots.iter().zip(vars.iter_mut()) {
-                let view = model_buf
-                    .narrow(0, slot.offset, slot.numel)
-                    .view(&slot.shape[..]);
-                t.f_set_data(&view)
-                    .map_err(|e| Error::torch(format!("flattening weight {name}"), e))?;
-            }
-            Ok(Self {
+            let grad = Tensor::zeros(master.size(), (work_kind, device));
+            let flat = Self {
                 slots,
                 master,
                 working,
                 grad,
                 pretrained,
-            })
+                lanes,
+            };
+            let model_buf = flat.working.as_ref().unwrap_or(&flat.master);
+            for (slot, (name, t)) in flat.slots.iter().zip(vars.iter_mut()) {
+                t.f_set_data(&flat.view(model_buf, slot))
+                    .map_err(|e| Error::torch(format!("flattening weight {name}"), e))?;
+            }
+            Ok(flat)
         })?;
         flat.bind_grads(&vars)?;
         Ok(flat)
@@ -123,11 +147,7 @@ impl FlatWeights {
                 if !g.defined() {
                     return Err(Error::internal(format!("weight {name} got no gradient")));
                 }
-                let view = self
-                    .grad
-                    .narrow(0, slot.offset, slot.numel)
-                    .view(&slot.shape[..]);
-                g.f_set_data(&view)
+                g.f_set_data(&self.view(&self.grad, slot))
                     .map_err(|e| Error::torch(format!("flattening the gradient of {name}"), e))?;
             }
             Ok(())
@@ -154,7 +174,7 @@ impl FlatWeights {
         }
     }
 
-    /// Restores the pretrained weights in place.
+    /// Restores the pretrained weights in place (of every lane).
     pub fn reset(&mut self) {
         tch::no_grad(|| {
             self.master.copy_(&self.pretrained);
@@ -162,7 +182,36 @@ impl FlatWeights {
         })
     }
 
-    /// Writes the fp32 weights by HF name to `path` (safetensors, on the CPU).
+    /// Restores the pretrained weights of lane `lane` in place.
+    pub fn reset_lane(&mut self, lane: usize) {
+        tch::no_grad(|| {
+            let row = self.master.get(lane as i64);
+            row.shallow_clone().copy_(&self.pretrained);
+            if let Some(w) = &self.working {
+                w.get(lane as i64).copy_(&row);
+            }
+        })
+    }
+
+    /// Weight `slot` in `flat`: `[shape]`, or `[lanes, shape]` with lanes.
+    fn view(&self, flat: &Tensor, slot: &Slot) -> Tensor {
+        match self.lanes {
+            None => view(flat, slot),
+            Some(l) => {
+                let mut shape = vec![l];
+                shape.extend_from_slice(&slot.shape);
+                flat.narrow(1, slot.offset, slot.numel).view(&shape[..])
+            }
+        }
+    }
+
+    /// Lanes (1 without).
+    pub fn lanes(&self) -> usize {
+        self.lanes.unwrap_or(1) as usize
+    }
+
+    /// Writes the fp32 weights by HF name to `path` (safetensors, on the CPU); with lanes, every
+    /// lane's as `[lanes, ...]`.
     pub fn save(&self, path: &Path) -> Result<()> {
         let named: Vec<(String, Tensor)> = self
             .slots
@@ -170,7 +219,7 @@ impl FlatWeights {
             .map(|s| {
                 (
                     s.name.clone(),
-                    view(&self.master, s).to_device(tch::Device::Cpu),
+                    self.view(&self.master, s).to_device(tch::Device::Cpu),
                 )
             })
             .collect();
@@ -198,26 +247,95 @@ pub struct AdamW {
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     step: i64,
+    /// Each lane's step count (bias correction), with lanes.
+    lane_steps: Vec<i64>,
 }
 
 impl AdamW {
     /// Fresh state (zero moments, step 0) for `weights`.
     pub fn new(weights: &FlatWeights, config: TrainConfig) -> Self {
-        let n = weights.numel();
+        let size = weights.master.size();
         let opts = (Kind::Float, weights.master.device());
         Self {
             config,
-            exp_avg: Tensor::zeros([n], opts),
-            exp_avg_sq: Tensor::zeros([n], opts),
+            exp_avg: Tensor::zeros(&size[..], opts),
+            exp_avg_sq: Tensor::zeros(&size[..], opts),
             step: 0,
+            lane_steps: vec![0; weights.lanes.map_or(0, |l| l as usize)],
         }
     }
 
-    /// Zero moments and step count.
+    /// Zero moments and step count (of every lane).
     pub fn reset(&mut self) {
         let _ = self.exp_avg.zero_();
         let _ = self.exp_avg_sq.zero_();
         self.step = 0;
+        self.lane_steps.iter_mut().for_each(|s| *s = 0);
+    }
+
+    /// Zero moments and step count of lane `lane`.
+    pub fn reset_lane(&mut self, lane: usize) {
+        let _ = self.exp_avg.get(lane as i64).zero_();
+        let _ = self.exp_avg_sq.get(lane as i64).zero_();
+        self.lane_steps[lane] = 0;
+    }
+
+    /// Per lane: `clip_grad_norm_` over the lane's own gradients, then one AdamW step with its own
+    /// step count, for the lanes with `stepping[l]`; the others are left exactly as they are.
+    /// Each lane's update is [`AdamW::step`]'s on that lane alone.
+    pub fn step_lanes(&mut self, weights: &mut FlatWeights, stepping: &[bool]) {
+        let c = self.config;
+        let rows: Vec<i64> = (0..stepping.len() as i64)
+            .filter(|&l| stepping[l as usize])
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let device = weights.master.device();
+        let mut bias2_sqrt = Vec::with_capacity(rows.len());
+        let mut step_size = Vec::with_capacity(rows.len());
+        for &l in &rows {
+            let t = &mut self.lane_steps[l as usize];
+            *t += 1;
+            bias2_sqrt.push((1.0 - c.beta2.powi(*t as i32)).sqrt() as f32);
+            step_size.push((c.lr / (1.0 - c.beta1.powi(*t as i32))) as f32);
+        }
+        let column = |v: &[f32]| Tensor::from_slice(v).to(device).unsqueeze(1);
+        let (bias2_sqrt, step_size) = (column(&bias2_sqrt), column(&step_size));
+        tch::no_grad(|| {
+            // Every lane stepping (the usual round) updates the buffers in place; otherwise the
+            // stepping rows are gathered, updated and put back.
+            let all = rows.len() == stepping.len();
+            let index = Tensor::from_slice(&rows).to(device);
+            let rows_of = |t: &Tensor| {
+                if all {
+                    t.shallow_clone()
+                } else {
+                    t.index_select(0, &index)
+                }
+            };
+            let mut g = rows_of(&weights.grad_fp32());
+            let norm = g.norm_scalaropt_dim(2, [1], true);
+            let coef = ((norm + 1e-6).reciprocal() * c.clip_norm).clamp_max(1.0);
+            let _ = g.g_mul_(&coef);
+            let mut p = rows_of(&weights.master);
+            let mut m = rows_of(&self.exp_avg);
+            let mut v = rows_of(&self.exp_avg_sq);
+            let _ = p.g_mul_scalar_(1.0 - c.lr * c.weight_decay);
+            let _ = m.lerp_(&g, 1.0 - c.beta1);
+            let _ = v.g_mul_scalar_(c.beta2);
+            let _ = v.addcmul_(&(&g * (1.0 - c.beta2)), &g);
+            let mut denom = v.sqrt();
+            let _ = denom.g_div_(&bias2_sqrt);
+            let _ = denom.g_add_scalar_(c.eps);
+            let _ = p.g_sub_(&(&m / denom * step_size));
+            if !all {
+                let _ = weights.master.index_copy_(0, &index, &p);
+                let _ = self.exp_avg.index_copy_(0, &index, &m);
+                let _ = self.exp_avg_sq.index_copy_(0, &index, &v);
+            }
+            weights.refresh_working();
+        })
     }
 
     /// `clip_grad_norm_(max_norm)` then one AdamW step, on the device without a host sync.
@@ -252,11 +370,13 @@ impl AdamW {
         for s in &weights.slots {
             named.push((
                 format!("exp_avg.{}", s.name),
-                view(&self.exp_avg, s).to_device(tch::Device::Cpu),
+                weights.view(&self.exp_avg, s).to_device(tch::Device::Cpu),
             ));
             named.push((
                 format!("exp_avg_sq.{}", s.name),
-                view(&self.exp_avg_sq, s).to_device(tch::Device::Cpu),
+                weights
+                    .view(&self.exp_avg_sq, s)
+                    .to_device(tch::Device::Cpu),
             ));
         }
         named.push(("step".into(), Tensor::from_slice(&[self.step])));
@@ -300,7 +420,7 @@ impl AdamW {
                             ),
                         ));
                     }
-                    view(flat, s).copy_(&t.to_kind(Kind::Float));
+                    weights.view(flat, s).copy_(&t.to_kind(Kind::Float));
                 }
             }
             Ok(())

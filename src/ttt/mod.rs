@@ -7,15 +7,17 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 mod adamw;
+mod lanes;
 
 pub use adamw::{AdamW, FlatWeights};
+pub use lanes::{LanePlan, LaneTrainer, MAX_AUTO_LANES};
 
 use crate::error::Result;
 
 use crate::lm::{LanguageModel, Precision};
 
 /// Label that contributes no loss (torch's default `ignore_index`).
-const IGNORE_INDEX: i64 = -100;
+pub(crate) const IGNORE_INDEX: i64 = -100;
 
 /// Optimizer settings; defaults are torch's `AdamW(lr, eps=1e-8)` as the original builds it.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -40,6 +42,9 @@ pub struct TrainConfig {
     #[serde(default)]
     /// What a one-token chunk gets: the original's zero-gradient AdamW step, or none.
     pub short_chunks: ShortChunks,
+    #[serde(default)]
+    /// Dropout while training: as the model's config sets it (the original), or off.
+    pub dropout: Dropout,
 }
 
 impl Default for TrainConfig {
@@ -54,6 +59,7 @@ impl Default for TrainConfig {
             clip_norm: 1.0,
             precision: Precision::Fp32,
             short_chunks: ShortChunks::Step,
+            dropout: Dropout::Model,
         }
     }
 }
@@ -102,6 +108,35 @@ pub enum ShortChunks {
     Skip,
 }
 
+/// Dropout while training.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Dropout {
+    /// As the model's config.json sets it: the original trains in HF's train mode (GPT-2: 0.1).
+    #[default]
+    Model,
+    /// None: a departure. Lanes need it for a model with dropout, since they cannot draw each
+    /// lane's masks as a run of one document at a time draws them.
+    Off,
+}
+
+impl Dropout {
+    /// Whether the forward pass draws dropout masks (`train` of the models' `forward`).
+    pub fn on(self) -> bool {
+        self == Dropout::Model
+    }
+}
+
 /// What training on one text did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TextTraining {
@@ -119,6 +154,82 @@ pub struct TextTraining {
     pub skipped_nonfinite: usize,
     /// Mean loss over the steps taken.
     pub mean_loss: f64,
+}
+
+/// What one chunk got.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ChunkStep {
+    /// An AdamW step on this loss.
+    Trained(f64),
+    /// The loss was NaN or infinite: no step.
+    NonFinite,
+    /// One token, stepped with zero gradient (`ShortChunks::Step`).
+    ZeroGrad,
+    /// One token, skipped (`ShortChunks::Skip`).
+    SkippedShort,
+}
+
+impl ChunkStep {
+    /// A chunk with a loss: stepped when it is finite.
+    pub fn trained(loss: f64) -> Self {
+        if loss.is_finite() {
+            ChunkStep::Trained(loss)
+        } else {
+            ChunkStep::NonFinite
+        }
+    }
+
+    /// A one-token chunk under `policy`.
+    pub fn short(policy: ShortChunks) -> Self {
+        match policy {
+            ShortChunks::Step => ChunkStep::ZeroGrad,
+            ShortChunks::Skip => ChunkStep::SkippedShort,
+        }
+    }
+
+    /// Whether the optimizer steps for it.
+    pub fn steps(self) -> bool {
+        matches!(self, ChunkStep::Trained(_) | ChunkStep::ZeroGrad)
+    }
+}
+
+impl TextTraining {
+    /// Nothing trained yet on a text of `tokens` tokens.
+    pub fn new(tokens: usize) -> Self {
+        Self {
+            tokens,
+            mean_loss: 0.0,
+            ..Default::default()
+        }
+    }
+
+    /// Books one chunk (`mean_loss` sums until [`TextTraining::finish`]).
+    pub fn add(&mut self, step: ChunkStep) {
+        self.chunks += 1;
+        match step {
+            ChunkStep::Trained(loss) => {
+                self.steps += 1;
+                self.mean_loss += loss;
+            }
+            ChunkStep::NonFinite => self.skipped_nonfinite += 1,
+            ChunkStep::ZeroGrad => {
+                self.steps += 1;
+                self.zero_grad_steps += 1;
+            }
+            ChunkStep::SkippedShort => self.skipped_short += 1,
+        }
+    }
+
+    /// The mean loss over the steps that had a loss (a one-token chunk's is empty).
+    pub fn finish(mut self) -> Self {
+        let with_loss = self.steps - self.zero_grad_steps;
+        self.mean_loss = if with_loss > 0 {
+            self.mean_loss / with_loss as f64
+        } else {
+            f64::NAN
+        };
+        self
+    }
 }
 
 /// An LM being fine-tuned: its weights in flat buffers, the optimizer, the pretrained copy.
@@ -182,27 +293,18 @@ impl Trainer {
 
     /// One AdamW step per `max_length` chunk of `tokens`, in order.
     pub fn train_on_tokens(&mut self, lm: &LanguageModel, tokens: &[i64]) -> Result<TextTraining> {
-        let mut out = TextTraining {
-            tokens: tokens.len(),
-            ..Default::default()
-        };
-        let mut loss_sum = 0.0;
+        let mut out = TextTraining::new(tokens.len());
         for chunk in tokens.chunks(self.config.max_length.max(1)) {
-            out.chunks += 1;
             if chunk.len() < 2 {
-                match self.config.short_chunks {
-                    ShortChunks::Step => {
-                        self.weights.zero_grad();
-                        self.opt.step(&mut self.weights);
-                        out.steps += 1;
-                        out.zero_grad_steps += 1;
-                    }
-                    ShortChunks::Skip => out.skipped_short += 1,
+                if self.config.short_chunks == ShortChunks::Step {
+                    self.weights.zero_grad();
+                    self.opt.step(&mut self.weights);
                 }
+                out.add(ChunkStep::short(self.config.short_chunks));
                 continue;
             }
             let ids = Tensor::from_slice(chunk).unsqueeze(0).to(lm.device());
-            let logits = lm.forward(&ids, true);
+            let logits = lm.forward(&ids, self.config.dropout.on());
             let n = chunk.len() as i64;
             let vocab = logits.size()[2];
             // As HF's ForCausalLMLoss: shift the labels (padding with ignore_index) rather than
@@ -229,21 +331,11 @@ impl Trainer {
             // The one host sync of a step, after backward is queued so the GPU is busy meanwhile:
             // a non-finite loss must not reach the weights.
             let value = loss.double_value(&[]);
-            if !value.is_finite() {
-                out.skipped_nonfinite += 1;
-                continue;
+            if value.is_finite() {
+                self.opt.step(&mut self.weights);
             }
-            self.opt.step(&mut self.weights);
-            loss_sum += value;
-            out.steps += 1;
+            out.add(ChunkStep::trained(value));
         }
-        // Over the steps that had a loss (a one-token chunk's is empty).
-        let with_loss = out.steps - out.zero_grad_steps;
-        out.mean_loss = if with_loss > 0 {
-            loss_sum / with_loss as f64
-        } else {
-            f64::NAN
-        };
-        Ok(out)
+        Ok(out.finish())
     }
 }

@@ -3,6 +3,7 @@
 mod baselines;
 mod cli;
 mod help;
+mod lanes;
 mod lm_golden;
 mod real_model;
 mod runner;

@@ -17,9 +17,15 @@ use tttnn::ttt::{TrainConfig, Trainer};
 use tttnn::Device;
 
 /// The settings most tests run with.
-const K3: [&str; 4] = ["--task", "pile_all", "--neighbors", "3"];
+pub const K3: [&str; 4] = ["--task", "pile_all", "--neighbors", "3"];
 
-fn run_cmd(store: &Path, db: &Path, extra: &[&str]) -> Command {
+/// `tttnn run` of the tiny GPT-2 on `store`, recording in `db`.
+pub fn run_cmd(store: &Path, db: &Path, extra: &[&str]) -> Command {
+    run_model_cmd(&model(), store, db, extra)
+}
+
+/// `tttnn run` of `model` on `store`, recording in `db`.
+pub fn run_model_cmd(model: &Path, store: &Path, db: &Path, extra: &[&str]) -> Command {
     let mut c = tttnn();
     c.args(["run", "--lr", "1e-3", "--val-portion", "1.0"])
         .arg("--store")
@@ -27,7 +33,7 @@ fn run_cmd(store: &Path, db: &Path, extra: &[&str]) -> Command {
         .arg("--encoder")
         .arg(encoder())
         .arg("--model")
-        .arg(model())
+        .arg(model)
         .arg("--db")
         .arg(db)
         .args(extra);
@@ -35,7 +41,7 @@ fn run_cmd(store: &Path, db: &Path, extra: &[&str]) -> Command {
 }
 
 /// (doc, rank) → (neighbour, distance) of `run`.
-fn neighbors(db: &Path, run: i64) -> BTreeMap<(String, i64), (String, f64)> {
+pub fn neighbors(db: &Path, run: i64) -> BTreeMap<(String, i64), (String, f64)> {
     let db = crate::util::conn(db);
     let mut stmt = db
         .prepare("SELECT doc_id, rank, neighbor_id, distance FROM neighbors WHERE run_id = ?")

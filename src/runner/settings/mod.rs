@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::lm::Precision;
+use crate::lm::{Lora, Precision};
 use crate::select::{Selection, Sift, SiftPool};
 use crate::store::{SearchMode, DEFAULT_REFINE_FACTOR};
 use crate::task::{Shard, Task, SEED};
-use crate::ttt::{OptimizerState, ShortChunks};
+use crate::ttt::{Dropout, OptimizerState, ShortChunks};
 use crate::Device;
 
 /// What a run does with each document's neighbours (docs/spec.md §2, §4).
@@ -49,6 +49,80 @@ impl Method {
             Method::TttNn | Method::InContext | Method::Interpolate
         )
     }
+}
+
+/// How many test documents train at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lanes {
+    /// This many.
+    Fixed(usize),
+    /// As many as the memory plan fits (`ttt::LanePlan`).
+    Auto,
+}
+
+impl Lanes {
+    /// Whether the run may use more than one lane.
+    pub fn many(self) -> bool {
+        self != Lanes::Fixed(1)
+    }
+}
+
+impl FromStr for Lanes {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(Lanes::Auto),
+            n => n
+                .parse()
+                .map(Lanes::Fixed)
+                .map_err(|_| format!("`{n}` is neither a number of lanes nor auto")),
+        }
+    }
+}
+
+impl fmt::Display for Lanes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lanes::Fixed(n) => write!(f, "{n}"),
+            Lanes::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl Serialize for Lanes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Lanes::Fixed(n) => s.serialize_u64(*n as u64),
+            Lanes::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Lanes {
+    /// A number (TOML `lanes = 4`) or "auto".
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Number(n) => n
+                .as_u64()
+                .map(|n| Lanes::Fixed(n as usize))
+                .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a number of lanes"))),
+            Value::String(s) => s.parse().map_err(serde::de::Error::custom),
+            other => Err(serde::de::Error::custom(format!(
+                "{other} is neither a number of lanes nor \"auto\""
+            ))),
+        }
+    }
+}
+
+/// What test-time training trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Adapter {
+    /// Every weight (the paper).
+    #[default]
+    Full,
+    /// LoRA adapters on a frozen base, one per document (a departure; activeft's setup).
+    Lora,
 }
 
 /// How in-context neighbours are laid out in the window.
@@ -185,6 +259,33 @@ pub struct RunConfig {
     /// One-token chunks: step (the original: an AdamW step with zero gradient) or skip.
     #[arg(long, value_enum, env = "TTTNN_SHORT_CHUNKS", default_value_t = ShortChunks::Step)]
     pub short_chunks: ShortChunks,
+    /// Dropout while training: model (as its config.json sets it, the original) or off (a
+    /// departure; lets a model with dropout train in lanes).
+    #[arg(long, value_enum, env = "TTTNN_DROPOUT", default_value_t = Dropout::Model)]
+    pub dropout: Dropout,
+    /// Test documents trained at once, each with its own weights and AdamW state (ttt-nn and
+    /// dynamic-eval, with --optimizer-state reset): a number (1: one after another), or auto (as
+    /// many as the memory plan fits).
+    #[arg(long, env = "TTTNN_LANES", default_value_t = Lanes::Fixed(1))]
+    pub lanes: Lanes,
+    /// Memory (GiB) the lanes' memory plan may use [default: the device's: available RAM on the
+    /// CPU, the GPU's memory on CUDA].
+    #[arg(long, env = "TTTNN_MEMORY_GIB")]
+    pub memory_gib: Option<f64>,
+    /// What TTT trains: full (every weight, the paper) or lora (per-document adapters on a frozen
+    /// base; a departure).
+    #[arg(long, value_enum, env = "TTTNN_ADAPTER", default_value_t = Adapter::Full)]
+    pub adapter: Adapter,
+    /// --adapter lora: the adapters' rank r.
+    #[arg(long, env = "TTTNN_LORA_RANK", default_value_t = 8)]
+    pub lora_rank: i64,
+    /// --adapter lora: α (updates are scaled by α / r; PEFT's default).
+    #[arg(long, env = "TTTNN_LORA_ALPHA", default_value_t = 8.0)]
+    pub lora_alpha: f64,
+    /// --adapter lora: the linear layers adapted, e.g. q_proj,v_proj [default: PEFT's for the
+    /// model type: c_attn for GPT-2, q_proj,v_proj otherwise].
+    #[arg(long, env = "TTTNN_LORA_TARGETS", value_delimiter = ',')]
+    pub lora_targets: Vec<String>,
     /// dynamic-eval: the pass table1 reports (the original's script reports pass 6 of its 20;
     /// later passes overfit the prefix).
     #[arg(long, env = "TTTNN_DYNAMIC_EVAL_PASS", default_value_t = 6)]
@@ -296,6 +397,15 @@ impl RunConfig {
         SearchMode::new(self.nprobes, self.refine_factor)
     }
 
+    /// The LoRA adapters to train, with `--adapter lora`.
+    pub fn lora(&self) -> Option<Lora> {
+        (self.adapter == Adapter::Lora).then(|| Lora {
+            rank: self.lora_rank,
+            alpha: self.lora_alpha,
+            targets: self.lora_targets.clone(),
+        })
+    }
+
     /// SIFT's λ and adaptive rule.
     pub fn sift(&self) -> Sift {
         Sift {
@@ -356,6 +466,54 @@ impl RunConfig {
                 ),
             ));
         }
+        if self.lanes == Lanes::Fixed(0) {
+            return Err(Error::setting("lanes", "give at least 1 lane"));
+        }
+        if let Some(m) = self.memory_gib.filter(|m| !(*m > 0.0 && m.is_finite())) {
+            return Err(Error::setting(
+                "memory_gib",
+                format!("{m} is not an amount of memory"),
+            ));
+        }
+        if self.lanes.many() && !self.method.trains() {
+            return Err(Error::setting(
+                "lanes",
+                format!(
+                    "lanes train several documents at once; {} does not train",
+                    serde_name(&self.method)
+                ),
+            ));
+        }
+        if self.lanes.many() && self.optimizer_state == OptimizerState::Carry {
+            // Refused rather than run with other semantics: under carry each document starts
+            // from the AdamW state the previous one left, an order lanes cannot keep.
+            return Err(Error::setting(
+                "optimizer_state",
+                "lanes cannot carry AdamW state from one document to the next, as the original \
+                 does (the next document starts while the previous one still trains): give \
+                 --optimizer-state reset",
+            ));
+        }
+        if self.adapter == Adapter::Lora {
+            if !self.method.trains() {
+                return Err(Error::setting(
+                    "adapter",
+                    format!(
+                        "LoRA adapters are trained; {} does not train",
+                        serde_name(&self.method)
+                    ),
+                ));
+            }
+            if self.lora_rank < 1 {
+                return Err(Error::setting("lora_rank", "give a rank of at least 1"));
+            }
+            if !(self.lora_alpha > 0.0 && self.lora_alpha.is_finite()) {
+                return Err(Error::setting(
+                    "lora_alpha",
+                    format!("{} is not a positive scale", self.lora_alpha),
+                ));
+            }
+        }
         if self.select.is_sift() && self.sift_candidates == 0 {
             return Err(Error::setting(
                 "sift_candidates",
@@ -406,6 +564,20 @@ mod tests {
         assert!(e.includes(0, 7) && e.includes(2, 7) && e.includes(7, 7) && !e.includes(3, 7));
         assert!(EvalAt::All.includes(3, 7));
         assert!("1,x".parse::<EvalAt>().unwrap_err().contains("`x`"));
+    }
+
+    #[test]
+    fn lanes_are_a_number_or_auto_in_flags_toml_and_records() {
+        assert_eq!("4".parse::<Lanes>().unwrap(), Lanes::Fixed(4));
+        assert_eq!("auto".parse::<Lanes>().unwrap(), Lanes::Auto);
+        assert!("x".parse::<Lanes>().unwrap_err().contains("`x`"));
+        for lanes in [Lanes::Fixed(3), Lanes::Auto] {
+            let json = serde_json::to_string(&lanes).unwrap();
+            assert_eq!(serde_json::from_str::<Lanes>(&json).unwrap(), lanes);
+        }
+        assert_eq!(serde_json::to_string(&Lanes::Fixed(3)).unwrap(), "3");
+        assert_eq!(RunConfig::default().lanes, Lanes::Fixed(1));
+        assert!(!RunConfig::default().lanes.many() && Lanes::Auto.many());
     }
 
     #[test]

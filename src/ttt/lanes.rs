@@ -1,0 +1,380 @@
+//! Lanes (`tttnn run --lanes L`): L test documents train at once, each in its own lane with its
+//! own copy of the weights and its own AdamW state (`FlatWeights::with_lanes`). A round gives
+//! every lane that has a chunk one AdamW step on it, in one batched forward and backward: the
+//! chunks are padded to the longest and each lane's loss is the mean over its own targets, so its
+//! gradient, its clipping and its step are exactly what training it alone gives.
+use tch::{Kind, Tensor};
+
+use super::adamw::{AdamW, FlatWeights};
+use super::{ChunkStep, ShortChunks, TrainConfig, IGNORE_INDEX};
+use crate::error::{Error, Result};
+use crate::lm::LanguageModel;
+
+/// The most lanes `--lanes auto` picks.
+pub const MAX_AUTO_LANES: usize = 64;
+
+/// The memory a run in lanes needs, planned before it starts (`--lanes`, `--memory-gib`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LanePlan {
+    /// Lanes: the asked number, or the most that fit.
+    pub lanes: usize,
+    /// Bytes held once: the pretrained copy of what trains, and the frozen base under LoRA.
+    pub shared_bytes: u64,
+    /// Bytes each lane holds: its weights, gradients and AdamW moments (of what trains).
+    pub lane_state_bytes: u64,
+    /// Bytes each lane's step needs for one `max_length` chunk: activations kept for backward
+    /// (Korthikanti et al. 2022: 34 · tokens · hidden bytes per layer in 16-bit, twice that in
+    /// fp32, no attention scores as SDPA's fused kernels keep none) and the logits in the
+    /// compute type plus their fp32 copy and gradient. An estimate; the state is exact.
+    pub lane_activation_bytes: u64,
+    /// Tokens per chunk the activations are planned for.
+    pub max_length: usize,
+    /// What the plan may use (None: unknown, so nothing is checked).
+    pub budget_bytes: Option<u64>,
+}
+
+impl LanePlan {
+    /// Plans `asked` lanes (None: as many as fit, at most [`MAX_AUTO_LANES`]) of `lm` trained
+    /// with `config` within `budget_bytes`; refuses what does not fit.
+    pub fn new(
+        lm: &LanguageModel,
+        config: &TrainConfig,
+        asked: Option<usize>,
+        budget_bytes: Option<u64>,
+    ) -> Result<Self> {
+        let (mut all, mut trained) = (0u64, 0u64);
+        for t in lm.var_store().variables().values() {
+            all += t.numel() as u64;
+            if t.requires_grad() {
+                trained += t.numel() as u64;
+            }
+        }
+        let compute_bytes: u64 = match config.precision {
+            crate::lm::Precision::Bf16 => 2,
+            _ => 4,
+        };
+        // Frozen weights (LoRA's base) in the compute type; the pretrained copy in fp32.
+        let shared_bytes = (all - trained) * compute_bytes + trained * 4;
+        // fp32 weights (masters), gradients, two moments; bf16 has bf16 working weights and
+        // gradients instead of fp32 gradients: the same 16 bytes.
+        let lane_state_bytes = 16 * trained;
+        let (t, h, v) = (
+            config.max_length as u64,
+            lm.hidden as u64,
+            lm.vocab_size as u64,
+        );
+        let lane_activation_bytes =
+            lm.n_layer as u64 * 34 * t * h * compute_bytes / 2 + t * v * (compute_bytes + 8);
+        let per_lane = lane_state_bytes + lane_activation_bytes;
+        let fits = |lanes: u64| budget_bytes.is_none_or(|b| shared_bytes + lanes * per_lane <= b);
+        let lanes = match asked {
+            Some(n) => n,
+            None => {
+                if budget_bytes.is_none() {
+                    return Err(Error::setting(
+                        "lanes",
+                        "auto needs the device's memory, which could not be read: give \
+                         --memory-gib or a number of lanes",
+                    ));
+                }
+                (1..=MAX_AUTO_LANES as u64)
+                    .take_while(|&l| fits(l))
+                    .last()
+                    .unwrap_or(0) as usize
+            }
+        };
+        let plan = LanePlan {
+            lanes,
+            shared_bytes,
+            lane_state_bytes,
+            lane_activation_bytes,
+            max_length: config.max_length,
+            budget_bytes,
+        };
+        if lanes == 0 || !fits(lanes as u64) {
+            return Err(Error::setting(
+                "lanes",
+                format!(
+                    "{} does not fit: {plan}. Fewer lanes, --adapter lora, a shorter \
+                     --max-length or --precision bf16 need less; --memory-gib sets the budget",
+                    if lanes == 0 {
+                        "even one lane".to_string()
+                    } else {
+                        format!("{lanes} lanes")
+                    },
+                ),
+            ));
+        }
+        Ok(plan)
+    }
+
+    /// Bytes the plan uses in all.
+    pub fn total_bytes(&self) -> u64 {
+        self.shared_bytes + self.lanes as u64 * (self.lane_state_bytes + self.lane_activation_bytes)
+    }
+}
+
+/// `bytes` in GiB, or MiB below one GiB.
+fn human(bytes: u64) -> String {
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    if gib >= 1.0 {
+        format!("{gib:.2} GiB")
+    } else {
+        format!("{:.1} MiB", gib * 1024.0)
+    }
+}
+
+impl std::fmt::Display for LanePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} lanes need {} ({} shared + per lane {} of weights, gradients and AdamW state \
+             and {} of activations for a {}-token chunk)",
+            self.lanes,
+            human(self.total_bytes()),
+            human(self.shared_bytes),
+            human(self.lane_state_bytes),
+            human(self.lane_activation_bytes),
+            self.max_length
+        )?;
+        match self.budget_bytes {
+            Some(b) => write!(f, " of {}", human(b)),
+            None => write!(f, " (device memory unknown: not checked)"),
+        }
+    }
+}
+
+/// The weights and AdamW states of L lanes.
+pub struct LaneTrainer {
+    weights: FlatWeights,
+    opt: AdamW,
+    config: TrainConfig,
+}
+
+impl LaneTrainer {
+    /// Moves `lm`'s weights into `lanes` copies (each pretrained) and fresh AdamW states; from
+    /// then on `lm` computes lane by lane (`lm::layers`).
+    pub fn new(lm: &LanguageModel, config: TrainConfig, lanes: usize) -> Result<Self> {
+        let weights = FlatWeights::with_lanes(lm, config.precision, lanes)?;
+        let opt = AdamW::new(&weights, config);
+        Ok(Self {
+            weights,
+            opt,
+            config,
+        })
+    }
+
+    /// Number of lanes.
+    pub fn lanes(&self) -> usize {
+        self.weights.lanes()
+    }
+
+    /// Starts a new document in `lane`: pretrained weights, fresh AdamW state.
+    pub fn reset_lane(&mut self, lane: usize) {
+        self.weights.reset_lane(lane);
+        self.opt.reset_lane(lane);
+    }
+
+    /// One round: lane `l` takes one AdamW step on `chunks[l]` (one `max_length` chunk, or
+    /// `None` to sit the round out). Returns what each lane's chunk got.
+    pub fn step(
+        &mut self,
+        lm: &LanguageModel,
+        chunks: &[Option<&[i64]>],
+    ) -> Result<Vec<Option<ChunkStep>>> {
+        let lanes = self.lanes();
+        assert_eq!(chunks.len(), lanes, "one chunk (or none) per lane");
+        let mut out: Vec<Option<ChunkStep>> = vec![None; lanes];
+        let mut stepping = vec![false; lanes];
+        for (l, chunk) in chunks.iter().enumerate() {
+            if chunk.is_some_and(|c| c.len() < 2) {
+                // One token: the original's zero-gradient step, or none (`ShortChunks`).
+                stepping[l] = self.config.short_chunks == ShortChunks::Step;
+                out[l] = Some(ChunkStep::short(self.config.short_chunks));
+            }
+        }
+        self.weights.zero_grad();
+        let longest = chunks.iter().flatten().map(|c| c.len()).max().unwrap_or(0);
+        if longest >= 2 {
+            let device = lm.device();
+            let t = longest;
+            // Padding is any valid token: its positions come after the lane's own (causal
+            // attention), and their labels are ignored.
+            let mut ids = vec![0i64; lanes * t];
+            let mut labels = vec![IGNORE_INDEX; lanes * t];
+            let mut targets = vec![1f32; lanes];
+            for (l, chunk) in chunks.iter().enumerate() {
+                let Some(c) = chunk.filter(|c| c.len() >= 2) else {
+                    continue;
+                };
+                ids[l * t..l * t + c.len()].copy_from_slice(c);
+                labels[l * t..l * t + c.len() - 1].copy_from_slice(&c[1..]);
+                targets[l] = (c.len() - 1) as f32;
+            }
+            let (l, t) = (lanes as i64, t as i64);
+            let ids = Tensor::from_slice(&ids).view([l, t]).to(device);
+            let labels = Tensor::from_slice(&labels).view([l * t]).to(device);
+            let logits = lm.forward(&ids, self.config.dropout.on());
+            let vocab = logits.size()[2];
+            let per_token = logits
+                .view([l * t, vocab])
+                .to_kind(Kind::Float)
+                .cross_entropy_loss::<Tensor>(
+                    &labels,
+                    None,
+                    tch::Reduction::None,
+                    IGNORE_INDEX,
+                    0.0,
+                )
+                .view([l, t]);
+            // Each lane's mean over its own targets: the sum's gradient in lane l is lane l's
+            // loss's alone, since no weight is shared between lanes.
+            let losses = per_token.sum_dim_intlist(&[1i64][..], false, Kind::Float)
+                / Tensor::from_slice(&targets).to(device);
+            losses.sum(Kind::Float).backward();
+            // The round's one host sync, after backward is queued.
+            let values =
+                Vec::<f64>::try_from(losses.to_kind(Kind::Double).to_device(tch::Device::Cpu))
+                    .map_err(|e| Error::torch("reading the lanes' losses", e))?;
+            for (l, chunk) in chunks.iter().enumerate() {
+                if chunk.is_some_and(|c| c.len() >= 2) {
+                    let step = ChunkStep::trained(values[l]);
+                    stepping[l] = step.steps();
+                    out[l] = Some(step);
+                }
+            }
+        }
+        self.opt.step_lanes(&mut self.weights, &stepping);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ttt::Trainer;
+    use crate::Device;
+
+    fn fixture(name: &str) -> LanguageModel {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models")
+            .join(name);
+        LanguageModel::load(&dir, Device::Cpu).unwrap()
+    }
+
+    fn weights(lm: &LanguageModel, lane: Option<i64>) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = lm
+            .var_store()
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, lane.map_or_else(|| t.copy(), |l| t.get(l).copy())))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Three lanes with chunks of different lengths, one lane idle for a round and a one-token
+    /// chunk end where training each lane's chunks alone ends, for every model family.
+    #[test]
+    fn each_lane_trains_as_its_document_alone() {
+        let config = TrainConfig {
+            lr: 1e-3,
+            ..Default::default()
+        };
+        let chunk = |seed: i64, n: i64| -> Vec<i64> {
+            (0..n).map(|i| (i * 37 + seed * 11) % 200 + 3).collect()
+        };
+        // rounds[r][l]: lane l's chunk in round r.
+        let rounds: Vec<Vec<Option<Vec<i64>>>> = vec![
+            vec![Some(chunk(1, 24)), Some(chunk(2, 9)), Some(chunk(3, 17))],
+            vec![Some(chunk(4, 5)), None, Some(chunk(5, 24))],
+            vec![Some(vec![7]), Some(chunk(6, 12)), Some(chunk(7, 2))],
+        ];
+        for family in ["tiny-gpt2", "tiny-gptneo", "tiny-llama", "tiny-qwen2"] {
+            let lm = fixture(family);
+            let mut lanes = LaneTrainer::new(&lm, config, 3).unwrap();
+            for round in &rounds {
+                let chunks: Vec<Option<&[i64]>> = round.iter().map(|c| c.as_deref()).collect();
+                lanes.step(&lm, &chunks).unwrap();
+            }
+            for lane in 0..3 {
+                let alone = fixture(family);
+                let mut trainer = Trainer::new(&alone, config).unwrap();
+                for round in &rounds {
+                    if let Some(c) = &round[lane] {
+                        trainer.train_on_tokens(&alone, c).unwrap();
+                    }
+                }
+                let (want, got) = (weights(&alone, None), weights(&lm, Some(lane as i64)));
+                assert_eq!(want.len(), got.len());
+                let mut worst = 0.0f64;
+                for ((name, a), (_, b)) in want.iter().zip(&got) {
+                    // Batched and single matmuls sum in different orders; AdamW's normalised
+                    // steps (≈ lr each) turn that rounding into ~1e-6 here. A wrong lane would be
+                    // off by a whole step.
+                    let d = (a - b).abs().max().double_value(&[]);
+                    assert!(d <= 1e-5, "{family} lane {lane} {name}: differs by {d}");
+                    worst = worst.max(d);
+                }
+                eprintln!("{family} lane {lane}: largest difference {worst:.2e}");
+            }
+            // A reset lane is pretrained again.
+            lanes.reset_lane(1);
+            let pretrained = weights(&fixture(family), None);
+            for ((name, a), (_, b)) in pretrained.iter().zip(&weights(&lm, Some(1))) {
+                assert_eq!(
+                    a.ne_tensor(b).sum(Kind::Int64).int64_value(&[]),
+                    0,
+                    "{name}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_memory_plan_fits_lanes_to_the_budget_and_lora_fits_more() {
+        let config = TrainConfig {
+            max_length: 64,
+            ..Default::default()
+        };
+        let lm = fixture("tiny-gpt2");
+        let one = LanePlan::new(&lm, &config, Some(1), None).unwrap();
+        let per_lane = one.lane_state_bytes + one.lane_activation_bytes;
+        let params: u64 = lm
+            .var_store()
+            .variables()
+            .values()
+            .map(|t| t.numel() as u64)
+            .sum();
+        assert_eq!(
+            one.lane_state_bytes,
+            16 * params,
+            "weights, gradients, two moments"
+        );
+        assert_eq!(one.shared_bytes, 4 * params, "the pretrained copy");
+        let budget = one.shared_bytes + 5 * per_lane + per_lane / 2;
+        let auto = LanePlan::new(&lm, &config, None, Some(budget)).unwrap();
+        assert_eq!(auto.lanes, 5);
+        assert!(LanePlan::new(&lm, &config, Some(5), Some(budget)).is_ok());
+        let err = LanePlan::new(&lm, &config, Some(6), Some(budget))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("6 lanes does not fit"), "{err}");
+        let err = LanePlan::new(&lm, &config, None, Some(one.shared_bytes))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("even one lane"), "{err}");
+
+        let lora = crate::lm::Lora {
+            rank: 4,
+            alpha: 8.0,
+            targets: Vec::new(),
+        };
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models/tiny-gpt2");
+        let adapted = LanguageModel::load_with(&dir, Device::Cpu, Some(&lora)).unwrap();
+        let plan = LanePlan::new(&adapted, &config, None, Some(budget)).unwrap();
+        assert!(plan.lane_state_bytes < one.lane_state_bytes / 4, "{plan}");
+        assert!(plan.lanes > 5, "{plan}");
+    }
+}
