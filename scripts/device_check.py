@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -224,20 +225,29 @@ class Check:
             r["model_name"] = hf.name
             self.results["embed_speed"].append(r)
 
-    def end_to_end(self):
+    def e2e_store(self):
+        """The fixture corpus ingested on the device (train and test splits), built once."""
+        store = self.work / "e2e-store"
+        enc = FIXTURES / "encoders" / "tiny-roberta"
+        done = self.work / "e2e-store.done"
+        if done.exists():
+            return store, enc
         lines = (FIXTURES / "corpus.jsonl").read_text().splitlines(keepends=True)
         train = self.work / "train.jsonl"
         test = self.work / "test.jsonl"
         train.write_text("".join(l for i, l in enumerate(lines) if i % 4 != 1))
         test.write_text("".join(l for i, l in enumerate(lines) if i % 4 == 1))
-        store = self.work / "e2e-store"
         shutil.rmtree(store, ignore_errors=True)
-        enc = FIXTURES / "encoders" / "tiny-roberta"
         for split, f in [("train", train), ("test", test)]:
             out = self.sh([self.bin("tttnn"), "ingest", "--quiet", "--split", split, "--store", store, "--encoder", enc,
                            "--device", self.dev, f], timeout=120)
             self.results["end_to_end"][f"ingest_{split}"] = json.loads(out.strip().splitlines()[-1])
         self.sh([self.bin("tttnn"), "index", "--quiet", "--kind", "flat", "--store", store], timeout=60)
+        done.write_text("")
+        return store, enc
+
+    def end_to_end(self):
+        store, enc = self.e2e_store()
         curves = {}
         for d, precision in [("cpu", "fp32"), (self.dev, "fp32"), (self.dev, "bf16")]:
             db = self.work / f"e2e-{d}-{precision}.duckdb"
@@ -271,6 +281,57 @@ class Check:
         cost = rows(self.sh([self.bin("tttnn"), "sql", "cost", "--db", db, "--format", "json"], timeout=30))
         total = [r for r in cost if r.get("task") == "pile_all"] or cost
         self.results["end_to_end"]["speed"] = {"model": model.name, "neighbors": 10, "wall_s": wall, "cost": total}
+
+    def lanes(self):
+        """Documents per hour and peak GPU memory of `tttnn run --lanes L` against one lane (issue #18):
+        a GPT-2 124M-shaped model (random weights, dropout off) training on the fixture corpus's 61 train
+        documents as test documents (each searching the others), k = 10, full fine-tuning and LoRA."""
+        store, enc = self.e2e_store()
+        big = self.dev == "cuda"
+        model = self.make_gpt2("gpt2-124m-random" if big else "gpt2-tiny-random",
+                               **({} if big else dict(n_layer=2, n_embd=64, n_head=4)))
+        settings = ([("full", 1), ("full", 8), ("full", 32), ("lora", 1), ("lora", 32), ("lora", 64)] if big
+                    else [("full", 1), ("full", 4), ("lora", 1), ("lora", 4)])
+        rows_out = []
+        for adapter, lanes in settings:
+            db = self.work / f"lanes-{adapter}-{lanes}.duckdb"
+            if db.exists():
+                db.unlink()
+            # LoRA adapters want a larger rate than full fine-tuning's 2e-5.
+            lr = "1e-4" if adapter == "lora" else "2e-5"
+            cmd = [self.bin("tttnn"), "run", "--quiet", "--lr", lr, "--val-portion", "1.0", "--split", "train",
+                   "--store", store, "--encoder", enc, "--model", model, "--task", "pile_all", "--neighbors", "10",
+                   "--optimizer-state", "reset", "--dropout", "off", "--lanes", str(lanes), "--device", self.dev,
+                   "--db", db]
+            if adapter == "lora":
+                cmd += ["--adapter", "lora"]
+            peak = [0]
+            stop = threading.Event()
+
+            def poll():
+                while not stop.is_set():
+                    try:
+                        used = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
+                                               "-i", "0"], capture_output=True, text=True, timeout=5).stdout
+                        peak[0] = max(peak[0], int(used.strip()))
+                    except Exception:
+                        pass
+                    stop.wait(0.25)
+            poller = threading.Thread(target=poll, daemon=True)
+            if big:
+                poller.start()
+            t = time.monotonic()
+            try:
+                self.sh(cmd, timeout=300)
+            finally:
+                stop.set()
+            wall = time.monotonic() - t
+            docs = rows(self.sh([self.bin("tttnn"), "sql", "SELECT count(*) AS n FROM docs", "--db", db,
+                                 "--format", "json"], timeout=30))[0]["n"]
+            rows_out.append({"adapter": adapter, "lanes": lanes, "docs": docs, "wall_s": wall,
+                             "docs_per_hour": 3600 * docs / wall, "peak_gpu_mib": peak[0] if big else None})
+            self.results["lanes"] = rows_out
+            self.save()
 
     def table(self):
         r = self.results
@@ -314,6 +375,14 @@ class Check:
             L += ["", f"End to end ({s['model']}, k={s['neighbors']}, fixture store): {s['wall_s']:.1f} s wall; "
                   f"{c0.get('s_per_neighbor', 0):.3f} s per neighbour, {c0.get('s_per_step', 0) or 0:.4f} s per step, "
                   f"{3600 / spd if spd else 0:.0f} documents per hour"]
+        if r.get("lanes"):
+            base = {x["adapter"]: x["docs_per_hour"] for x in r["lanes"] if x["lanes"] == 1}
+            L += ["", "| lanes (GPT-2 124M shapes, k=10) | lanes | documents/hour | vs 1 lane | peak GPU MiB |",
+                  "|---|---|---|---|---|"]
+            for x in r["lanes"]:
+                ratio = x["docs_per_hour"] / base[x["adapter"]] if base.get(x["adapter"]) else None
+                L.append(f"| {x['adapter']} | {x['lanes']} | {x['docs_per_hour']:.0f} | "
+                         f"{f'{ratio:.2f}x' if ratio else '—'} | {x['peak_gpu_mib'] or '—'} |")
         L.append(f"\nTotal {time.monotonic() - self.start:.0f} s")
         text = "\n".join(L) + "\n"
         (self.out / "table.md").write_text(text)
@@ -342,6 +411,7 @@ def main():
                                              dict(n_layer=2, n_embd=64, n_head=4), "10" if big else "2")),
         ("embed_speed", c.embed_speed),
         ("end_to_end", c.end_to_end),
+        ("lanes", c.lanes),
         ("lm_speed_774m", lambda: c.lm_speed("gpt2-774m-random" if big else "gpt2-small-random",
                                              dict(n_embd=1280, n_layer=36, n_head=20) if big else
                                              dict(n_layer=4, n_embd=128, n_head=4), "10" if big else "2")),
