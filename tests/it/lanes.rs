@@ -2,11 +2,9 @@
 //! time (with `--optimizer-state reset`), for every model family, both training methods and LoRA
 //! adapters; a killed lanes run resumes; what lanes cannot do is refused.
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Stdio;
 
-use crate::runner::{neighbors, run_cmd, run_model_cmd, K3};
+use crate::runner::{kill_when, neighbors, run_cmd, run_model_cmd, K3};
 use crate::util::{conn, curve, fails, fixtures, model, ok, tttnn, Fixture};
 
 const RESET: [&str; 2] = ["--optimizer-state", "reset"];
@@ -104,23 +102,15 @@ fn killed_lanes_run_resumes_to_the_rows_of_an_uninterrupted_one() {
     );
 
     let killed = dir.path().join("killed.duckdb");
-    let mut child = run_cmd(&store, &killed, &[&lanes[..], &["-v"]].concat())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Kill with documents recorded and three more in flight.
     let mut seen = 0;
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        // Kill with documents recorded and three more in flight.
-        if line.unwrap().starts_with("doc ") {
-            seen += 1;
-        }
-        if seen == 5 {
-            break;
-        }
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_when(
+        &mut run_cmd(&store, &killed, &[&lanes[..], &["-v"]].concat()),
+        |line| {
+            seen += usize::from(line.starts_with("doc "));
+            seen == 5
+        },
+    );
     let partial = curve(&killed, 1).len();
     assert!(
         partial > 0 && partial < curve(&whole, 1).len(),
@@ -175,4 +165,34 @@ fn lanes_refuse_what_they_cannot_reproduce() {
         &dropout,
         &[&RESET[..], &["--lanes", "2", "--dropout", "off"]].concat(),
     ));
+}
+
+#[test]
+fn sharded_lanes_merge_to_the_run_without_lanes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Fixture::Full.store(dir.path());
+    let reset = [&K3[..], &RESET, &["--limit-docs", "2", "--quiet"]].concat();
+    let whole = dir.path().join("whole.duckdb");
+    ok(run_cmd(&store, &whole, &reset).output().unwrap());
+    let mut shards = Vec::new();
+    for i in 0..2 {
+        let db = dir.path().join(format!("shard{i}.duckdb"));
+        let shard = format!("{i}/2");
+        let extra = [&reset[..], &["--shard", &shard, "--lanes", "2"]].concat();
+        ok(run_cmd(&store, &db, &extra).output().unwrap());
+        shards.push(db);
+    }
+    let merged = dir.path().join("merged.duckdb");
+    ok(tttnn()
+        .arg("merge")
+        .arg(&merged)
+        .args(&shards)
+        .output()
+        .unwrap());
+    assert_curves_match(&curve(&whole, 1), &curve(&merged, 1));
+    assert_eq!(neighbors(&merged, 1), neighbors(&whole, 1));
+    let lanes: i64 = conn(&merged)
+        .query_row("SELECT lanes FROM runs WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(lanes, 2, "the merged run keeps the shards' lanes");
 }

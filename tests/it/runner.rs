@@ -19,6 +19,23 @@ use tttnn::Device;
 /// The settings most tests run with.
 pub const K3: [&str; 4] = ["--task", "pile_all", "--neighbors", "3"];
 
+/// Runs `cmd` with its stderr read line by line and kills it (SIGKILL) at the first line `stop`
+/// accepts.
+pub fn kill_when(cmd: &mut Command, mut stop: impl FnMut(&str) -> bool) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if stop(&line.unwrap()) {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// `tttnn run` of the tiny GPT-2 on `store`, recording in `db`.
 pub fn run_cmd(store: &Path, db: &Path, extra: &[&str]) -> Command {
     run_model_cmd(&model(), store, db, extra)
@@ -220,24 +237,15 @@ fn killed_run_resumes_to_the_rows_of_an_uninterrupted_one() {
         .unwrap());
 
     let killed = dir.path().join("killed.duckdb");
-    let mut child = run_cmd(&store, &killed, &[&K3[..], &["-v"]].concat())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Kill in the middle of the fifth document, after its second neighbour.
     let mut seen = 0;
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
-        // Kill in the middle of the fifth document, after its second neighbour.
-        if line.starts_with("doc ") {
-            seen += 1;
-        }
-        if seen == 4 && line.contains(" k=2 ") {
-            break;
-        }
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_when(
+        &mut run_cmd(&store, &killed, &[&K3[..], &["-v"]].concat()),
+        |line| {
+            seen += usize::from(line.starts_with("doc "));
+            seen == 4 && line.contains(" k=2 ")
+        },
+    );
     let partial = curve(&killed, 1).len();
     assert!(
         partial > 0 && partial < curve(&whole, 1).len(),
