@@ -135,15 +135,7 @@ pub fn score_tokens(
                 .to_kind(Kind::Float);
             let targets = Tensor::from_slice(&w.targets).to(lm.device()).unsqueeze(1);
             match mixture {
-                None => {
-                    // log p(t) = logit_t - logsumexp(logits): log_softmax then gather, without
-                    // writing a [n, vocab] tensor of log-probs.
-                    let logp = scored.gather(1, &targets, false) - scored.logsumexp([-1], true);
-                    totals[0] += logp
-                        .to_kind(Kind::Double)
-                        .sum(Kind::Double)
-                        .double_value(&[]);
-                }
+                None => totals[0] += target_loglik(&scored, &targets),
                 Some(m) => {
                     // The LM's log p(t) as above, mixed in f64 so α = 0 gives the base score.
                     let logp_lm = (scored.gather(1, &targets, false)
@@ -165,6 +157,15 @@ pub fn score_tokens(
         totals
     });
     Ok(totals)
+}
+
+/// Σ log p(t) of `targets` (`[n, 1]`) under `logits` (`[n, vocab]`, fp32): log p(t) = logit_t −
+/// logsumexp(logits), without writing a `[n, vocab]` tensor of log-probs as log_softmax would.
+fn target_loglik(logits: &Tensor, targets: &Tensor) -> f64 {
+    let logp = logits.gather(1, targets, false) - logits.logsumexp([-1], true);
+    logp.to_kind(Kind::Double)
+        .sum(Kind::Double)
+        .double_value(&[])
 }
 
 /// Σ log p(target) of one window per lane (`tttnn run --lanes`), each lane scored with its own
@@ -202,13 +203,7 @@ pub(crate) fn score_windows_in_lanes(
                     .narrow(0, w.input.len() as i64 - n, n)
                     .to_kind(Kind::Float);
                 let targets = Tensor::from_slice(&w.targets).to(device).unsqueeze(1);
-                // As score_tokens: log p(t) = logit_t - logsumexp(logits).
-                let logp = scored.gather(1, &targets, false) - scored.logsumexp([-1], true);
-                Some(
-                    logp.to_kind(Kind::Double)
-                        .sum(Kind::Double)
-                        .double_value(&[]),
-                )
+                Some(target_loglik(&scored, &targets))
             })
             .collect()
     })

@@ -30,14 +30,22 @@ pub(super) struct Session<'a> {
     pub lm: &'a LanguageModel,
     /// The neighbour table read instead of searching (`--neighbors-from`).
     pub table: Option<LoadedTable>,
-    /// Documents trained at once (`--lanes`, resolved by the memory plan).
-    pub lanes: usize,
 }
 
 /// How a run trains: one document at a time, or several in lanes (`--lanes`).
 enum Training {
     Sequential(Trainer),
     Lanes(LaneTrainer),
+}
+
+impl Training {
+    /// Documents trained at once.
+    fn lanes(&self) -> usize {
+        match self {
+            Training::Sequential(_) => 1,
+            Training::Lanes(l) => l.lanes(),
+        }
+    }
 }
 
 /// A document as a method starts on it: its text and its neighbours.
@@ -170,13 +178,12 @@ pub fn run(
         store,
         lm: &lm,
         table,
-        lanes: match &training {
-            Training::Sequential(_) => 1,
-            Training::Lanes(l) => l.lanes(),
-        },
     };
     let (run_id, mut done) = match resume {
-        None => (session.create(model_hash)?, HashSet::new()),
+        None => (
+            session.create(model_hash, training.lanes())?,
+            HashSet::new(),
+        ),
         Some(id) => (id, session.resume(id, &mut training)?),
     };
     on_event(Event::Started {
@@ -212,8 +219,8 @@ impl Session<'_> {
         Db::open(self.db_path)
     }
 
-    /// Records a new run; returns its id.
-    fn create(&self, model_hash: String) -> Result<i64> {
+    /// Records a new run, trained `lanes` documents at a time; returns its id.
+    fn create(&self, model_hash: String, lanes: usize) -> Result<i64> {
         let cfg = self.cfg;
         self.db()?.create_run(&NewRun {
             name: cfg.name.as_deref(),
@@ -228,7 +235,7 @@ impl Session<'_> {
             neighbors: cfg.neighbors,
             max_length: cfg.max_length.unwrap_or(self.lm.n_ctx),
             shard: cfg.shard,
-            lanes: self.lanes,
+            lanes,
             adapter: match &self.lm.lora {
                 None => "full".into(),
                 Some(l) => format!(

@@ -238,6 +238,25 @@ fn view(flat: &Tensor, slot: &Slot) -> Tensor {
         .view(&slot.shape[..])
 }
 
+/// The part of an AdamW step without per-step scalars, in place: `clip_grad_norm_` of `g` by its
+/// `norm` (coefficient clamped at 1; one norm, or one per lane row), decoupled weight decay of `p`,
+/// and both moments.
+fn clip_decay_and_moments(
+    c: &TrainConfig,
+    g: &mut Tensor,
+    norm: &Tensor,
+    p: &mut Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+) {
+    let coef = ((norm + 1e-6).reciprocal() * c.clip_norm).clamp_max(1.0);
+    let _ = g.g_mul_(&coef);
+    let _ = p.g_mul_scalar_(1.0 - c.lr * c.weight_decay);
+    let _ = m.lerp_(g, 1.0 - c.beta1);
+    let _ = v.g_mul_scalar_(c.beta2);
+    let _ = v.addcmul_(&(&*g * (1.0 - c.beta2)), g);
+}
+
 /// torch's `AdamW` (`torch.optim.AdamW(lr, eps=1e-8)`, decoupled weight decay, bias correction)
 /// on the flat buffers of [`FlatWeights`], written out so its moments can be saved and restored:
 /// a resumed run continues with the state the original carries across documents (docs/spec.md §2), which
@@ -315,16 +334,12 @@ impl AdamW {
                 }
             };
             let mut g = rows_of(&weights.grad_fp32());
+            // Each lane's own gradient norm.
             let norm = g.norm_scalaropt_dim(2, [1], true);
-            let coef = ((norm + 1e-6).reciprocal() * c.clip_norm).clamp_max(1.0);
-            let _ = g.g_mul_(&coef);
             let mut p = rows_of(&weights.master);
             let mut m = rows_of(&self.exp_avg);
             let mut v = rows_of(&self.exp_avg_sq);
-            let _ = p.g_mul_scalar_(1.0 - c.lr * c.weight_decay);
-            let _ = m.lerp_(&g, 1.0 - c.beta1);
-            let _ = v.g_mul_scalar_(c.beta2);
-            let _ = v.addcmul_(&(&g * (1.0 - c.beta2)), &g);
+            clip_decay_and_moments(&c, &mut g, &norm, &mut p, &mut m, &mut v);
             let mut denom = v.sqrt();
             let _ = denom.g_div_(&bias2_sqrt);
             let _ = denom.g_add_scalar_(c.eps);
@@ -347,14 +362,17 @@ impl AdamW {
         let step_size = c.lr / bias1;
         tch::no_grad(|| {
             let mut g = weights.grad_fp32();
-            // clip_grad_norm_: the 2-norm of all gradients, coefficient clamped at 1.
-            let coef = ((g.norm() + 1e-6).reciprocal() * c.clip_norm).clamp_max(1.0);
-            let _ = g.g_mul_(&coef);
+            // clip_grad_norm_: the 2-norm of all gradients.
+            let norm = g.norm();
             let p = &mut weights.master;
-            let _ = p.g_mul_scalar_(1.0 - c.lr * c.weight_decay);
-            let _ = self.exp_avg.lerp_(&g, 1.0 - c.beta1);
-            let _ = self.exp_avg_sq.g_mul_scalar_(c.beta2);
-            let _ = self.exp_avg_sq.addcmul_(&(&g * (1.0 - c.beta2)), &g);
+            clip_decay_and_moments(
+                &c,
+                &mut g,
+                &norm,
+                p,
+                &mut self.exp_avg,
+                &mut self.exp_avg_sq,
+            );
             let mut denom = self.exp_avg_sq.sqrt();
             let _ = denom.g_div_scalar_(bias2_sqrt);
             let _ = denom.g_add_scalar_(c.eps);
