@@ -333,6 +333,26 @@ class Check:
             self.results["lanes"] = rows_out
             self.save()
 
+    def neighbors(self):
+        """The neighbour table by matrix products on the device (issue #26): a synthetic 384-d store
+        made here, the same queries' exact neighbours from per-query search (Lance, on the CPU) and by
+        products on the device, fp32 and bf16: queries/s, GFLOP/s against a plain matmul of the same
+        shapes, GB/s of store read, and whether every checked query's neighbours are equal."""
+        big = self.dev == "cuda"
+        n_rows, n_queries = (1_000_000, 10_000) if big else (20_000, 300)
+        out = self.work / "neighbors.json"
+        self.sh([self.bin("bench_retrieval"), "--rows", n_rows, "--dim", 384, "--queries", 20, "--k", 50,
+                 "--no-index", "--table-queries", n_queries, "--device", self.dev,
+                 "--product", "f32,bf16" if big else "f32", "--block-rows", 65536 if big else 16384,
+                 "--query-batch", 16384 if big else 4096, "--dir", self.work / f"neighbors-store-{n_rows}",
+                 "--json", out], timeout=400)
+        self.results["neighbors"] = json.loads(out.read_text())
+        unequal = [r for r in self.results["neighbors"]
+                   if r.get("method") == "exact by matmul" and r.get("product") == "f32"
+                   and not r.get("equal_to_per_query")]
+        if unequal:
+            raise RuntimeError(f"fp32 matrix-product neighbours differ from per-query search: {unequal}")
+
     def table(self):
         r = self.results
         L = [f"# tttnn device check: {r.get('gpu') or self.dev}", "",
@@ -383,6 +403,14 @@ class Check:
                 ratio = x["docs_per_hour"] / base[x["adapter"]] if base.get(x["adapter"]) else None
                 L.append(f"| {x['adapter']} | {x['lanes']} | {x['docs_per_hour']:.0f} | "
                          f"{f'{ratio:.2f}x' if ratio else '—'} | {x['peak_gpu_mib'] or '—'} |")
+        tables = [x for x in r.get("neighbors", []) if x.get("method") == "exact by matmul"]
+        if tables:
+            L += ["", "| neighbour table by matmul | rows | queries | product | wall s | queries/s | GFLOP/s | "
+                  "plain matmul GFLOP/s | GB/s read | equal to per-query |", "|---|---|---|---|---|---|---|---|---|---|"]
+            for x in tables:
+                L.append(f"| {x['device']} | {x['rows']} | {x['queries']} | {x['product']} | {x['wall_s']:.1f} | "
+                         f"{x['queries_per_s']:.0f} | {x['gflops']:.0f} | {x['matmul_gflops']:.0f} | "
+                         f"{x['gb_per_s_read']:.1f} | {x['equal_to_per_query']} |")
         L.append(f"\nTotal {time.monotonic() - self.start:.0f} s")
         text = "\n".join(L) + "\n"
         (self.out / "table.md").write_text(text)
@@ -392,7 +420,7 @@ class Check:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
-    ap.add_argument("--bin", required=True, help="directory holding tttnn, bench_lm, bench_embed")
+    ap.add_argument("--bin", required=True, help="directory holding tttnn, bench_lm, bench_embed, bench_retrieval")
     ap.add_argument("--gpt2-tokenizer", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--work", default="/tmp/tttnn-device-check")
@@ -412,6 +440,7 @@ def main():
         ("embed_speed", c.embed_speed),
         ("end_to_end", c.end_to_end),
         ("lanes", c.lanes),
+        ("neighbors", c.neighbors),
         ("lm_speed_774m", lambda: c.lm_speed("gpt2-774m-random" if big else "gpt2-small-random",
                                              dict(n_embd=1280, n_layer=36, n_head=20) if big else
                                              dict(n_layer=4, n_embd=128, n_head=4), "10" if big else "2")),

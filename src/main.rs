@@ -9,6 +9,13 @@ use cli::ui::{Printer, Verbosity};
 use cli::Cli;
 
 fn main() -> ExitCode {
+    // libtorch's CPU BLAS is MKL, which by default may run a GEMM on fewer threads than asked
+    // when it judges the machine busy (MKL_DYNAMIC), and so sum in another order: the same forward
+    // pass then differs in the last bits from one call to the next. Runs must not depend on load.
+    // Set before libtorch first runs, single-threaded; a user's own setting wins.
+    if std::env::var_os("MKL_DYNAMIC").is_none() {
+        std::env::set_var("MKL_DYNAMIC", "FALSE");
+    }
     // Usage errors are bad input (exit 1), not clap's default 2, which means an internal error here.
     let usage = |e: clap::Error| {
         let code = if e.use_stderr() { 1 } else { 0 };

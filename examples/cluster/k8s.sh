@@ -17,11 +17,13 @@ export TTTNN_NEIGHBORS=${TTTNN_NEIGHBORS:-50}
 export TTTNN_TRAIN_FILES=${TTTNN_TRAIN_FILES:-/data/pile/train.jsonl.zst}
 export TTTNN_TEST_FILES=${TTTNN_TEST_FILES:-/data/pile/test.jsonl.zst}
 export TTTNN_NEIGHBOR_TABLE=${TTTNN_NEIGHBOR_TABLE:-/data/neighbors}
-export TTTNN_NEIGHBORS_ARGS=${TTTNN_NEIGHBORS_ARGS:-}
+export TTTNN_NEIGHBORS_ARGS=${TTTNN_NEIGHBORS_ARGS:---device cuda}
+# The neighbour stage: WORKERS shards of the documents x TTTNN_SLICES slices of the store.
+export TTTNN_SLICES=${TTTNN_SLICES:-1}
 export TTTNN_RESULTS=${TTTNN_RESULTS:-/data/results}
 export TTTNN_RUN_ARGS=${TTTNN_RUN_ARGS:---device cuda}
 timeout=${TTTNN_STAGE_TIMEOUT:-72h}
-for step in "ingest $workers 1" "compact 1 0" "neighbors $workers 0" "ttt $workers 1" "merge 1 0"; do
+for step in "ingest $workers 1" "compact 1 0" "neighbors $((workers * TTTNN_SLICES)) 1" "ttt $workers 1" "merge 1 0"; do
   read -r stage completions gpus <<<"$step"
   STAGE=$stage COMPLETIONS=$completions GPUS=$gpus envsubst <"$here/k8s-job.yaml" | kubectl apply -f -
   kubectl wait --for=condition=complete "job/tttnn-$stage" --timeout="$timeout"

@@ -18,6 +18,9 @@ export TTTNN_TEST_FILES=${TTTNN_TEST_FILES:?the test JSONL files, space-separate
 export TTTNN_NEIGHBOR_TABLE=${TTTNN_NEIGHBOR_TABLE:-$PWD/runs/neighbors}
 export TTTNN_RESULTS=${TTTNN_RESULTS:-$PWD/runs/results}
 export TTTNN_RUN_ARGS=${TTTNN_RUN_ARGS:---device cuda}
+export TTTNN_NEIGHBORS_ARGS=${TTTNN_NEIGHBORS_ARGS:---device cuda}
+# The neighbour stage: WORKERS shards of the documents x TTTNN_SLICES slices of the store.
+export TTTNN_SLICES=${TTTNN_SLICES:-1}
 gpu=${SLURM_GPU_FLAGS:---gres=gpu:1}
 # sbatch --parsable prints the job id; each stage waits for the previous one's success.
 submit() {
@@ -28,7 +31,7 @@ submit() {
 }
 ingest=$(submit "" "0-$((workers - 1))" ingest)
 compact=$(submit "$ingest" "" compact)
-neighbors=$(submit "$compact" "0-$((workers - 1))" neighbors)
+neighbors=$(submit "$compact" "0-$((workers * TTTNN_SLICES - 1))" neighbors)
 ttt=$(submit "$neighbors" "0-$((workers - 1))" ttt)
 merge=$(submit "$ttt" "" merge)
 echo "submitted: ingest $ingest, compact $compact, neighbors $neighbors, ttt $ttt, merge $merge"

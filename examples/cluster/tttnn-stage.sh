@@ -7,11 +7,15 @@
 #   TTTNN_BIN (default: tttnn on PATH), TTTNN_STORE, TTTNN_ENCODER, TTTNN_MODEL, TTTNN_TASK,
 #   TTTNN_TRAIN_FILES and TTTNN_TEST_FILES (space-separated JSONL), TTTNN_NEIGHBORS (k),
 #   TTTNN_NEIGHBOR_TABLE, TTTNN_RESULTS (a directory for the shard databases and the merged one),
-#   TTTNN_RUN_ARGS (more `tttnn run` flags, e.g. "--lr 2e-5 --device cuda").
+#   TTTNN_RUN_ARGS (more `tttnn run` flags, e.g. "--lr 2e-5 --device cuda"), TTTNN_SLICES (M: the
+#   neighbour stage splits the store's rows into M slices as well as the documents into shards, so
+#   its array has WORKERS x M tasks; default 1), TTTNN_NEIGHBORS_ARGS (more `tttnn neighbors` flags,
+#   e.g. "--device cuda").
 #
 #   tttnn-stage.sh ingest      every worker: its share of the train and test files' lines
 #   tttnn-stage.sh compact     one worker: merges the workers' small files (an unsharded ingest)
-#   tttnn-stage.sh neighbors   every worker: its share of the test documents' neighbours, one table
+#   tttnn-stage.sh neighbors   every task: its shard of the test documents against its slice of the
+#                              store (exact, by matrix products), all into one table
 #   tttnn-stage.sh ttt         every worker: its share of the test documents, its own database
 #   tttnn-stage.sh merge       one worker: the shard databases into one run
 set -euo pipefail
@@ -45,8 +49,16 @@ case "$stage" in
     "$tttnn" ingest -q $TTTNN_TEST_FILES --split test --store "$TTTNN_STORE" --encoder "$TTTNN_ENCODER" >/dev/null
     ;;
   neighbors)
+    # Task i of the WORKERS x M array: shard i / M of the documents, slice i mod M of the store.
+    slices=${TTTNN_SLICES:-1}
+    if [ $((count % slices)) -ne 0 ]; then
+      echo "tttnn-stage: the neighbour stage has $count tasks, not a multiple of TTTNN_SLICES=$slices" >&2
+      exit 1
+    fi
+    # shellcheck disable=SC2086 # TTTNN_NEIGHBORS_ARGS is a list of flags
     "$tttnn" neighbors -q --store "$TTTNN_STORE" --task "$TTTNN_TASK" -k "$k" \
-      --out "$TTTNN_NEIGHBOR_TABLE" --shard "$shard" ${TTTNN_NEIGHBORS_ARGS:-} >/dev/null
+      --out "$TTTNN_NEIGHBOR_TABLE" --shard "$((index / slices))/$((count / slices))" \
+      --slice "$((index % slices))/$slices" ${TTTNN_NEIGHBORS_ARGS:-} >/dev/null
     ;;
   ttt)
     mkdir -p "$TTTNN_RESULTS"

@@ -1,8 +1,9 @@
-//! `tttnn index`: build the store's vector index (IVF-PQ), or drop it to search exactly (flat).
+//! `tttnn index`: build the store's vector index (IVF-PQ, IVF-RQ or IVF-HNSW-SQ), or drop it to
+//! search exactly (flat).
 use std::path::PathBuf;
 use std::time::Instant;
 
-use tttnn::store::{IvfPqParams, Store};
+use tttnn::store::{IndexKind, IndexParams, Store};
 use tttnn::Result;
 
 use super::ui::Printer;
@@ -12,12 +13,17 @@ use super::ui::Printer;
 pub enum Kind {
     /// IVF partitions with product-quantised codes; fast, approximate (refine for recall).
     IvfPq,
+    /// IVF partitions with RaBitQ codes (`--bits` per dimension); refine for recall.
+    IvfRq,
+    /// IVF partitions of HNSW graphs over 8-bit scalar-quantised vectors; search with `--ef`.
+    IvfHnswSq,
     /// No ANN index: exact brute-force L2, the paper's `IndexFlatL2`.
     Flat,
 }
 
-/// Build the store's vector index. Defaults: √rows partitions (at most rows/256, what Lance
-/// trains), dim/8 sub-vectors (8 dimensions each), 8 bits; IVF-PQ needs at least 256 rows.
+/// Build the store's vector index. Defaults for IVF-PQ: √rows partitions (at most rows/256, what
+/// Lance trains), dim/8 sub-vectors (8 dimensions each), 8 bits; IVF-RQ: the same partitions, 1
+/// bit per dimension; IVF-HNSW-SQ: one partition per 2^20 rows. IVF needs at least 256 rows.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The LanceDB store directory.
@@ -26,15 +32,15 @@ pub struct Args {
     /// Index kind.
     #[arg(long, value_enum, default_value_t = Kind::IvfPq)]
     pub kind: Kind,
-    /// IVF partitions (default √rows, at most rows/256).
+    /// IVF partitions (default √rows, at most rows/256; IVF-HNSW-SQ: one per 2^20 rows).
     #[arg(long)]
     pub partitions: Option<u32>,
     /// PQ sub-vectors; must divide the dimension (default dim/8).
     #[arg(long)]
     pub sub_vectors: Option<u32>,
-    /// Bits per PQ code.
-    #[arg(long, default_value_t = 8)]
-    pub bits: u32,
+    /// Bits per PQ code (4 or 8; default 8), or per dimension of an RQ code (default 1).
+    #[arg(long)]
+    pub bits: Option<u32>,
 }
 
 /// Builds or drops the index.
@@ -42,25 +48,33 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
     let store = Store::open(&args.store)?;
     let rows = store.count()?;
     let t = Instant::now();
-    match args.kind {
+    let kind = match args.kind {
         Kind::Flat => {
             let n = store.drop_vector_indexes()?;
-            p.out(serde_json::json!({"kind": "flat", "rows": rows, "dropped_indexes": n}))
+            return p.out(serde_json::json!({"kind": "flat", "rows": rows, "dropped_indexes": n}));
         }
-        Kind::IvfPq => {
-            let params = IvfPqParams::resolve(
-                rows,
-                store.dim(),
-                args.partitions,
-                args.sub_vectors,
-                args.bits,
-            )?;
-            p.say(format!(
-                "index: IVF-PQ over {rows} rows: {} partitions, {} sub-vectors, {} bits",
-                params.partitions, params.sub_vectors, params.bits
-            ));
-            store.create_ivf_pq(params)?;
-            p.out(serde_json::json!({"kind": "ivf-pq", "rows": rows, "partitions": params.partitions, "sub_vectors": params.sub_vectors, "bits": params.bits, "seconds": t.elapsed().as_secs_f64()}))
-        }
-    }
+        Kind::IvfPq => IndexKind::IvfPq,
+        Kind::IvfRq => IndexKind::IvfRq,
+        Kind::IvfHnswSq => IndexKind::IvfHnswSq,
+    };
+    let params = IndexParams::resolve(
+        kind,
+        rows,
+        store.dim(),
+        args.partitions,
+        args.sub_vectors,
+        args.bits,
+    )?;
+    let codes = match kind {
+        IndexKind::IvfPq => format!("{} sub-vectors, {} bits", params.sub_vectors, params.bits),
+        IndexKind::IvfRq => format!("{} bits per dimension", params.bits),
+        IndexKind::IvfHnswSq => "8-bit scalar quantisation".to_string(),
+    };
+    p.say(format!(
+        "index: {} over {rows} rows: {} partitions, {codes}",
+        kind.name(),
+        params.partitions
+    ));
+    store.create_index(params)?;
+    p.out(serde_json::json!({"kind": kind, "rows": rows, "partitions": params.partitions, "sub_vectors": params.sub_vectors, "bits": params.bits, "seconds": t.elapsed().as_secs_f64()}))
 }

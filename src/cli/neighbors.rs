@@ -9,8 +9,10 @@ use super::ui::Printer;
 /// Retrieve every selected test document's neighbours once into a neighbour table.
 ///
 /// The documents and the retrieval are `tttnn run`'s (same flags, same defaults); `tttnn run
-/// --neighbors-from TABLE` then trains from the table without searching the store. Resumable
-/// (re-running adds what is missing) and shardable (`--shard I/N` workers write one table).
+/// --neighbors-from TABLE` then trains from the table without searching the store. Exact search
+/// runs as blocked matrix products for a whole batch of documents (the neighbours `search --exact`
+/// finds). Resumable (re-running adds what is missing) and shardable: `--shard I/N` workers split
+/// the documents, `--slice J/M` workers the store's rows, all writing one table.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -33,10 +35,15 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
             count = done;
             bar = p.bar(
                 total as u64,
-                "{bar:30} {pos}/{len} docs {elapsed} ETA {eta}",
+                "{bar:30} {pos}/{len} docs {elapsed} ETA {eta} {msg}",
             );
             if let Some(b) = &bar {
                 b.set_position(done as u64);
+            }
+        }
+        NeighborsEvent::Scanned { read, rows } => {
+            if let Some(b) = &bar {
+                b.set_message(format!("store rows {read}/{rows} in this pass"));
             }
         }
         NeighborsEvent::Committed { n } => {

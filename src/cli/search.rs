@@ -25,6 +25,9 @@ pub struct Args {
     /// Re-rank refine_factor·k IVF-PQ candidates by exact distance; 0: none (PQ distances).
     #[arg(long, default_value_t = store::DEFAULT_REFINE_FACTOR)]
     pub refine_factor: u32,
+    /// IVF-HNSW-SQ index: candidates visited per partition (Lance's default when unset).
+    #[arg(long)]
+    pub ef: Option<usize>,
     /// Exact brute-force search even when an index exists (the paper's IndexFlatL2).
     #[arg(long)]
     pub exact: bool,
@@ -74,7 +77,7 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
         }
         (None, None) => return Err(Error::setting("text", "give TEXT or --doc-id")),
     };
-    let mode = store.default_search_mode(args.exact, args.nprobes, args.refine_factor)?;
+    let mode = store.default_search_mode(args.exact, args.nprobes, args.refine_factor, args.ef)?;
     let r = Retrieval {
         k: args.k,
         mode,
@@ -118,7 +121,7 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
         neighbors.len(),
         match mode {
             SearchMode::Exact => "exact",
-            SearchMode::Indexed { .. } => "IVF-PQ",
+            SearchMode::Indexed { .. } => "the vector index",
         }
     ));
     Ok(())

@@ -8,8 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use super::plan;
 use super::settings::RunConfig;
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::store::{Neighbor, NeighborTable, Retrieval, SearchMode, Store, TableNeighbor};
+use crate::store::{
+    BatchQuery, BatchSearch, Neighbor, NeighborTable, Product, Retrieval, SearchMode, Slice, Store,
+    TableNeighbor,
+};
 use crate::task::{Shard, Task};
 
 fn defaults() -> RunConfig {
@@ -56,12 +60,92 @@ pub struct NeighborsConfig {
     /// Keep every neighbour whatever its distance.
     #[arg(long, conflicts_with = "distance_threshold")]
     pub no_distance_threshold: bool,
-    /// Search the IVF-PQ index probing this many partitions (exact search without it).
+    /// Search the vector index probing this many partitions (exact search without it).
     #[arg(long, env = "TTTNN_NPROBES")]
     pub nprobes: Option<usize>,
     /// With --nprobes: re-rank this many times k candidates by exact distance; 0: none.
     #[arg(long, env = "TTTNN_REFINE_FACTOR", default_value_t = defaults().refine_factor)]
     pub refine_factor: u32,
+    /// With --nprobes on an IVF-HNSW-SQ index: candidates visited per partition.
+    #[arg(long, env = "TTTNN_EF")]
+    pub ef: Option<usize>,
+    /// Exact search (no --nprobes) by blocked matrix products over the whole batch of documents
+    /// (the store read once per --query-batch), or one search per document.
+    #[arg(long, value_enum, env = "TTTNN_EXACT_SEARCH", default_value_t = ExactSearch::Matmul)]
+    pub exact_search: ExactSearch,
+    /// This worker's slice J/M of the store's rows (matrix products only): M slices' partial
+    /// neighbours merge into the exact ones when the table is read.
+    #[arg(long, env = "TTTNN_SLICE", default_value_t = Slice::ALL)]
+    pub slice: Slice,
+    /// Where the matrix products run.
+    #[arg(long, value_enum, env = "TTTNN_DEVICE", default_value_t = Device::Cpu)]
+    pub device: Device,
+    /// Precision of the matrix products (their candidates are re-ranked in fp32 either way);
+    /// f16/bf16 are for GPUs and recorded with the table.
+    #[arg(long, value_enum, env = "TTTNN_PRODUCT", default_value_t = Product::F32)]
+    pub product: Product,
+    /// Documents per pass over the store (and per commit to the table); default 4096 on the CPU,
+    /// 16384 on CUDA.
+    #[arg(long, env = "TTTNN_QUERY_BATCH")]
+    pub query_batch: Option<usize>,
+    /// Store rows per matrix product; default 16384 on the CPU, 65536 on CUDA.
+    #[arg(long, env = "TTTNN_BLOCK_ROWS")]
+    pub block_rows: Option<usize>,
+}
+
+/// How `tttnn neighbors` searches exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExactSearch {
+    /// Blocked matrix products for all documents at once (`Store::exact_neighbors`).
+    Matmul,
+    /// One exact search per document (`Store::retrieve`), as `tttnn run` retrieves live.
+    PerQuery,
+}
+
+impl NeighborsConfig {
+    /// Documents per pass over the store, per commit.
+    fn query_batch(&self) -> usize {
+        self.query_batch.unwrap_or(match self.device {
+            Device::Cpu => 4096,
+            Device::Cuda => 16384,
+        })
+    }
+
+    /// Store rows per matrix product.
+    fn block_rows(&self) -> usize {
+        self.block_rows.unwrap_or(match self.device {
+            Device::Cpu => 16384,
+            Device::Cuda => 65_536,
+        })
+    }
+
+    /// Whether the table is computed by matrix products.
+    fn by_matmul(&self) -> bool {
+        self.nprobes.is_none() && self.exact_search == ExactSearch::Matmul
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.neighbors == 0 {
+            return Err(Error::setting(
+                "neighbors",
+                "0 neighbours make an empty table",
+            ));
+        }
+        if self.slice.count > 1 && !self.by_matmul() {
+            return Err(Error::setting(
+                "slice",
+                "slices of the store need the matrix-product exact search (no --nprobes, --exact-search matmul)",
+            ));
+        }
+        if self.query_batch() == 0 || self.block_rows() == 0 {
+            return Err(Error::setting(
+                "query-batch",
+                "--query-batch and --block-rows must be at least 1",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What a neighbour table was computed with: a run that reads it must retrieve the same way.
@@ -79,11 +163,28 @@ pub struct TableSettings {
     pub nprobes: Option<usize>,
     /// Re-ranking with `nprobes`.
     pub refine_factor: u32,
+    /// HNSW candidates per partition with `nprobes` (tables before it had none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ef: Option<usize>,
+    /// Slices of the store the neighbours were found in (each slice's top k; merged on reading).
+    #[serde(default = "one_slice", skip_serializing_if = "is_one_slice")]
+    pub slices: usize,
+    /// Precision of the matrix products, when not fp32.
+    #[serde(default, skip_serializing_if = "Product::is_f32")]
+    pub product: Product,
+}
+
+fn one_slice() -> usize {
+    1
+}
+
+fn is_one_slice(n: &usize) -> bool {
+    *n == 1
 }
 
 impl TableSettings {
     fn search_mode(&self) -> SearchMode {
-        SearchMode::new(self.nprobes, self.refine_factor)
+        SearchMode::new(self.nprobes, self.refine_factor, self.ef)
     }
 
     /// Checks that a run with `cfg` would retrieve these neighbours (its first `k` of them), on
@@ -162,6 +263,9 @@ pub enum NeighborsEvent {
     Started { total: usize, done: usize },
     /// `n` more documents are in the table.
     Committed { n: usize },
+    /// The matrix products have read `read` of the slice's `rows` store rows for this batch of
+    /// documents.
+    Scanned { read: usize, rows: usize },
 }
 
 /// What `tttnn neighbors` did.
@@ -175,6 +279,14 @@ pub struct NeighborsSummary {
     pub dropped_unfinished: usize,
     /// Neighbour rows written now.
     pub rows: usize,
+    /// How the neighbours were searched: `matmul`, `per-query` or `index`.
+    pub search: &'static str,
+    /// The slice of the store's rows searched.
+    pub slice: String,
+    /// Matrix products: store rows read, over all passes.
+    pub store_rows_read: usize,
+    /// Matrix products: (document, row) pairs whose exact distance the products selected.
+    pub candidates: usize,
 }
 
 /// Documents retrieved between two commits to the table.
@@ -185,12 +297,7 @@ pub fn compute(
     cfg: &NeighborsConfig,
     on_event: &mut dyn FnMut(NeighborsEvent),
 ) -> Result<NeighborsSummary> {
-    if cfg.neighbors == 0 {
-        return Err(Error::setting(
-            "neighbors",
-            "0 neighbours make an empty table",
-        ));
-    }
+    cfg.check()?;
     let store = Store::open(&cfg.store)?;
     let settings = TableSettings {
         store_version: store.version()?,
@@ -199,9 +306,17 @@ pub fn compute(
         distance_threshold: (!cfg.no_distance_threshold).then_some(cfg.distance_threshold),
         nprobes: cfg.nprobes,
         refine_factor: cfg.refine_factor,
+        ef: cfg.nprobes.and(cfg.ef),
+        slices: cfg.slice.count,
+        product: if cfg.by_matmul() {
+            cfg.product
+        } else {
+            Product::F32
+        },
     };
     let json = serde_json::to_string(&settings).map_err(|e| Error::json("table settings", e))?;
-    let table = NeighborTable::open_or_create(&cfg.out, &json, cfg.shard.index == 0)?;
+    let creator = cfg.shard.index == 0 && cfg.slice.index == 0;
+    let table = NeighborTable::open_or_create(&cfg.out, &json, creator)?;
     let planned = plan::plan_store(
         &store,
         &plan::Selection {
@@ -213,51 +328,125 @@ pub fn compute(
             shard: cfg.shard,
         },
     )?;
-    let done = table.done()?;
-    let todo: Vec<_> = planned
+    let slice = cfg.slice.index as u32;
+    let done = table.done(slice)?;
+    let todo: Vec<&str> = planned
         .iter()
-        .filter(|d| !done.contains(&d.doc_id))
+        .map(|d| d.doc_id.as_str())
+        .filter(|d| !done.contains(*d))
         .collect();
-    let dropped_unfinished =
-        table.drop_unfinished(&todo.iter().map(|d| d.doc_id.as_str()).collect())?;
+    let dropped_unfinished = table.drop_unfinished(&todo.iter().copied().collect(), slice)?;
     on_event(NeighborsEvent::Started {
         total: planned.len(),
         done: planned.len() - todo.len(),
     });
-    let retrieval = |doc_id: &str| Retrieval {
-        k: settings.neighbors,
-        mode: settings.search_mode(),
-        max_distance: settings.distance_threshold,
-        exclude_id: Some(doc_id.to_string()),
-        split: Some(settings.neighbor_split.clone()),
-    };
-    let mut rows = 0;
-    for chunk in todo.chunks(COMMIT_DOCS) {
-        let mut batch = Vec::with_capacity(chunk.len());
-        for doc in chunk {
-            let stored = store.expect_document(&doc.doc_id)?;
-            let found = store.retrieve(&stored.embedding, &retrieval(&doc.doc_id))?;
-            let listed: Vec<TableNeighbor> = found
-                .iter()
-                .enumerate()
-                .map(|(i, n)| TableNeighbor {
-                    rank: i as u32 + 1,
-                    id: n.id.clone(),
-                    distance: n.distance,
-                })
-                .collect();
-            rows += listed.len();
-            batch.push((doc.doc_id.clone(), listed));
-        }
-        table.append(&batch)?;
-        on_event(NeighborsEvent::Committed { n: chunk.len() });
-    }
-    Ok(NeighborsSummary {
+    let mut summary = NeighborsSummary {
         documents: planned.len(),
         computed: todo.len(),
         dropped_unfinished,
-        rows,
-    })
+        rows: 0,
+        search: match (cfg.nprobes, cfg.exact_search) {
+            (Some(_), _) => "index",
+            (None, ExactSearch::Matmul) => "matmul",
+            (None, ExactSearch::PerQuery) => "per-query",
+        },
+        slice: cfg.slice.to_string(),
+        store_rows_read: 0,
+        candidates: 0,
+    };
+    let commit = |batch: Vec<(String, Vec<TableNeighbor>)>,
+                  summary: &mut NeighborsSummary,
+                  on_event: &mut dyn FnMut(NeighborsEvent)| {
+        summary.rows += batch.iter().map(|(_, l)| l.len()).sum::<usize>();
+        table.append(&batch, slice)?;
+        on_event(NeighborsEvent::Committed { n: batch.len() });
+        Ok::<_, Error>(())
+    };
+    if !cfg.by_matmul() {
+        let retrieval = |doc_id: &str| Retrieval {
+            k: settings.neighbors,
+            mode: settings.search_mode(),
+            max_distance: settings.distance_threshold,
+            exclude_id: Some(doc_id.to_string()),
+            split: Some(settings.neighbor_split.clone()),
+        };
+        for chunk in todo.chunks(COMMIT_DOCS) {
+            let mut batch = Vec::with_capacity(chunk.len());
+            for &doc in chunk {
+                let stored = store.expect_document(doc)?;
+                let found = store.retrieve(&stored.embedding, &retrieval(doc))?;
+                let listed = found
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| TableNeighbor {
+                        rank: i as u32 + 1,
+                        id: n.id.clone(),
+                        distance: n.distance,
+                        order: None,
+                    })
+                    .collect();
+                batch.push((doc.to_string(), listed));
+            }
+            commit(batch, &mut summary, on_event)?;
+        }
+        return Ok(summary);
+    }
+    let device = cfg.device.to_tch()?;
+    let search = BatchSearch {
+        k: settings.neighbors,
+        split: Some(settings.neighbor_split.clone()),
+        max_distance: settings.distance_threshold,
+        slice: cfg.slice,
+        product: cfg.product,
+        device,
+        block_rows: cfg.block_rows(),
+    };
+    let slice_rows = cfg.slice.rows(store.count()?).len();
+    for chunk in todo.chunks(cfg.query_batch()) {
+        let embeddings = store.embeddings_of(&cfg.split, &chunk.iter().copied().collect())?;
+        let queries = chunk
+            .iter()
+            .map(|&doc| {
+                let vector = embeddings.get(doc).cloned().ok_or_else(|| {
+                    Error::bad_file(
+                        store.path(),
+                        format!("document {doc} vanished from the store during the run"),
+                    )
+                })?;
+                Ok(BatchQuery {
+                    vector,
+                    exclude_id: Some(doc.to_string()),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (found, stats) = store.exact_neighbors(&queries, &search, &mut |read| {
+            on_event(NeighborsEvent::Scanned {
+                read,
+                rows: slice_rows,
+            })
+        })?;
+        summary.store_rows_read += stats.rows;
+        summary.candidates += stats.candidates;
+        let batch = chunk
+            .iter()
+            .zip(found)
+            .map(|(&doc, list)| {
+                let listed = list
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, n)| TableNeighbor {
+                        rank: i as u32 + 1,
+                        id: n.id,
+                        distance: n.distance,
+                        order: Some((n.squared_distance, n.row_id)),
+                    })
+                    .collect();
+                (doc.to_string(), listed)
+            })
+            .collect();
+        commit(batch, &mut summary, on_event)?;
+    }
+    Ok(summary)
 }
 
 /// A neighbour table as a run reads it: every document's listed neighbours, checked against the
@@ -275,7 +464,7 @@ impl LoadedTable {
             Error::bad_file(path, format!("unreadable neighbour table settings: {e}"))
         })?;
         settings.check_run(cfg, store, path)?;
-        let by_doc = table.load()?;
+        let by_doc = table.load(settings.slices as u32, settings.neighbors)?;
         let held: HashSet<&str> = by_doc.keys().map(String::as_str).collect();
         if let Some(missing) = must_hold.iter().find(|d| !held.contains(*d)) {
             return Err(Error::bad_file(

@@ -1,36 +1,73 @@
-//! Vector index administration: IVF-PQ sized from the data (or as asked), and dropping it to go
-//! back to exact (flat) search.
-use lancedb::index::vector::IvfPqIndexBuilder;
+//! Vector index administration: IVF-PQ, IVF-RQ (RaBitQ) or IVF-HNSW-SQ, sized from the data (or as
+//! asked), and dropping them to go back to exact (flat) search.
+use lancedb::index::vector::{IvfHnswSqIndexBuilder, IvfPqIndexBuilder, IvfRqIndexBuilder};
 use lancedb::index::Index;
 use lancedb::DistanceType;
+use serde::Serialize;
 
 use super::Store;
 use crate::error::{Error, Result};
 
-/// IVF-PQ parameters.
+/// A kind of Lance vector index over the embeddings (L2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IndexKind {
+    /// IVF partitions of product-quantised codes (8 or 4 bits); re-ranking restores recall.
+    IvfPq,
+    /// IVF partitions of RaBitQ codes (`bits` per dimension).
+    IvfRq,
+    /// IVF partitions each holding an HNSW graph of 8-bit scalar-quantised vectors; searched with
+    /// `ef` candidates per partition.
+    IvfHnswSq,
+}
+
+impl IndexKind {
+    /// Its name in Lance's terms.
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexKind::IvfPq => "IVF-PQ",
+            IndexKind::IvfRq => "IVF-RQ",
+            IndexKind::IvfHnswSq => "IVF-HNSW-SQ",
+        }
+    }
+}
+
+/// Vector index parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct IvfPqParams {
+pub struct IndexParams {
+    /// Which index.
+    pub kind: IndexKind,
     /// IVF partitions.
     pub partitions: u32,
-    /// PQ sub-vectors (must divide the dimension).
+    /// PQ sub-vectors (must divide the dimension; IVF-PQ only).
     pub sub_vectors: u32,
-    /// Bits per PQ code.
+    /// Bits per PQ code (4 or 8), or per dimension of an RQ code; unused by IVF-HNSW-SQ (8).
     pub bits: u32,
 }
 
 /// Vectors Lance's IVF training fits each centroid on (`IvfBuildParams::sample_rate`).
 const LANCE_SAMPLE_RATE: usize = 256;
 
-impl IvfPqParams {
-    /// Defaults sized from the data: √rows partitions, but no more than rows/256 (at least 1),
-    /// sub-vectors of 8 dimensions, 8-bit codes. IVF-PQ needs 256 rows to train its codebooks.
+/// Rows per partition of an IVF-HNSW index: Lance's advice (its docs: rows/1,048,576 partitions).
+const HNSW_PARTITION_ROWS: usize = 1 << 20;
+
+impl IndexParams {
+    /// Defaults sized from the data. IVF-PQ and IVF-RQ: √rows partitions, but no more than
+    /// rows/256 (at least 1); PQ sub-vectors of 8 dimensions, 8-bit codes; RQ 1 bit per dimension
+    /// (Lance's RaBitQ). IVF-HNSW-SQ: one partition per 2^20 rows. IVF needs 256 rows to train.
     /// Sub-vectors of 16 dimensions (LanceDB's usual dim/16) halve the index but lost recall on
     /// real embeddings.
-    pub fn sized_for(rows: usize, dim: usize) -> Result<Self> {
+    pub fn sized_for(kind: IndexKind, rows: usize, dim: usize) -> Result<Self> {
         if rows < 256 {
-            return Err(Error::setting("index", format!("IVF-PQ needs at least 256 rows to train 8-bit codebooks, the store has {rows}; use --kind flat")));
+            return Err(Error::setting(
+                "index",
+                format!(
+                    "{} needs at least 256 rows to train, the store has {rows}; use --kind flat",
+                    kind.name()
+                ),
+            ));
         }
-        if !dim.is_multiple_of(8) {
+        if kind == IndexKind::IvfPq && !dim.is_multiple_of(8) {
             return Err(Error::setting(
                 "sub_vectors",
                 format!("dimension {dim} is not a multiple of 8: give --sub-vectors (a divisor of {dim})"),
@@ -40,38 +77,57 @@ impl IvfPqParams {
         // partitions when asked for more (lance `supported_num_partitions`, with a warning): below
         // 65,536 rows √rows is more than it would train, so ask for what it trains.
         let sqrt = (rows as f64).sqrt().round() as usize;
+        let partitions = match kind {
+            IndexKind::IvfHnswSq => rows.div_ceil(HNSW_PARTITION_ROWS),
+            _ => sqrt.min(rows / LANCE_SAMPLE_RATE).max(1),
+        };
         Ok(Self {
-            partitions: sqrt.min(rows / LANCE_SAMPLE_RATE).max(1) as u32,
-            sub_vectors: (dim / 8) as u32,
-            bits: 8,
+            kind,
+            partitions: partitions as u32,
+            sub_vectors: (dim / 8).max(1) as u32,
+            bits: match kind {
+                IndexKind::IvfRq => 1,
+                _ => 8,
+            },
         })
     }
 
-    /// The parameters for `rows` vectors of `dim`: what is given, the rest [`sized_for`] the data.
+    /// The parameters of a `kind` index over `rows` vectors of `dim`: what is given, the rest
+    /// [`sized_for`] the data.
     ///
-    /// [`sized_for`]: IvfPqParams::sized_for
+    /// [`sized_for`]: IndexParams::sized_for
     pub fn resolve(
+        kind: IndexKind,
         rows: usize,
         dim: usize,
         partitions: Option<u32>,
         sub_vectors: Option<u32>,
-        bits: u32,
+        bits: Option<u32>,
     ) -> Result<Self> {
         let mut p = match (partitions, sub_vectors) {
             (Some(partitions), Some(sub_vectors)) => Self {
+                kind,
                 partitions,
                 sub_vectors,
-                bits,
+                bits: 8,
             },
-            _ => Self::sized_for(rows, dim)?,
+            _ => Self::sized_for(kind, rows, dim)?,
         };
         p.partitions = partitions.unwrap_or(p.partitions);
         p.sub_vectors = sub_vectors.unwrap_or(p.sub_vectors);
-        p.bits = bits;
-        if p.sub_vectors == 0 || !dim.is_multiple_of(p.sub_vectors as usize) {
+        p.bits = bits.unwrap_or(p.bits);
+        if kind == IndexKind::IvfPq
+            && (p.sub_vectors == 0 || !dim.is_multiple_of(p.sub_vectors as usize))
+        {
             return Err(Error::setting(
                 "sub_vectors",
                 format!("{} does not divide the dimension {dim}", p.sub_vectors),
+            ));
+        }
+        if kind == IndexKind::IvfPq && !matches!(p.bits, 4 | 8) {
+            return Err(Error::setting(
+                "bits",
+                format!("IVF-PQ codes have 4 or 8 bits, not {}", p.bits),
             ));
         }
         Ok(p)
@@ -79,16 +135,31 @@ impl IvfPqParams {
 }
 
 impl Store {
-    /// Builds (or replaces) the IVF-PQ vector index on `embedding`, L2 distance.
-    pub fn create_ivf_pq(&self, p: IvfPqParams) -> Result<()> {
-        let builder = IvfPqIndexBuilder::default()
-            .distance_type(DistanceType::L2)
-            .num_partitions(p.partitions)
-            .num_sub_vectors(p.sub_vectors)
-            .num_bits(p.bits);
+    /// Builds (or replaces) the vector index on `embedding`, L2 distance.
+    pub fn create_index(&self, p: IndexParams) -> Result<()> {
+        let index = match p.kind {
+            IndexKind::IvfPq => Index::IvfPq(
+                IvfPqIndexBuilder::default()
+                    .distance_type(DistanceType::L2)
+                    .num_partitions(p.partitions)
+                    .num_sub_vectors(p.sub_vectors)
+                    .num_bits(p.bits),
+            ),
+            IndexKind::IvfRq => Index::IvfRq(
+                IvfRqIndexBuilder::default()
+                    .distance_type(DistanceType::L2)
+                    .num_partitions(p.partitions)
+                    .num_bits(p.bits),
+            ),
+            IndexKind::IvfHnswSq => Index::IvfHnswSq(
+                IvfHnswSqIndexBuilder::default()
+                    .distance_type(DistanceType::L2)
+                    .num_partitions(p.partitions),
+            ),
+        };
         self.block_on(
             self.table
-                .create_index(&["embedding"], Index::IvfPq(builder))
+                .create_index(&["embedding"], index)
                 .replace(true)
                 .execute(),
         )
@@ -122,42 +193,48 @@ impl Store {
 mod tests {
     use super::*;
 
+    const PQ: IndexKind = IndexKind::IvfPq;
+
     #[test]
-    fn ivf_pq_defaults_follow_the_documented_rule() {
+    fn defaults_follow_the_documented_rules() {
         assert_eq!(
-            IvfPqParams::sized_for(1_000_000, 1024).unwrap(),
-            IvfPqParams {
+            IndexParams::sized_for(PQ, 1_000_000, 1024).unwrap(),
+            IndexParams {
+                kind: PQ,
                 partitions: 1000,
                 sub_vectors: 128,
                 bits: 8
             }
         );
-        assert_eq!(
-            IvfPqParams::sized_for(100_000, 384).unwrap(),
-            IvfPqParams {
-                partitions: 316,
-                sub_vectors: 48,
-                bits: 8
-            }
-        );
+        let p = IndexParams::sized_for(PQ, 100_000, 384).unwrap();
+        assert_eq!((p.partitions, p.sub_vectors, p.bits), (316, 48, 8));
         // Below 65,536 rows, what Lance trains: rows/256 (the demo store's 7,300 rows: 28, not 85).
-        assert_eq!(IvfPqParams::sized_for(7_300, 384).unwrap().partitions, 28);
-        assert_eq!(IvfPqParams::sized_for(300, 40).unwrap().partitions, 1);
-        assert_eq!(IvfPqParams::sized_for(300, 40).unwrap().sub_vectors, 5);
-        assert!(IvfPqParams::sized_for(100, 1024)
+        assert_eq!(
+            IndexParams::sized_for(PQ, 7_300, 384).unwrap().partitions,
+            28
+        );
+        assert_eq!(IndexParams::sized_for(PQ, 300, 40).unwrap().partitions, 1);
+        assert_eq!(IndexParams::sized_for(PQ, 300, 40).unwrap().sub_vectors, 5);
+        assert!(IndexParams::sized_for(PQ, 100, 1024)
             .unwrap_err()
             .to_string()
             .contains("256 rows"));
-        assert!(IvfPqParams::sized_for(1000, 30).is_err());
+        assert!(IndexParams::sized_for(PQ, 1000, 30).is_err());
+        let rq = IndexParams::sized_for(IndexKind::IvfRq, 10_000_000, 384).unwrap();
+        assert_eq!((rq.partitions, rq.bits), (3162, 1));
+        let hnsw = IndexParams::sized_for(IndexKind::IvfHnswSq, 10_000_000, 384).unwrap();
+        assert_eq!(hnsw.partitions, 10);
     }
 
     #[test]
     fn given_parameters_override_the_sized_ones_and_are_checked() {
-        let p = IvfPqParams::resolve(10_000, 384, Some(7), None, 4).unwrap();
+        let p = IndexParams::resolve(PQ, 10_000, 384, Some(7), None, Some(4)).unwrap();
         assert_eq!((p.partitions, p.sub_vectors, p.bits), (7, 48, 4));
-        let p = IvfPqParams::resolve(10, 30, Some(2), Some(3), 8).unwrap();
-        assert_eq!((p.partitions, p.sub_vectors), (2, 3));
-        let e = IvfPqParams::resolve(10_000, 384, None, Some(7), 8).unwrap_err();
+        let p = IndexParams::resolve(PQ, 10, 30, Some(2), Some(3), None).unwrap();
+        assert_eq!((p.partitions, p.sub_vectors, p.bits), (2, 3, 8));
+        let e = IndexParams::resolve(PQ, 10_000, 384, None, Some(7), None).unwrap_err();
         assert!(e.to_string().contains("does not divide"), "{e}");
+        let e = IndexParams::resolve(PQ, 10_000, 384, None, None, Some(6)).unwrap_err();
+        assert!(e.to_string().contains("4 or 8"), "{e}");
     }
 }

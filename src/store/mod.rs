@@ -5,8 +5,10 @@
 //! API does, so the rest of the library (and its callers) never see an `async fn`. The type is one,
 //! its concerns are split across files as lance splits `Dataset`: this file opens, appends and
 //! reads documents; `search.rs` retrieves; `index.rs` builds and drops vector indexes; `arrow.rs`
-//! reads the table's columns; `neighbor_table.rs` keeps neighbours retrieved once for many runs.
+//! reads the table's columns; `neighbor_table.rs` keeps neighbours retrieved once for many runs;
+//! `exact_batch.rs` finds many queries' exact neighbours at once by matrix products.
 mod arrow;
+mod exact_batch;
 mod index;
 mod neighbor_table;
 mod search;
@@ -23,7 +25,8 @@ use futures::TryStreamExt;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
 use lancedb::Table;
 
-pub use index::IvfPqParams;
+pub use exact_batch::{BatchNeighbor, BatchQuery, BatchSearch, BatchStats, Product, Slice};
+pub use index::{IndexKind, IndexParams};
 pub use neighbor_table::{NeighborTable, TableNeighbor};
 pub use search::{Neighbor, Retrieval, SearchMode, DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR};
 

@@ -3,10 +3,17 @@
 //! 180-server fan-out as one batch job). A LanceDB directory of three tables:
 //! - `settings`: one row, the JSON of the settings it was computed with and the store's version,
 //!   written atomically when the table is created;
-//! - `neighbors`: one row per (document, rank): `doc_id`, `rank` (1 = nearest), `neighbor_id`,
-//!   `distance` (unsquared L2);
-//! - `done`: one row per finished document with its neighbour count, appended after its rows, so
-//!   a killed job resumes from what `done` lists and the rows of unfinished documents are dropped.
+//! - `neighbors`: one row per (document, slice, rank): `doc_id`, `rank` (1 = nearest within the
+//!   slice), `neighbor_id`, `distance` (unsquared L2), `slice`, and where the matrix-product
+//!   search found it (`exact_batch.rs`) the neighbour's `row_id` and `squared_distance`;
+//! - `done`: one row per finished (document, slice) with its neighbour count, appended after its
+//!   rows, so a killed job resumes from what `done` lists and the rows of unfinished documents are
+//!   dropped.
+//!
+//! A table computed in M slices of the store (`--slice J/M`) holds each slice's own top k; the
+//! reader merges them into the exact global top k by (squared distance, row id), the order of
+//! Lance's flat search. Tables written before slices existed lack the three new columns and are
+//! read (and resumed) as one slice.
 //!
 //! Shards (`--shard I/N`) append to the same tables concurrently: Lance commits concurrent appends
 //! one after another (a writer whose commit finds a newer version rebases onto it and retries).
@@ -16,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::{Float32Array, RecordBatch, StringArray, UInt32Array};
+use arrow_array::{Array, Float32Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::TryStreamExt;
 use lancedb::query::{ExecutableQuery, QueryBase};
@@ -34,6 +41,9 @@ pub struct TableNeighbor {
     pub id: String,
     /// Unsquared L2 distance to the test document.
     pub distance: f32,
+    /// The neighbour's Lance `_rowid` and squared distance, which order neighbours of different
+    /// slices as Lance's flat search does (None where the per-query search found it).
+    pub order: Option<(f32, u64)>,
 }
 
 /// A neighbour table, open.
@@ -43,23 +53,49 @@ pub struct NeighborTable {
     done: Table,
     /// The settings JSON it was computed with.
     settings: String,
+    /// Whether the tables have the `slice` columns (tables written before slices do not).
+    sliced: bool,
     rt: tokio::runtime::Runtime,
 }
 
-fn neighbors_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+fn neighbors_schema(sliced: bool) -> SchemaRef {
+    let mut fields = vec![
         Field::new("doc_id", DataType::Utf8, false),
         Field::new("rank", DataType::UInt32, false),
         Field::new("neighbor_id", DataType::Utf8, false),
         Field::new("distance", DataType::Float32, false),
-    ]))
+    ];
+    if sliced {
+        fields.extend([
+            Field::new("slice", DataType::UInt32, false),
+            Field::new("row_id", DataType::UInt64, true),
+            Field::new("squared_distance", DataType::Float32, true),
+        ]);
+    }
+    Arc::new(Schema::new(fields))
 }
 
-fn done_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+fn done_schema(sliced: bool) -> SchemaRef {
+    let mut fields = vec![
         Field::new("doc_id", DataType::Utf8, false),
         Field::new("neighbors", DataType::UInt32, false),
-    ]))
+    ];
+    if sliced {
+        fields.push(Field::new("slice", DataType::UInt32, false));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// A UInt32 column, or 0 for every row where a table from before slices lacks it.
+fn slice_column(path: &Path, b: &RecordBatch) -> Result<Vec<u32>> {
+    match b.column_by_name("slice") {
+        None => Ok(vec![0; b.num_rows()]),
+        Some(c) => c
+            .as_any()
+            .downcast_ref::<UInt32Array>()
+            .map(|a| a.values().to_vec())
+            .ok_or_else(|| Error::bad_file(path, "column `slice` is not UInt32")),
+    }
 }
 
 fn settings_schema() -> SchemaRef {
@@ -109,7 +145,7 @@ impl NeighborTable {
         }
         let rt = super::runtime()?;
         let err = |source| Error::store(path, source);
-        let (settings, neighbors, done) = rt.block_on(async {
+        let (settings, neighbors, done, sliced) = rt.block_on(async {
             let db = lancedb::connect(&path.to_string_lossy())
                 .execute()
                 .await
@@ -150,8 +186,14 @@ impl NeighborTable {
                     }
                 }
             };
-            let neighbors = table("neighbors", neighbors_schema()).await?;
-            let done = table("done", done_schema()).await?;
+            let neighbors = table("neighbors", neighbors_schema(true)).await?;
+            let done = table("done", done_schema(true)).await?;
+            let sliced = neighbors
+                .schema()
+                .await
+                .map_err(err)?
+                .field_with_name("slice")
+                .is_ok();
             let batches: Vec<RecordBatch> = settings_table
                 .query()
                 .execute()
@@ -167,13 +209,14 @@ impl NeighborTable {
                 .transpose()?
                 .and_then(|v| v.into_iter().next())
                 .ok_or_else(|| Error::bad_file(path, "the neighbour table has no settings row"))?;
-            Ok::<_, Error>((settings, neighbors, done))
+            Ok::<_, Error>((settings, neighbors, done, sliced))
         })?;
         Ok(Self {
             path: path.to_path_buf(),
             neighbors,
             done,
             settings,
+            sliced,
             rt,
         })
     }
@@ -204,44 +247,63 @@ impl NeighborTable {
             .map_err(|e| self.err(e))
     }
 
-    /// The documents whose neighbours are all recorded.
-    pub fn done(&self) -> Result<HashSet<String>> {
+    /// The documents whose neighbours in `slice` are all recorded.
+    pub fn done(&self, slice: u32) -> Result<HashSet<String>> {
         let mut out = HashSet::new();
         for b in self.scan(&self.done, None)? {
-            out.extend(string_column(&self.path, &b, "doc_id")?);
+            let slices = slice_column(&self.path, &b)?;
+            out.extend(
+                string_column(&self.path, &b, "doc_id")?
+                    .into_iter()
+                    .zip(slices)
+                    .filter(|(_, s)| *s == slice)
+                    .map(|(d, _)| d),
+            );
         }
         Ok(out)
     }
 
-    /// Drops the rows that `docs` (this worker's documents not marked done) have: a job of this
-    /// worker killed between its two appends left them. Only this worker's own documents: another
-    /// shard's may be between its two appends right now.
-    pub fn drop_unfinished(&self, docs: &HashSet<&str>) -> Result<usize> {
+    /// Drops the rows in `slice` that `docs` (this worker's documents not marked done) have: a
+    /// job of this worker killed between its two appends left them. Only this worker's own
+    /// documents and slice: another worker's may be between its two appends right now.
+    pub fn drop_unfinished(&self, docs: &HashSet<&str>, slice: u32) -> Result<usize> {
         let mut orphans = HashSet::new();
         for b in self.scan(&self.neighbors, None)? {
+            let slices = slice_column(&self.path, &b)?;
             orphans.extend(
                 string_column(&self.path, &b, "doc_id")?
                     .into_iter()
-                    .filter(|d| docs.contains(d.as_str())),
+                    .zip(slices)
+                    .filter(|(d, s)| *s == slice && docs.contains(d.as_str()))
+                    .map(|(d, _)| d),
             );
         }
         if orphans.is_empty() {
             return Ok(0);
         }
         let list: Vec<String> = orphans.iter().map(|d| super::sql_str(d)).collect();
-        let predicate = format!("doc_id IN ({})", list.join(", "));
+        let mut predicate = format!("doc_id IN ({})", list.join(", "));
+        if self.sliced {
+            predicate += &format!(" AND slice = {slice}");
+        }
         self.rt
             .block_on(self.neighbors.delete(predicate.as_str()))
             .map_err(|e| self.err(e))?;
         Ok(orphans.len())
     }
 
-    /// Appends documents' neighbours (one commit), then marks them done (a second).
-    pub fn append(&self, docs: &[(String, Vec<TableNeighbor>)]) -> Result<()> {
+    /// Appends documents' neighbours in `slice` (one commit), then marks them done (a second).
+    pub fn append(&self, docs: &[(String, Vec<TableNeighbor>)], slice: u32) -> Result<()> {
         if docs.is_empty() {
             return Ok(());
         }
-        let (batch, done) = self.append_parts(docs)?;
+        if slice > 0 && !self.sliced {
+            return Err(Error::bad_file(
+                &self.path,
+                "this neighbour table was written before slices existed: compute slices into a new one",
+            ));
+        }
+        let (batch, done) = self.append_parts(docs, slice)?;
         if batch.num_rows() > 0 {
             self.rt
                 .block_on(self.neighbors.add(batch).execute())
@@ -257,72 +319,136 @@ impl NeighborTable {
     fn append_parts(
         &self,
         docs: &[(String, Vec<TableNeighbor>)],
+        slice: u32,
     ) -> Result<(RecordBatch, RecordBatch)> {
         let rows: Vec<(&String, &TableNeighbor)> = docs
             .iter()
             .flat_map(|(d, ns)| ns.iter().map(move |n| (d, n)))
             .collect();
-        let batch = RecordBatch::try_new(
-            neighbors_schema(),
-            vec![
-                Arc::new(StringArray::from_iter_values(
-                    rows.iter().map(|(d, _)| d.as_str()),
+        let mut columns: Vec<Arc<dyn Array>> = vec![
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|(d, _)| d.as_str()),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                rows.iter().map(|(_, n)| n.rank),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|(_, n)| n.id.as_str()),
+            )),
+            Arc::new(Float32Array::from_iter_values(
+                rows.iter().map(|(_, n)| n.distance),
+            )),
+        ];
+        let mut done: Vec<Arc<dyn Array>> = vec![
+            Arc::new(StringArray::from_iter_values(
+                docs.iter().map(|(d, _)| d.as_str()),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                docs.iter().map(|(_, ns)| ns.len() as u32),
+            )),
+        ];
+        if self.sliced {
+            columns.extend([
+                Arc::new(UInt32Array::from_iter_values(rows.iter().map(|_| slice)))
+                    as Arc<dyn Array>,
+                Arc::new(UInt64Array::from_iter(
+                    rows.iter().map(|(_, n)| n.order.map(|o| o.1)),
                 )),
-                Arc::new(UInt32Array::from_iter_values(
-                    rows.iter().map(|(_, n)| n.rank),
+                Arc::new(Float32Array::from_iter(
+                    rows.iter().map(|(_, n)| n.order.map(|o| o.0)),
                 )),
-                Arc::new(StringArray::from_iter_values(
-                    rows.iter().map(|(_, n)| n.id.as_str()),
-                )),
-                Arc::new(Float32Array::from_iter_values(
-                    rows.iter().map(|(_, n)| n.distance),
-                )),
-            ],
-        )
-        .map_err(|e| Error::arrow("the neighbour rows", e))?;
-        let done = RecordBatch::try_new(
-            done_schema(),
-            vec![
-                Arc::new(StringArray::from_iter_values(
-                    docs.iter().map(|(d, _)| d.as_str()),
-                )),
-                Arc::new(UInt32Array::from_iter_values(
-                    docs.iter().map(|(_, ns)| ns.len() as u32),
-                )),
-            ],
-        )
-        .map_err(|e| Error::arrow("the done rows", e))?;
+            ]);
+            done.push(Arc::new(UInt32Array::from_iter_values(
+                docs.iter().map(|_| slice),
+            )));
+        }
+        let batch = RecordBatch::try_new(neighbors_schema(self.sliced), columns)
+            .map_err(|e| Error::arrow("the neighbour rows", e))?;
+        let done = RecordBatch::try_new(done_schema(self.sliced), done)
+            .map_err(|e| Error::arrow("the done rows", e))?;
         Ok((batch, done))
     }
 
-    /// Every done document's neighbours, nearest first.
-    pub fn load(&self) -> Result<HashMap<String, Vec<TableNeighbor>>> {
-        let mut out: HashMap<String, Vec<TableNeighbor>> =
-            self.done()?.into_iter().map(|d| (d, Vec::new())).collect();
+    /// Every document done in all `slices` with its `k` nearest neighbours, nearest first: one
+    /// slice's rows in their ranks; several slices' merged by (squared distance, row id).
+    pub fn load(&self, slices: u32, k: usize) -> Result<HashMap<String, Vec<TableNeighbor>>> {
+        let mut done_in: HashMap<String, HashSet<u32>> = HashMap::new();
+        for b in self.scan(&self.done, None)? {
+            let docs = string_column(&self.path, &b, "doc_id")?;
+            for (doc, slice) in docs.into_iter().zip(slice_column(&self.path, &b)?) {
+                done_in.entry(doc).or_default().insert(slice);
+            }
+        }
+        let mut out: HashMap<String, Vec<(u32, TableNeighbor)>> = done_in
+            .into_iter()
+            .filter(|(_, s)| (0..slices).all(|j| s.contains(&j)))
+            .map(|(d, _)| (d, Vec::new()))
+            .collect();
         for b in self.scan(&self.neighbors, None)? {
             let docs = string_column(&self.path, &b, "doc_id")?;
             let ids = string_column(&self.path, &b, "neighbor_id")?;
             let distances = f32_column(&self.path, &b, "distance")?;
+            let slice = slice_column(&self.path, &b)?;
             let ranks = b
                 .column_by_name("rank")
                 .and_then(|c| c.as_any().downcast_ref::<UInt32Array>())
                 .ok_or_else(|| Error::bad_file(&self.path, "no UInt32 column `rank`"))?;
+            let row_ids = b
+                .column_by_name("row_id")
+                .and_then(|c| c.as_any().downcast_ref::<UInt64Array>());
+            let squared = b
+                .column_by_name("squared_distance")
+                .and_then(|c| c.as_any().downcast_ref::<Float32Array>());
             for (i, ((doc, id), distance)) in docs.into_iter().zip(ids).zip(distances).enumerate() {
                 // Rows of a document not marked done are a killed job's leftovers.
                 if let Some(list) = out.get_mut(&doc) {
-                    list.push(TableNeighbor {
-                        rank: ranks.value(i),
-                        id,
-                        distance,
-                    });
+                    let order = match (squared, row_ids) {
+                        (Some(s), Some(r)) if s.is_valid(i) && r.is_valid(i) => {
+                            Some((s.value(i), r.value(i)))
+                        }
+                        _ => None,
+                    };
+                    list.push((
+                        slice[i],
+                        TableNeighbor {
+                            rank: ranks.value(i),
+                            id,
+                            distance,
+                            order,
+                        },
+                    ));
                 }
             }
         }
-        for list in out.values_mut() {
-            list.sort_by_key(|n| n.rank);
-            list.dedup_by_key(|n| n.rank);
-        }
-        Ok(out)
+        out.into_iter()
+            .map(|(doc, mut rows)| {
+                rows.sort_by_key(|(s, n)| (*s, n.rank));
+                rows.dedup_by_key(|(s, n)| (*s, n.rank));
+                let mut list: Vec<TableNeighbor> = rows.into_iter().map(|(_, n)| n).collect();
+                if slices > 1 {
+                    let key = |n: &TableNeighbor| {
+                        n.order.ok_or_else(|| {
+                            Error::bad_file(
+                                &self.path,
+                                format!("document {doc}'s neighbour {} has no row id to merge slices by", n.id),
+                            )
+                        })
+                    };
+                    for n in &list {
+                        key(n)?;
+                    }
+                    list.sort_by(|a, b| {
+                        let (a, b) = (a.order.unwrap_or_default(), b.order.unwrap_or_default());
+                        a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+                    });
+                    list.truncate(k);
+                    for (i, n) in list.iter_mut().enumerate() {
+                        n.rank = i as u32 + 1;
+                    }
+                }
+                Ok((doc, list))
+            })
+            .collect()
     }
 }
 
@@ -335,6 +461,7 @@ mod tests {
             rank,
             id: id.into(),
             distance: rank as f32 / 10.0,
+            order: None,
         }
     }
 
@@ -343,25 +470,63 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t");
         let t = NeighborTable::open_or_create(&path, r#"{"k":2}"#, true).unwrap();
-        t.append(&[("a".into(), vec![row(2, "y"), row(1, "x")])])
+        t.append(&[("a".into(), vec![row(2, "y"), row(1, "x")])], 0)
             .unwrap();
         // Killed between its two appends: b's rows are there, b is not marked done.
-        let (orphans, _) = t.append_parts(&[("b".into(), vec![row(1, "z")])]).unwrap();
+        let (orphans, _) = t
+            .append_parts(&[("b".into(), vec![row(1, "z")])], 0)
+            .unwrap();
         t.rt.block_on(t.neighbors.add(orphans).execute()).unwrap();
-        let loaded = t.load().unwrap();
+        let loaded = t.load(1, 2).unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded["a"], vec![row(1, "x"), row(2, "y")]);
         drop(t);
         let t = NeighborTable::open_or_create(&path, r#"{"k":2}"#, true).unwrap();
         // Another worker's unfinished document is not this worker's to drop.
-        assert_eq!(t.drop_unfinished(&HashSet::from(["c"])).unwrap(), 0);
-        assert_eq!(t.drop_unfinished(&HashSet::from(["b", "c"])).unwrap(), 1);
-        assert_eq!(t.done().unwrap(), HashSet::from(["a".to_string()]));
+        assert_eq!(t.drop_unfinished(&HashSet::from(["c"]), 0).unwrap(), 0);
+        assert_eq!(t.drop_unfinished(&HashSet::from(["b"]), 1).unwrap(), 0);
+        assert_eq!(t.drop_unfinished(&HashSet::from(["b", "c"]), 0).unwrap(), 1);
+        assert_eq!(t.done(0).unwrap(), HashSet::from(["a".to_string()]));
         // Other settings are another table.
         let e = NeighborTable::open_or_create(&path, r#"{"k":3}"#, false)
             .err()
             .unwrap();
         assert!(e.to_string().contains("other settings"), "{e}");
         assert!(NeighborTable::open(&dir.path().join("none")).is_err());
+    }
+
+    #[test]
+    fn slices_merge_into_the_global_top_k_by_distance_then_row_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = NeighborTable::open_or_create(&dir.path().join("t"), "{}", true).unwrap();
+        let n = |rank: u32, id: &str, squared: f32, row_id: u64| TableNeighbor {
+            rank,
+            id: id.into(),
+            distance: squared.sqrt(),
+            order: Some((squared, row_id)),
+        };
+        // Slice 0 holds rows 0..10, slice 1 rows 10..20; "c" and "y" tie at 0.25.
+        t.append(
+            &[("a".into(), vec![n(1, "x", 0.1, 3), n(2, "y", 0.25, 7)])],
+            0,
+        )
+        .unwrap();
+        t.append(
+            &[("a".into(), vec![n(1, "c", 0.25, 12), n(2, "d", 0.3, 11)])],
+            1,
+        )
+        .unwrap();
+        // "b" is done in slice 0 only: not yet a finished document of a 2-slice table.
+        t.append(&[("b".into(), vec![n(1, "z", 0.5, 1)])], 0)
+            .unwrap();
+        let loaded = t.load(2, 3).unwrap();
+        assert_eq!(loaded.len(), 1);
+        let got: Vec<(u32, &str)> = loaded["a"]
+            .iter()
+            .map(|m| (m.rank, m.id.as_str()))
+            .collect();
+        assert_eq!(got, vec![(1, "x"), (2, "y"), (3, "c")]);
+        assert_eq!(t.done(1).unwrap(), HashSet::from(["a".to_string()]));
+        assert_eq!(t.load(1, 3).unwrap().len(), 2);
     }
 }

@@ -42,21 +42,24 @@ pub struct Neighbor {
 pub enum SearchMode {
     /// Brute-force L2 over every vector (the paper's `IndexFlatL2`).
     Exact,
-    /// The vector index, probing `nprobes` partitions and re-ranking `refine_factor`·k candidates exactly.
+    /// The vector index, probing `nprobes` partitions and re-ranking `refine_factor`·k candidates
+    /// exactly; an HNSW index visits `ef` candidates per partition (Lance's default when `None`).
     Indexed {
         nprobes: usize,
         refine_factor: Option<u32>,
+        ef: Option<usize>,
     },
 }
 
 impl SearchMode {
     /// Exact search without `nprobes`; otherwise the index, re-ranking unless `refine_factor` is 0.
-    pub fn new(nprobes: Option<usize>, refine_factor: u32) -> Self {
+    pub fn new(nprobes: Option<usize>, refine_factor: u32, ef: Option<usize>) -> Self {
         match nprobes {
             None => SearchMode::Exact,
             Some(nprobes) => SearchMode::Indexed {
                 nprobes,
                 refine_factor: (refine_factor > 0).then_some(refine_factor),
+                ef,
             },
         }
     }
@@ -107,9 +110,14 @@ impl Store {
         exact: bool,
         nprobes: usize,
         refine_factor: u32,
+        ef: Option<usize>,
     ) -> Result<SearchMode> {
         let indexed = !exact && !self.vector_indexes()?.is_empty();
-        Ok(SearchMode::new(indexed.then_some(nprobes), refine_factor))
+        Ok(SearchMode::new(
+            indexed.then_some(nprobes),
+            refine_factor,
+            ef,
+        ))
     }
 
     /// The neighbours of `vector` under `r`: nearest first, `exclude_id` left out, at most
@@ -288,8 +296,12 @@ impl Store {
             SearchMode::Indexed {
                 nprobes,
                 refine_factor,
+                ef,
             } => {
-                let q = query.nprobes(nprobes).map_err(|e| self.err(e))?;
+                let mut q = query.nprobes(nprobes).map_err(|e| self.err(e))?;
+                if let Some(ef) = ef {
+                    q = q.ef(ef);
+                }
                 match refine_factor {
                     Some(r) => q.refine_factor(r),
                     None => q,

@@ -572,13 +572,125 @@ fn a_neighbour_table_gives_the_neighbours_and_curves_of_live_retrieval() {
     );
 }
 
+#[test]
+fn neighbours_by_matrix_products_in_shards_and_slices_equal_per_query_exact_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Fixture::Full.store(dir.path());
+    let neighbors_cmd = |table: &Path, extra: &[&str]| {
+        let mut c = tttnn();
+        c.args([
+            "neighbors",
+            "--task",
+            "pile_all",
+            "-k",
+            "4",
+            "--val-portion",
+            "1.0",
+        ])
+        .arg("--store")
+        .arg(&store)
+        .arg("--out")
+        .arg(table)
+        .args(extra);
+        c
+    };
+    let per_query = dir.path().join("per-query");
+    ok(
+        neighbors_cmd(&per_query, &["-q", "--exact-search", "per-query"])
+            .output()
+            .unwrap(),
+    );
+    // 2 shards of the documents x 2 slices of the store, all four writing one table at once.
+    let sliced = dir.path().join("sliced");
+    let workers: Vec<_> = [
+        ("0/2", "0/2"),
+        ("0/2", "1/2"),
+        ("1/2", "0/2"),
+        ("1/2", "1/2"),
+    ]
+    .iter()
+    .map(|(shard, slice)| {
+        neighbors_cmd(
+            &sliced,
+            &[
+                "-q",
+                "--shard",
+                shard,
+                "--slice",
+                slice,
+                "--block-rows",
+                "5",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    })
+    .collect();
+    for w in workers {
+        let summary: serde_json::Value =
+            serde_json::from_str(&ok(w.wait_with_output().unwrap())).unwrap();
+        assert_eq!(summary["search"], "matmul");
+    }
+    // One worker killed after its first commit of two documents, then resumed.
+    let resumed = dir.path().join("resumed");
+    kill_when(
+        &mut neighbors_cmd(&resumed, &["-v", "--query-batch", "2"]),
+        |l| l.contains("documents in the table"),
+    );
+    let again: serde_json::Value =
+        serde_json::from_str(&ok(neighbors_cmd(&resumed, &["-q"]).output().unwrap())).unwrap();
+    assert!(again["computed"].as_u64().unwrap() < again["documents"].as_u64().unwrap());
+
+    let load = |table: &Path, slices: u32| {
+        tttnn::store::NeighborTable::open(table)
+            .unwrap()
+            .load(slices, 4)
+            .unwrap()
+    };
+    let want = load(&per_query, 1);
+    assert!(want.values().any(|l| l.len() == 4), "{want:?}");
+    for (got, what) in [
+        (load(&sliced, 2), "2 x 2 workers"),
+        (load(&resumed, 1), "resumed"),
+    ] {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (doc, list) in &want {
+            let other = &got[doc];
+            let ids = |l: &[tttnn::store::TableNeighbor]| {
+                l.iter().map(|n| (n.rank, n.id.clone())).collect::<Vec<_>>()
+            };
+            assert_eq!(ids(other), ids(list), "{what}: {doc}");
+            for (a, b) in other.iter().zip(list) {
+                assert!(
+                    (a.distance - b.distance).abs() <= 1e-5,
+                    "{what}: {doc} {a:?} {b:?}"
+                );
+            }
+        }
+    }
+    // Slices need the matrix products.
+    let err = crate::util::fails(
+        neighbors_cmd(
+            &dir.path().join("x"),
+            &["--slice", "0/2", "--exact-search", "per-query"],
+        )
+        .output()
+        .unwrap(),
+        1,
+    );
+    assert!(err.contains("slice"), "{err}");
+}
+
 /// Runs examples/cluster's recipe for `scheduler` through scripts/cluster-sim (local workers given
 /// the scheduler's index variables) on the fixture corpus, the store and the neighbour table at
-/// `store` and `table` (local or `s3://`, with `s3`'s variables); returns the merged results.
+/// `store` and `table` (local or `s3://`, with `s3`'s variables), the neighbour stage in
+/// `workers` × `slices` tasks; returns the merged results.
 fn cluster_sim(
     dir: &Path,
     scheduler: &str,
-    workers: usize,
+    (workers, slices): (usize, usize),
     (store, table): (&str, &str),
     s3: Option<&crate::s3::S3Server>,
 ) -> PathBuf {
@@ -601,6 +713,7 @@ fn cluster_sim(
         .arg(scheduler)
         .env("TTTNN_BIN", env!("CARGO_BIN_EXE_tttnn"))
         .env("WORKERS", workers.to_string())
+        .env("TTTNN_SLICES", slices.to_string())
         .env("TTTNN_STORE", store)
         .env("TTTNN_ENCODER", encoder())
         .env("TTTNN_MODEL", model())
@@ -634,12 +747,19 @@ fn the_slurm_and_kubernetes_recipes_merge_to_one_workers_run() {
     // SLURM on a shared filesystem; Kubernetes with the store and the table on S3.
     let slurm_store = slurm_dir.join("store").display().to_string();
     let slurm_table = slurm_dir.join("neighbors").display().to_string();
-    let slurm = cluster_sim(&slurm_dir, "slurm", 2, (&slurm_store, &slurm_table), None);
+    // SLURM's neighbour stage: 2 shards of the documents x 2 slices of the store.
+    let slurm = cluster_sim(
+        &slurm_dir,
+        "slurm",
+        (2, 2),
+        (&slurm_store, &slurm_table),
+        None,
+    );
     let s3 = crate::s3::S3Server::start("cluster");
     let k8s = cluster_sim(
         &k8s_dir,
         "k8s",
-        3,
+        (3, 1),
         ("s3://cluster/store", "s3://cluster/neighbors"),
         Some(&s3),
     );

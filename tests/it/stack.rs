@@ -4,7 +4,7 @@ use crate::util::*;
 use tch::Tensor;
 use tttnn::embed::Encoder;
 use tttnn::records::{Db, MIGRATIONS};
-use tttnn::store::{Document, IvfPqParams, Retrieval, SearchMode, Store};
+use tttnn::store::{Document, IndexKind, IndexParams, Retrieval, SearchMode, Store};
 use tttnn::Device;
 
 #[test]
@@ -25,7 +25,7 @@ fn golden_files_load() {
 }
 
 #[test]
-fn lancedb_ivf_pq_finds_each_vector_itself() {
+fn every_lancedb_index_kind_finds_each_vector_itself() {
     let dir = tempfile::tempdir().unwrap();
     let dim = 16;
     // 512 vectors in 8 clusters: deterministic, PQ has enough rows to train 8-bit codebooks.
@@ -45,29 +45,39 @@ fn lancedb_ivf_pq_finds_each_vector_itself() {
     let store = Store::open_or_create(dir.path(), dim).unwrap();
     store.add(&docs).unwrap();
     assert_eq!(store.count().unwrap(), 512);
-    store
-        .create_ivf_pq(IvfPqParams {
-            partitions: 4,
-            sub_vectors: 4,
-            bits: 8,
-        })
-        .unwrap();
-    for d in docs.iter().step_by(37) {
-        let exact = store
-            .retrieve(&d.embedding, &search(5, SearchMode::Exact, None))
+    for (kind, bits, ef) in [
+        (IndexKind::IvfPq, 8, None),
+        (IndexKind::IvfPq, 4, None),
+        (IndexKind::IvfRq, 1, None),
+        (IndexKind::IvfHnswSq, 8, Some(50)),
+    ] {
+        store
+            .create_index(IndexParams {
+                kind,
+                partitions: 4,
+                sub_vectors: 4,
+                bits,
+            })
             .unwrap();
-        assert_eq!(exact[0].id, d.id);
-        assert!(exact[0].distance < 1e-3);
-        assert!(exact.windows(2).all(|w| w[0].distance <= w[1].distance));
-        let mode = SearchMode::Indexed {
-            nprobes: 4,
-            refine_factor: Some(10),
-        };
-        let indexed = store
-            .retrieve(&d.embedding, &search(5, mode, None))
-            .unwrap();
-        assert_eq!(indexed[0].id, d.id);
-        assert_eq!(indexed[0].text, d.text);
+        assert_eq!(
+            store.vector_indexes().unwrap().len(),
+            1,
+            "{kind:?} replaced the last"
+        );
+        for d in docs.iter().step_by(37) {
+            let exact = store
+                .retrieve(&d.embedding, &search(5, SearchMode::Exact, None))
+                .unwrap();
+            assert_eq!(exact[0].id, d.id);
+            assert!(exact[0].distance < 1e-3);
+            assert!(exact.windows(2).all(|w| w[0].distance <= w[1].distance));
+            let mode = SearchMode::new(Some(4), 10, ef);
+            let indexed = store
+                .retrieve(&d.embedding, &search(5, mode, None))
+                .unwrap();
+            assert_eq!(indexed[0].id, d.id, "{kind:?}, {bits} bits");
+            assert_eq!(indexed[0].text, d.text);
+        }
     }
     // Reopening finds the same table and dimension.
     let reopened = Store::open(dir.path()).unwrap();

@@ -303,12 +303,15 @@ pub struct RunConfig {
     /// Search exactly (the paper's flat index; the default).
     #[arg(long, conflicts_with = "nprobes")]
     pub exact: bool,
-    /// Search the IVF-PQ index probing this many partitions.
+    /// Search the vector index (`tttnn index`) probing this many partitions.
     #[arg(long, env = "TTTNN_NPROBES")]
     pub nprobes: Option<usize>,
     /// With --nprobes: re-rank this many times k candidates by exact distance; 0: none.
     #[arg(long, env = "TTTNN_REFINE_FACTOR", default_value_t = DEFAULT_REFINE_FACTOR)]
     pub refine_factor: u32,
+    /// With --nprobes on an IVF-HNSW-SQ index: candidates visited per partition.
+    #[arg(long, env = "TTTNN_EF")]
+    pub ef: Option<usize>,
     /// At most this many documents per task, from the front of the shuffled subset.
     #[arg(long, env = "TTTNN_LIMIT_DOCS")]
     pub limit_docs: Option<usize>,
@@ -394,7 +397,7 @@ impl RunConfig {
 
     /// Exact search, or the IVF-PQ index with `nprobes` and re-ranking.
     pub fn search_mode(&self) -> SearchMode {
-        SearchMode::new(self.nprobes, self.refine_factor)
+        SearchMode::new(self.nprobes, self.refine_factor, self.ef)
     }
 
     /// The LoRA adapters to train, with `--adapter lora`.

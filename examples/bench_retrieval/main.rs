@@ -12,12 +12,18 @@
 //!
 //!     cargo run --example bench_retrieval -- [--rows 100000] [--dim 1024] [--queries 100] [--k 50]
 //!     cargo run --example bench_retrieval -- --store runs/demo/store --queries 100
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+//!
+//! With `--table-queries 1000,10000` it also computes the neighbour table of that many queries
+//! by matrix products (`tttnn neighbors`' exact search) and checks it against per-query exact
+//! search (`table.rs`); `--json FILE` writes every measured row.
+mod index;
+mod s3;
+mod table;
+
+use std::path::PathBuf;
 use std::time::Instant;
 
-use tttnn::store::{Document, IvfPqParams, Retrieval, SearchMode, Store};
+use tttnn::store::{Document, Retrieval, SearchMode, Store};
 
 /// Exact against IVF-PQ search, on synthetic clustered vectors or a real store.
 #[derive(clap::Parser)]
@@ -59,6 +65,13 @@ struct Args {
     /// Refine factors (0: none), one setting each with every nprobes.
     #[arg(long, value_delimiter = ',', default_value = "0,2,5,10")]
     refine: Vec<u32>,
+    /// Indexes to build and search, one after the other: KIND[:partitions=P][:sub_vectors=S]
+    /// [:bits=B], KIND one of ivf-pq, ivf-rq, ivf-hnsw-sq (defaults: tttnn index's rules).
+    #[arg(long, value_delimiter = ',', default_value = "ivf-pq")]
+    index_kinds: Vec<String>,
+    /// IVF-HNSW-SQ: candidates visited per partition, one setting each (with every nprobes).
+    #[arg(long, value_delimiter = ',', default_value = "100")]
+    ef: Vec<usize>,
     /// IVF partitions when the index is built (default: tttnn index's rule, √rows).
     #[arg(long)]
     partitions: Option<u32>,
@@ -78,6 +91,43 @@ struct Args {
     /// Queries per object-storage setting (the first of --queries).
     #[arg(long, default_value_t = 30)]
     s3_queries: usize,
+    /// Neighbour tables by matrix products (`tttnn neighbors`' exact search), one per count of
+    /// queries; the first --queries of them are checked against per-query exact search.
+    #[arg(long, value_delimiter = ',')]
+    table_queries: Vec<usize>,
+    /// Matrix products: store rows per product.
+    #[arg(long, default_value_t = 16384)]
+    block_rows: usize,
+    /// Matrix products: queries per pass over the store.
+    #[arg(long, default_value_t = 4096)]
+    query_batch: usize,
+    /// Matrix products: where they run.
+    #[arg(long, value_enum, default_value_t = tttnn::Device::Cpu)]
+    device: tttnn::Device,
+    /// Matrix products: their precision, one table each.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32")]
+    product: Vec<tttnn::store::Product>,
+    /// Queries per index setting (default --queries); with a larger neighbour table, its exact
+    /// neighbours are the reference for recall.
+    #[arg(long)]
+    index_queries: Option<usize>,
+    /// Skip the index: no build, no indexed searches.
+    #[arg(long)]
+    no_index: bool,
+    /// Write every measured row to this JSON file (docs/bench/NAME-DATE.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl Args {
+    /// Queries to generate: the per-query ones and the largest table's.
+    fn query_count(&self) -> usize {
+        self.table_queries
+            .iter()
+            .copied()
+            .chain(self.index_queries)
+            .fold(self.queries, usize::max)
+    }
 }
 
 /// Peak resident memory of this process since the last [`reset_peak_rss`], in GiB.
@@ -172,7 +222,7 @@ fn synthetic(args: &Args) -> anyhow::Result<(Store, Vec<Query>, String)> {
             point(&mut rng, i % clusters);
         }
     }
-    let queries = (0..args.queries)
+    let queries = (0..args.query_count())
         .map(|i| Query {
             vector: point(&mut rng, (i * 7919) % clusters),
             exclude_id: None,
@@ -197,7 +247,7 @@ fn real(args: &Args, path: &std::path::Path) -> anyhow::Result<(Store, Vec<Query
         path.display(),
         args.query_split
     );
-    let n = args.queries.min(docs.len());
+    let n = args.query_count().min(docs.len());
     let mut queries = Vec::with_capacity(n);
     for i in 0..n {
         let d = &docs[i * docs.len() / n];
@@ -247,57 +297,112 @@ fn run(
 
 fn main() -> anyhow::Result<()> {
     let args: Args = clap::Parser::parse();
-    let (store, queries, what) = match &args.store {
+    let (store, all_queries, what) = match &args.store {
         Some(path) => real(&args, path)?,
         None => synthetic(&args)?,
     };
+    let queries = &all_queries[..args.queries.min(all_queries.len())];
     let (rows, dim, k) = (store.count()?, store.dim(), args.k);
-    if args.rebuild_index || store.vector_indexes()?.is_empty() {
-        let p = IvfPqParams::resolve(rows, dim, args.partitions, args.sub_vectors, 8)?;
-        reset_peak_rss();
-        let t = Instant::now();
-        store.create_ivf_pq(p)?;
-        println!(
-            "IVF-PQ index: {} partitions, {} sub-vectors, {} bits, built in {:.1} s, peak RSS {:.2} GiB",
-            p.partitions,
-            p.sub_vectors,
-            p.bits,
-            t.elapsed().as_secs_f64(),
-            peak_rss_gib()
-        );
-    }
+    // One JSON object per measured row, with the store's shape (docs/bench/).
+    let mut records: Vec<serde_json::Value> = Vec::new();
+    let base = serde_json::json!({"rows": rows, "dim": dim, "k": k, "what": what});
+    let mut record = |fields: serde_json::Value| {
+        let mut r = base.clone();
+        let o = r.as_object_mut().unwrap();
+        for (key, value) in fields.as_object().unwrap() {
+            o.insert(key.replace("_at_k", &format!("_at_{k}")), value.clone());
+        }
+        records.push(r);
+    };
     reset_peak_rss();
     println!("{rows} rows x {dim} dims; {what}; k = {k}\n");
-    let (mut exact_ms, truth) = exact(&args, &store, &queries)?;
-    let p50 = percentile(&mut exact_ms, 0.5);
-    let p99 = percentile(&mut exact_ms, 0.99);
-    println!("| rows | dim | search | nprobes | refine | p50 ms | p99 ms | recall@{k} | speed-up vs exact (p50) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    println!("| {rows} | {dim} | exact | - | - | {p50:.2} | {p99:.2} | 1.000 | 1.0x |");
-    for &nprobes in &args.nprobes {
-        for &refine in &args.refine {
-            let mode = SearchMode::Indexed {
-                nprobes,
-                refine_factor: (refine > 0).then_some(refine),
-            };
-            let (mut ms, found) = run(&store, &queries, k, mode)?;
-            let recall = recall(&found, &truth);
-            let a = percentile(&mut ms, 0.5);
-            let b = percentile(&mut ms, 0.99);
-            let refine = if refine > 0 {
-                refine.to_string()
-            } else {
-                "-".into()
-            };
+    let (exact_ms, truth) = exact(&args, &store, queries)?;
+    let per_query_ms = exact_ms.iter().sum::<f64>() / exact_ms.len().max(1) as f64;
+    let p50 = percentile(&mut exact_ms.clone(), 0.5);
+    let p99 = percentile(&mut exact_ms.clone(), 0.99);
+    record(
+        serde_json::json!({"method": "exact per query", "queries": queries.len(),
+        "p50_ms": p50, "p99_ms": p99, "mean_ms": per_query_ms, "recall_at_k": 1.0,
+        "speedup_vs_per_query": 1.0}),
+    );
+    println!("| rows | dim | search | nprobes | ef | refine | p50 ms | p99 ms | recall@{k} | speed-up vs exact (p50) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| {rows} | {dim} | exact | - | - | - | {p50:.2} | {p99:.2} | 1.000 | 1.0x |");
+    println!("\npeak RSS while searching: {:.2} GiB", peak_rss_gib());
+    let mut largest_table: Option<Vec<Vec<String>>> = None;
+    for &product in args
+        .product
+        .iter()
+        .filter(|_| !args.table_queries.is_empty())
+    {
+        let device = args.device.to_tch()?;
+        let matmul_gflops =
+            table::plain_matmul_gflops(args.query_batch, dim, args.block_rows, device, product);
+        println!("\nNeighbour tables by matrix products on {device:?}, {product} products ({} rows per product, {} queries per pass; a plain libtorch matmul of [{}, {dim}] x [{dim}, {}]: {matmul_gflops:.1} GFLOP/s):\n",
+            args.block_rows, args.query_batch, args.query_batch, args.block_rows);
+        println!("| queries | wall s | ms/query | speed-up vs per-query exact | GFLOP/s | of the plain matmul | recall@{k} (first {}) | equal to per-query | candidates/query | peak RSS GiB |", truth.len());
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        for &n in &args.table_queries {
+            let queries = &all_queries[..n.min(all_queries.len())];
+            let run = table::matmul_table(&args, &store, queries, device, product)?;
+            let n = run.found.len();
+            let checked = &run.found[..truth.len().min(n)];
+            let recall = recall(checked, &truth[..checked.len()]);
+            let equal = checked == &truth[..checked.len()];
+            if equal && product.is_f32() && largest_table.as_ref().is_none_or(|t| t.len() < n) {
+                largest_table = Some(run.found.clone());
+            }
+            let ms = run.seconds * 1e3 / n as f64;
+            let gflops = 2.0 * (n * rows * dim) as f64 / run.seconds / 1e9;
+            let candidates = run.candidates as f64 / n as f64;
+            // The store is read once per pass of --query-batch queries.
+            let passes = n.div_ceil(args.query_batch);
+            let gb_per_s = (passes * rows * dim * 4) as f64 / run.seconds / 1e9;
             println!(
-                "| {rows} | {dim} | IVF-PQ | {nprobes} | {refine} | {a:.2} | {b:.2} | {recall:.3} | {:.1}x |",
-                p50 / a
+                "| {n} | {:.1} | {ms:.2} | {:.1}x | {gflops:.1} | {:.0}% | {recall:.3} | {equal} | {candidates:.1} | {:.2} |",
+                run.seconds,
+                per_query_ms / ms,
+                100.0 * gflops / matmul_gflops,
+                run.peak_rss_gib
+            );
+            record(
+                serde_json::json!({"method": "exact by matmul", "queries": n,
+                "device": format!("{device:?}"), "product": product.to_string(),
+                "wall_s": run.seconds, "ms_per_query": ms, "queries_per_s": n as f64 / run.seconds,
+                "speedup_vs_per_query": per_query_ms / ms, "gflops": gflops,
+                "matmul_gflops": matmul_gflops, "recall_at_k": recall, "checked_queries": checked.len(),
+                "equal_to_per_query": equal, "candidates_per_query": candidates,
+                "block_rows": args.block_rows, "query_batch": args.query_batch,
+                "gb_per_s_read": gb_per_s,
+                "peak_rss_gib": run.peak_rss_gib}),
             );
         }
     }
-    println!("\npeak RSS while searching: {:.2} GiB", peak_rss_gib());
+    if !args.no_index {
+        // The indexes' recall is measured against exact neighbours: the largest table's (exact by
+        // construction, and checked against per-query search above) when it has more queries.
+        let n = args
+            .index_queries
+            .unwrap_or(args.queries)
+            .min(all_queries.len());
+        let (index_queries, index_truth) = match &largest_table {
+            Some(found) if n > truth.len() && found.len() >= n => (&all_queries[..n], &found[..n]),
+            _ => (queries, &truth[..]),
+        };
+        println!(
+            "\nIndexes, {} queries (recall@{k} against exact neighbours):\n",
+            index_queries.len()
+        );
+        println!("| rows | dim | search | nprobes | ef | refine | p50 ms | p99 ms | recall@{k} | speed-up vs exact (p50) |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        index::measure(&args, &store, index_queries, index_truth, p50, &mut record)?;
+    }
     if !args.s3_latency_ms.is_empty() {
-        object_storage(&args, &store, &queries, &truth)?;
+        s3::object_storage(&args, &store, queries, &truth)?;
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&records)? + "\n")?;
+        eprintln!("wrote {}", path.display());
     }
     Ok(())
 }
@@ -338,160 +443,4 @@ fn recall(found: &[Vec<String>], truth: &[Vec<String>]) -> f64 {
         )
     });
     hits as f64 / wanted.max(1) as f64
-}
-
-/// The local S3 server with the store uploaded, driven over its stdin (scripts/s3_server.py).
-struct S3Server {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-/// Requests and bytes the server counted since the last reset.
-#[derive(serde::Deserialize)]
-struct S3Stats {
-    requests: u64,
-    by_method: std::collections::BTreeMap<String, u64>,
-    bytes_sent: u64,
-}
-
-impl S3Server {
-    /// Starts the server with the local store `dir` uploaded to `s3://bench/store`.
-    fn start(dir: &Path) -> anyhow::Result<(Self, String)> {
-        let python = std::env::var("TTTNN_S3_PYTHON").map_err(|_| {
-            anyhow::anyhow!("TTTNN_S3_PYTHON is unset: run scripts/setup and source .tttnn-env")
-        })?;
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3_server.py");
-        let t = Instant::now();
-        let mut child = Command::new(python)
-            .arg(script)
-            .arg("bench")
-            .arg("--upload")
-            .arg(format!("{}=bench/store", dir.display()))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut endpoint = String::new();
-        stdout.read_line(&mut endpoint)?;
-        anyhow::ensure!(endpoint.starts_with("http://"), "no endpoint: {endpoint:?}");
-        eprintln!(
-            "uploaded {} to the local S3 server in {:.1}s",
-            dir.display(),
-            t.elapsed().as_secs_f64()
-        );
-        Ok((
-            S3Server {
-                child,
-                stdin,
-                stdout,
-            },
-            endpoint.trim().to_string(),
-        ))
-    }
-
-    fn send(&mut self, line: &str) -> anyhow::Result<()> {
-        writeln!(self.stdin, "{line}")?;
-        Ok(self.stdin.flush()?)
-    }
-
-    fn stats(&mut self) -> anyhow::Result<S3Stats> {
-        self.send("stats")?;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line)?;
-        Ok(serde_json::from_str(&line)?)
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The object-storage passes: per injected latency, a fresh open of the store on S3, its first
-/// (cold) query, then every `--s3-search` setting over the first `--s3-queries` queries.
-fn object_storage(
-    args: &Args,
-    store: &Store,
-    queries: &[Query],
-    truth: &[Vec<String>],
-) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !tttnn::store::is_uri(store.path()),
-        "the object-storage pass copies a local store"
-    );
-    let settings = args
-        .s3_search
-        .iter()
-        .map(|s| {
-            let (n, r) = s
-                .split_once(':')
-                .ok_or_else(|| anyhow::anyhow!("--s3-search {s}: want nprobes:refine"))?;
-            Ok((n.parse::<usize>()?, r.parse::<u32>()?))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let (mut server, endpoint) = S3Server::start(store.path())?;
-    for (var, value) in [
-        ("AWS_ENDPOINT_URL", endpoint.as_str()),
-        ("AWS_ALLOW_HTTP", "true"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-    ] {
-        std::env::set_var(var, value);
-    }
-    let n = args.s3_queries.min(queries.len());
-    let (queries, truth) = (&queries[..n], &truth[..n]);
-    let k = args.k;
-    println!("\nThe same store on the local S3 server (moto), {n} queries per setting:\n");
-    println!("| injected latency ms | search | nprobes | refine | p50 ms | p99 ms | recall@{k} | requests/query | KiB/query | requests by method |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for &latency in &args.s3_latency_ms {
-        server.send(&format!("latency {latency}"))?;
-        server.send("reset")?;
-        let t = Instant::now();
-        let remote = Store::open(Path::new("s3://bench/store"))?;
-        let (nprobes, refine) = settings[0];
-        let mode = SearchMode::Indexed {
-            nprobes,
-            refine_factor: (refine > 0).then_some(refine),
-        };
-        let (_, first) = run(&remote, &queries[..1], k, mode)?;
-        let cold = t.elapsed().as_secs_f64() * 1e3;
-        let s = server.stats()?;
-        println!(
-            "| {latency} | open + first query | {nprobes} | {refine} | {cold:.1} | - | {:.3} | {} | {:.1} | {:?} |",
-            recall(&first, &truth[..1]),
-            s.requests,
-            s.bytes_sent as f64 / 1024.0,
-            s.by_method
-        );
-        for &(nprobes, refine) in &settings {
-            let mode = SearchMode::Indexed {
-                nprobes,
-                refine_factor: (refine > 0).then_some(refine),
-            };
-            // The same queries twice: the first pass reads index partitions for the first time,
-            // the repeat finds them in Lance's index cache.
-            for pass in ["IVF-PQ", "IVF-PQ, repeated"] {
-                server.send("reset")?;
-                let (mut ms, found) = run(&remote, queries, k, mode)?;
-                let s = server.stats()?;
-                let per = |x: u64| x as f64 / n as f64;
-                println!(
-                    "| {latency} | {pass} | {nprobes} | {refine} | {:.1} | {:.1} | {:.3} | {:.1} | {:.1} | {:?} |",
-                    percentile(&mut ms, 0.5),
-                    percentile(&mut ms, 0.99),
-                    recall(&found, truth),
-                    per(s.requests),
-                    per(s.bytes_sent) / 1024.0,
-                    s.by_method
-                );
-            }
-        }
-    }
-    Ok(())
 }
