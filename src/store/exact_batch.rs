@@ -329,9 +329,7 @@ impl Store {
         let mut read = 0;
         if !rows.is_empty() {
             loop {
-                let next = self
-                    .block_on(stream.try_next())
-                    .map_err(|e| self.err(e.into()))?;
+                let next = self.block_on(stream.try_next()).map_err(|e| self.err(e))?;
                 let end = next.is_none();
                 if let Some(b) = next {
                     read += b.num_rows();
