@@ -351,8 +351,18 @@ fn sharded_ingest_by_four_workers_equals_a_serial_one() {
     };
     let mut workers: Vec<_> = (0..4).map(|i| worker(i).spawn().unwrap()).collect();
     // Worker 0 is killed (-9) about half-way through its 1,000 documents (a worker takes about a
-    // second here), then run again: it must add nothing twice.
-    std::thread::sleep(std::time::Duration::from_millis(600));
+    // second here), then run again: it must add nothing twice. It is killed only once it has
+    // created the store: the others wait for that, and a worker 0 slow to start (libtorch paged
+    // in from a cold disk) killed before it left them waiting out their 600 s.
+    let created = std::time::Instant::now();
+    while !store.join("documents.lance").exists() {
+        assert!(
+            created.elapsed().as_secs() < 300,
+            "worker 0 created no store"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
     workers[0].kill().unwrap();
     for (i, w) in workers.into_iter().enumerate() {
         let out = w.wait_with_output().unwrap();
