@@ -3,7 +3,7 @@
 //! same queries and a plain libtorch matmul of the same shapes on the same machine.
 use std::time::Instant;
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 use tttnn::store::{BatchQuery, BatchSearch, Product, Slice, Store};
 
 use crate::{peak_rss_gib, reset_peak_rss, Args, Query};
@@ -76,11 +76,7 @@ pub fn plain_matmul_gflops(
     product: Product,
 ) -> f64 {
     let _guard = tch::no_grad_guard();
-    let kind = match product {
-        Product::F32 => Kind::Float,
-        Product::F16 => Kind::Half,
-        Product::Bf16 => Kind::BFloat16,
-    };
+    let kind = product.kind();
     let q = Tensor::randn([queries as i64, dim as i64], (kind, device));
     let x = Tensor::randn([rows as i64, dim as i64], (kind, device));
     let sync = || {

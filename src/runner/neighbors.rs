@@ -375,16 +375,7 @@ pub fn compute(
             for &doc in chunk {
                 let stored = store.expect_document(doc)?;
                 let found = store.retrieve(&stored.embedding, &retrieval(doc))?;
-                let listed = found
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| TableNeighbor {
-                        rank: i as u32 + 1,
-                        id: n.id.clone(),
-                        distance: n.distance,
-                        order: None,
-                    })
-                    .collect();
+                let listed = ranked(found.into_iter().map(|n| (n.id, n.distance, None)));
                 batch.push((doc.to_string(), listed));
             }
             commit(batch, &mut summary, on_event)?;
@@ -431,22 +422,29 @@ pub fn compute(
             .iter()
             .zip(found)
             .map(|(&doc, list)| {
-                let listed = list
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, n)| TableNeighbor {
-                        rank: i as u32 + 1,
-                        id: n.id,
-                        distance: n.distance,
-                        order: Some((n.squared_distance, n.row_id)),
-                    })
-                    .collect();
+                let listed = ranked(list.into_iter().map(|n| {
+                    let order = Some((n.squared_distance, n.row_id));
+                    (n.id, n.distance, order)
+                }));
                 (doc.to_string(), listed)
             })
             .collect();
         commit(batch, &mut summary, on_event)?;
     }
     Ok(summary)
+}
+
+/// Neighbours found nearest first, as (id, distance, flat-search order), ranked from 1.
+fn ranked(found: impl Iterator<Item = (String, f32, Option<(f32, u64)>)>) -> Vec<TableNeighbor> {
+    found
+        .enumerate()
+        .map(|(i, (id, distance, order))| TableNeighbor {
+            rank: i as u32 + 1,
+            id,
+            distance,
+            order,
+        })
+        .collect()
 }
 
 /// A neighbour table as a run reads it: every document's listed neighbours, checked against the

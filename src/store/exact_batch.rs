@@ -48,7 +48,8 @@ pub enum Product {
 }
 
 impl Product {
-    fn kind(self) -> Kind {
+    /// The libtorch kind of the products.
+    pub fn kind(self) -> Kind {
         match self {
             Product::F32 => Kind::Float,
             Product::F16 => Kind::Half,
@@ -181,6 +182,19 @@ pub struct BatchStats {
     pub candidates: usize,
 }
 
+/// The order of Lance's flat search (its sort is `_distance, _rowid`) over (squared distance, row
+/// id) pairs: what a query's running top k and a sliced table's merge both keep to.
+pub(crate) fn flat_search_order(a: (f32, u64), b: (f32, u64)) -> std::cmp::Ordering {
+    a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+}
+
+impl BatchNeighbor {
+    /// Its place in Lance's flat search order: (squared distance, row id).
+    fn order(&self) -> (f32, u64) {
+        (self.squared_distance, self.row_id)
+    }
+}
+
 /// A query's running top-k, ordered by (squared distance, row id) as Lance's flat search sorts.
 struct TopK {
     k: usize,
@@ -198,18 +212,13 @@ impl TopK {
     }
 
     fn offer(&mut self, n: BatchNeighbor) {
-        let key = |m: &BatchNeighbor| (m.squared_distance, m.row_id);
-        let before = |a: &BatchNeighbor, b: &BatchNeighbor| {
-            a.squared_distance
-                .total_cmp(&b.squared_distance)
-                .then(a.row_id.cmp(&b.row_id))
-                .is_lt()
-        };
+        let before =
+            |a: &BatchNeighbor, b: &BatchNeighbor| flat_search_order(a.order(), b.order()).is_lt();
         if self.full() && !before(&n, &self.kept[self.k - 1]) {
             return;
         }
         let at = self.kept.partition_point(|m| before(m, &n));
-        debug_assert!(self.kept.get(at).is_none_or(|m| key(m) != key(&n)));
+        debug_assert!(self.kept.get(at).is_none_or(|m| m.order() != n.order()));
         self.kept.insert(at, n);
         self.kept.truncate(self.k);
     }
@@ -722,11 +731,7 @@ mod tests {
             let merged: Vec<Vec<(String, f32)>> = merged
                 .into_iter()
                 .map(|mut l| {
-                    l.sort_by(|a, b| {
-                        a.squared_distance
-                            .total_cmp(&b.squared_distance)
-                            .then(a.row_id.cmp(&b.row_id))
-                    });
+                    l.sort_by(|a, b| flat_search_order(a.order(), b.order()));
                     l.into_iter().take(k).map(|n| (n.id, n.distance)).collect()
                 })
                 .collect();

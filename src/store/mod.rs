@@ -25,6 +25,7 @@ use futures::TryStreamExt;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
 use lancedb::Table;
 
+pub(crate) use exact_batch::flat_search_order;
 pub use exact_batch::{BatchNeighbor, BatchQuery, BatchSearch, BatchStats, Product, Slice};
 pub use index::{IndexKind, IndexParams};
 pub use neighbor_table::{NeighborTable, TableNeighbor};

@@ -249,16 +249,22 @@ impl NeighborTable {
 
     /// The documents whose neighbours in `slice` are all recorded.
     pub fn done(&self, slice: u32) -> Result<HashSet<String>> {
-        let mut out = HashSet::new();
+        Ok(self
+            .done_slices()?
+            .into_iter()
+            .filter(|(_, s)| s.contains(&slice))
+            .map(|(d, _)| d)
+            .collect())
+    }
+
+    /// Every document with a `done` row, and the slices it is done in.
+    fn done_slices(&self) -> Result<HashMap<String, HashSet<u32>>> {
+        let mut out: HashMap<String, HashSet<u32>> = HashMap::new();
         for b in self.scan(&self.done, None)? {
-            let slices = slice_column(&self.path, &b)?;
-            out.extend(
-                string_column(&self.path, &b, "doc_id")?
-                    .into_iter()
-                    .zip(slices)
-                    .filter(|(_, s)| *s == slice)
-                    .map(|(d, _)| d),
-            );
+            let docs = string_column(&self.path, &b, "doc_id")?;
+            for (doc, slice) in docs.into_iter().zip(slice_column(&self.path, &b)?) {
+                out.entry(doc).or_default().insert(slice);
+            }
         }
         Ok(out)
     }
@@ -372,14 +378,8 @@ impl NeighborTable {
     /// Every document done in all `slices` with its `k` nearest neighbours, nearest first: one
     /// slice's rows in their ranks; several slices' merged by (squared distance, row id).
     pub fn load(&self, slices: u32, k: usize) -> Result<HashMap<String, Vec<TableNeighbor>>> {
-        let mut done_in: HashMap<String, HashSet<u32>> = HashMap::new();
-        for b in self.scan(&self.done, None)? {
-            let docs = string_column(&self.path, &b, "doc_id")?;
-            for (doc, slice) in docs.into_iter().zip(slice_column(&self.path, &b)?) {
-                done_in.entry(doc).or_default().insert(slice);
-            }
-        }
-        let mut out: HashMap<String, Vec<(u32, TableNeighbor)>> = done_in
+        let mut out: HashMap<String, Vec<(u32, TableNeighbor)>> = self
+            .done_slices()?
             .into_iter()
             .filter(|(_, s)| (0..slices).all(|j| s.contains(&j)))
             .map(|(d, _)| (d, Vec::new()))
@@ -426,22 +426,18 @@ impl NeighborTable {
                 rows.dedup_by_key(|(s, n)| (*s, n.rank));
                 let mut list: Vec<TableNeighbor> = rows.into_iter().map(|(_, n)| n).collect();
                 if slices > 1 {
-                    let key = |n: &TableNeighbor| {
-                        n.order.ok_or_else(|| {
-                            Error::bad_file(
+                    let mut ordered = list
+                        .into_iter()
+                        .map(|n| match n.order {
+                            Some(o) => Ok((o, n)),
+                            None => Err(Error::bad_file(
                                 &self.path,
                                 format!("document {doc}'s neighbour {} has no row id to merge slices by", n.id),
-                            )
+                            )),
                         })
-                    };
-                    for n in &list {
-                        key(n)?;
-                    }
-                    list.sort_by(|a, b| {
-                        let (a, b) = (a.order.unwrap_or_default(), b.order.unwrap_or_default());
-                        a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
-                    });
-                    list.truncate(k);
+                        .collect::<Result<Vec<_>>>()?;
+                    ordered.sort_by(|(a, _), (b, _)| super::flat_search_order(*a, *b));
+                    list = ordered.into_iter().take(k).map(|(_, n)| n).collect();
                     for (i, n) in list.iter_mut().enumerate() {
                         n.rank = i as u32 + 1;
                     }

@@ -507,19 +507,8 @@ fn a_neighbour_table_gives_the_neighbours_and_curves_of_live_retrieval() {
         c
     };
     // Two shards write one table at once.
-    let shards: Vec<_> = ["0/2", "1/2"]
-        .iter()
-        .map(|s| {
-            neighbors_cmd(&["--shard", s])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
     let mut computed = 0;
-    for child in shards {
-        let out = ok(child.wait_with_output().unwrap());
+    for out in crate::util::all_ok(["0/2", "1/2"].map(|s| neighbors_cmd(&["--shard", s]))) {
         let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
         computed += summary["computed"].as_u64().unwrap();
     }
@@ -602,13 +591,12 @@ fn neighbours_by_matrix_products_in_shards_and_slices_equal_per_query_exact_sear
     );
     // 2 shards of the documents x 2 slices of the store, all four writing one table at once.
     let sliced = dir.path().join("sliced");
-    let workers: Vec<_> = [
+    let workers = [
         ("0/2", "0/2"),
         ("0/2", "1/2"),
         ("1/2", "0/2"),
         ("1/2", "1/2"),
     ]
-    .iter()
     .map(|(shard, slice)| {
         neighbors_cmd(
             &sliced,
@@ -622,15 +610,9 @@ fn neighbours_by_matrix_products_in_shards_and_slices_equal_per_query_exact_sear
                 "5",
             ],
         )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-    })
-    .collect();
-    for w in workers {
-        let summary: serde_json::Value =
-            serde_json::from_str(&ok(w.wait_with_output().unwrap())).unwrap();
+    });
+    for out in crate::util::all_ok(workers) {
+        let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(summary["search"], "matmul");
     }
     // One worker killed after its first commit of two documents, then resumed.

@@ -206,24 +206,15 @@ fn four_ingest_workers_on_s3_equal_a_serial_ingest() {
             .unwrap(),
     );
     let remote = "s3://tttnn/stores/sharded";
-    let workers: Vec<_> = (0..4)
-        .map(|i| {
-            ingest(
-                &s3,
-                remote,
-                &train,
-                "train",
-                &["--commit-rows", "8", "--shard", &format!("{i}/4")],
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-        })
-        .collect();
-    for w in workers {
-        ok(w.wait_with_output().unwrap());
-    }
+    crate::util::all_ok((0..4).map(|i| {
+        ingest(
+            &s3,
+            remote,
+            &train,
+            "train",
+            &["--commit-rows", "8", "--shard", &format!("{i}/4")],
+        )
+    }));
     // The unsharded pass adds nothing and merges the workers' files.
     let last: serde_json::Value =
         serde_json::from_str(&ok(ingest(&s3, remote, &train, "train", &[])

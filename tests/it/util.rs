@@ -86,6 +86,24 @@ pub fn ok(out: Output) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs `cmds` at once (workers sharing a store or a table) and returns each one's stdout, in
+/// order, once all have succeeded.
+pub fn all_ok(cmds: impl IntoIterator<Item = Command>) -> Vec<String> {
+    let children: Vec<_> = cmds
+        .into_iter()
+        .map(|mut c| {
+            c.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| ok(c.wait_with_output().unwrap()))
+        .collect()
+}
+
 /// Stderr of a command that must have failed with exit code `code`.
 pub fn fails(out: Output, code: i32) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
