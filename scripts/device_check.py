@@ -225,6 +225,15 @@ class Check:
             r["model_name"] = hf.name
             self.results["embed_speed"].append(r)
 
+    def fixture_corpus(self):
+        """The fixture corpus as the demo's layout: train.jsonl and test.jsonl (every fourth line)."""
+        lines = (FIXTURES / "corpus.jsonl").read_text().splitlines(keepends=True)
+        train = self.work / "train.jsonl"
+        test = self.work / "test.jsonl"
+        train.write_text("".join(l for i, l in enumerate(lines) if i % 4 != 1))
+        test.write_text("".join(l for i, l in enumerate(lines) if i % 4 == 1))
+        return train, test
+
     def e2e_store(self):
         """The fixture corpus ingested on the device (train and test splits), built once."""
         store = self.work / "e2e-store"
@@ -232,11 +241,7 @@ class Check:
         done = self.work / "e2e-store.done"
         if done.exists():
             return store, enc
-        lines = (FIXTURES / "corpus.jsonl").read_text().splitlines(keepends=True)
-        train = self.work / "train.jsonl"
-        test = self.work / "test.jsonl"
-        train.write_text("".join(l for i, l in enumerate(lines) if i % 4 != 1))
-        test.write_text("".join(l for i, l in enumerate(lines) if i % 4 == 1))
+        train, test = self.fixture_corpus()
         shutil.rmtree(store, ignore_errors=True)
         for split, f in [("train", train), ("test", test)]:
             out = self.sh([self.bin("tttnn"), "ingest", "--quiet", "--split", split, "--store", store, "--encoder", enc,
@@ -281,6 +286,24 @@ class Check:
         cost = rows(self.sh([self.bin("tttnn"), "sql", "cost", "--db", db, "--format", "json"], timeout=30))
         total = [r for r in cost if r.get("task") == "pile_all"] or cost
         self.results["end_to_end"]["speed"] = {"model": model.name, "neighbors": 10, "wall_s": wall, "cost": total}
+
+    def demo(self):
+        """The README's `DEVICE=cuda scripts/demo` after its setup: scripts/demo-run with the kit's
+        tttnn on PATH and DEVICE set to this device (encoder and LM there, fp32), on the fixtures:
+        ingest, index, TTT-NN and the three baselines, table1, the leakage audit, cost, plots."""
+        self.fixture_corpus()
+        out = self.work / "demo"
+        shutil.rmtree(out, ignore_errors=True)
+        env = dict(os.environ, PATH=f"{self.a.bin}:{os.environ.get('PATH', '')}",
+                   MODEL=str(FIXTURES / "models" / "tiny-gpt2"), ENCODER=str(FIXTURES / "encoders" / "tiny-roberta"),
+                   CORPUS=str(self.work), OUT=str(out), DOCS="1", K="3", LR="1e-3", INDEX="flat", DEVICE=self.dev)
+        t = time.monotonic()
+        table1 = self.sh(["bash", REPO / "scripts" / "demo-run"], timeout=300, env=env)
+        plots = sorted(p.name for p in (out / "plots").glob("*"))
+        if not plots:
+            raise RuntimeError("scripts/demo-run drew no plots")
+        self.results["demo"] = {"device": self.dev, "wall_s": time.monotonic() - t, "plots": plots,
+                                "stdout_tail": table1[-2000:]}
 
     def lanes(self):
         """Documents per hour and peak GPU memory of `tttnn run --lanes L` against one lane (issue #18):
@@ -439,6 +462,7 @@ def main():
                                              dict(n_layer=2, n_embd=64, n_head=4), "10" if big else "2")),
         ("embed_speed", c.embed_speed),
         ("end_to_end", c.end_to_end),
+        ("demo", c.demo),
         ("lanes", c.lanes),
         ("neighbors", c.neighbors),
         ("lm_speed_774m", lambda: c.lm_speed("gpt2-774m-random" if big else "gpt2-small-random",

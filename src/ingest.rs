@@ -1,9 +1,11 @@
-//! Ingest: Pile JSONL(.zst) files streamed into the corpus store with encoder embeddings.
+//! Ingest: corpus files (JSONL(.zst), Parquet, directories of them) streamed into the corpus store
+//! with encoder embeddings.
 //!
 //! Resumable and idempotent: documents are appended in line order, each commit atomic, and a re-run
 //! starts after the highest line of each file already stored — after a crash (even `kill -9`) the
 //! same command ends with exactly the rows of an uninterrupted run. A document's id is
-//! `FILE_NAME:LINE` ([`doc_id`]), so two files of one name cannot share a store.
+//! `FILE_NAME:LINE` ([`doc_id`]; a Parquet file's row stands for its line), so two files of one
+//! name cannot share a store.
 //!
 //! Sharded (`--shard I/N`): N processes (GPUs, machines) ingest one set of files into one store at
 //! once, worker I taking lines I+1, I+1+N, ... of every file. Each appends its own commits (Lance
@@ -14,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::corpus::{self, Reader, Record};
+use crate::corpus::{self, FieldPath, Fields, Reader, Record, SetMap};
 use crate::embed::Encoder;
 use crate::error::{Error, Result};
 use crate::store::{Document, EncoderRecord, Store};
@@ -38,9 +40,20 @@ pub struct Ingest {
     /// Keep only these sets (task names like `github` or Pile names like `Github`), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub sets: Vec<String>,
-    /// Set name for lines without `meta.pile_set_name`.
+    /// Set name for documents without one at the set field.
     #[arg(long = "set-name")]
     pub default_set: Option<String>,
+    /// Where a document's text is: a field path (`text`; `content`; `meta.body`).
+    #[arg(long, default_value = "text")]
+    pub text_field: FieldPath,
+    /// Where a document's set name is: a field path (the Pile's `meta.pile_set_name`; Dolma's
+    /// `source`; RedPajama's `meta.redpajama_set_name`).
+    #[arg(long, default_value = "meta.pile_set_name")]
+    pub set_field: FieldPath,
+    /// TOML file mapping the corpus's set names to task names (`"RedPajamaGithub" = "github"`):
+    /// the stored set name is the task's, so `--task pile_github` and `pile_all`'s weights apply.
+    #[arg(long)]
+    pub set_map: Option<PathBuf>,
     /// Stop once the store holds this many documents from these files.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -68,6 +81,8 @@ impl Default for Ingest {
 /// What an ingest reports while it works.
 #[derive(Debug, Clone)]
 pub enum IngestEvent<'a> {
+    /// A directory's files were narrowed to the split's (`note` says which).
+    Chose { note: &'a str },
     /// The input files are open: `input_bytes` to read in all.
     Started { input_bytes: u64 },
     /// `path` was partly ingested before: lines up to `line` are skipped.
@@ -105,12 +120,12 @@ pub struct IngestSummary {
 }
 
 impl Ingest {
-    /// Ingests `files` into `store` with `encoder`.
+    /// Ingests `inputs` (files, directories of corpus files) into `store` with `encoder`.
     pub fn run(
         &self,
         store: &Store,
         encoder: &mut Encoder,
-        files: &[PathBuf],
+        inputs: &[PathBuf],
         on_event: &mut dyn FnMut(IngestEvent),
     ) -> Result<IngestSummary> {
         let start = Instant::now();
@@ -123,10 +138,22 @@ impl Ingest {
         }
         let owns = |line: u64| self.shard.owns(line as usize - 1);
         let wanted: Vec<String> = self.sets.iter().map(|s| corpus::set_name(s)).collect();
+        let set_map = match &self.set_map {
+            Some(p) => SetMap::load(p)?,
+            None => SetMap::default(),
+        };
+        let fields = Fields {
+            text: self.text_field.clone(),
+            set: self.set_field.clone(),
+        };
         let record = encoder.record();
+        let inputs = corpus::data_files(inputs, &self.split)?;
+        for note in &inputs.notes {
+            on_event(IngestEvent::Chose { note });
+        }
         let mut sources = Vec::new();
         let mut input_bytes = 0;
-        for f in files {
+        for f in &inputs.files {
             let abs = std::fs::canonicalize(f).map_err(|e| Error::io(f, e))?;
             input_bytes += std::fs::metadata(&abs).map_err(|e| Error::io(f, e))?.len();
             sources.push(abs);
@@ -157,7 +184,7 @@ impl Ingest {
             if resume > 0 {
                 on_event(IngestEvent::Resuming { path, line: resume });
             }
-            let mut reader = Reader::open(path)?;
+            let mut reader = Reader::open_with(path, &fields, resume)?;
             let file = Source {
                 name: &file_name,
                 path: source,
@@ -186,10 +213,19 @@ impl Ingest {
                 if rec.line <= resume {
                     continue;
                 }
-                let set = self.set_of(&rec);
-                if !wanted.is_empty() && !wanted.iter().any(|w| w.eq_ignore_ascii_case(&set)) {
+                let mut rec = rec;
+                let raw = rec
+                    .set_name
+                    .take()
+                    .or_else(|| self.default_set.clone())
+                    .unwrap_or_default();
+                let set = set_map.apply(raw.clone());
+                // `--sets` names a set by its task or by the corpus's own name for it.
+                let wanted_set = |w: &String| w.eq_ignore_ascii_case(&set) || *w == raw;
+                if !wanted.is_empty() && !wanted.iter().any(wanted_set) {
                     continue;
                 }
+                rec.set_name = Some(set);
                 batch.pending_bytes += rec.text.len();
                 batch.pending.push(rec);
                 if batch.pending.len() >= self.commit_rows || batch.pending_bytes >= COMMIT_BYTES {
@@ -222,13 +258,6 @@ impl Ingest {
             seconds: start.elapsed().as_secs_f64(),
         })
     }
-
-    fn set_of(&self, rec: &Record) -> String {
-        rec.set_name
-            .clone()
-            .or_else(|| self.default_set.clone())
-            .unwrap_or_default()
-    }
 }
 
 /// The file being read: its name (for ids) and full path (the `source` column).
@@ -242,6 +271,7 @@ struct Batch<'a> {
     ingest: &'a Ingest,
     store: &'a Store,
     encoder: &'a mut Encoder,
+    /// Records to commit, each with its set name as stored (default and map applied).
     pending: Vec<Record>,
     pending_bytes: usize,
     added: usize,
@@ -268,7 +298,7 @@ impl Batch<'_> {
             .map(|(r, embedding)| Document {
                 id: doc_id(file.name, r.line),
                 split: self.ingest.split.clone(),
-                set_name: self.ingest.set_of(&r),
+                set_name: r.set_name.unwrap_or_default(),
                 source: file.path.to_string(),
                 line: r.line,
                 text: r.text,

@@ -1,5 +1,6 @@
-//! `tttnn ingest`: stream Pile JSONL(.zst) into the LanceDB corpus store with encoder embeddings
-//! (`tttnn::ingest`), showing progress and printing a JSON summary.
+//! `tttnn ingest`: stream corpus files (JSONL(.zst), Parquet, directories of them) into the LanceDB
+//! corpus store with encoder embeddings (`tttnn::ingest`), showing progress and printing a JSON
+//! summary.
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -10,10 +11,12 @@ use tttnn::{Device, Error, Result};
 
 use super::ui::Printer;
 
-/// Ingest Pile JSONL (or .jsonl.zst) files into the corpus store.
+/// Ingest corpus files (JSONL, .jsonl.zst, Parquet, or directories of them) into the corpus store.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Pile JSONL files: `{"text": ..., "meta": {"pile_set_name": ...}}` per line.
+    /// Corpus files or directories: JSONL (`{"text": ..., "meta": {"pile_set_name": ...}}` per
+    /// line, as the Pile), .jsonl.zst, Parquet (a Hugging Face dataset's shards; a dataset
+    /// directory gives the files of --split).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// The LanceDB store directory (created if absent).
@@ -57,6 +60,7 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
     let (mut docs, mut bytes) = (0u64, 0u64);
     let mut bar = None;
     let summary = ingest.run(&store, &mut encoder, &args.files, &mut |e| match e {
+        IngestEvent::Chose { note } => say(note.to_string()),
         IngestEvent::Started { input_bytes } => {
             bar = p.bar(
                 input_bytes,

@@ -60,6 +60,7 @@ impl Db {
     /// Opens (creating if needed) the database at `path` for writing and applies pending
     /// migrations, waiting for another process's hold on the file (see [`DEFAULT_DB_WAIT_S`]).
     pub fn open(path: &Path) -> Result<Self> {
+        check_is_database(path)?;
         let conn = open_waiting(path, || Connection::open(path))?;
         let db = Self {
             conn,
@@ -72,6 +73,7 @@ impl Db {
     /// Opens an existing database read-only, waiting out a writer's hold on it (several readers
     /// may share it).
     pub fn open_read_only(path: &Path) -> Result<Self> {
+        check_is_database(path)?;
         if !path.is_file() {
             return Err(Error::bad_file(path, "no results database here"));
         }
@@ -225,6 +227,29 @@ fn db_wait() -> Result<Duration> {
         .filter(|s| *s >= 0.0 && s.is_finite())
         .map(Duration::from_secs_f64)
         .ok_or_else(|| Error::setting("TTTNN_DB_WAIT", format!("`{v}` is not a number of seconds")))
+}
+
+/// A file at `path` that is not a DuckDB database is bad input, said before DuckDB reads it
+/// (DuckDB's own words for some files are about in-memory databases). Its main header holds the
+/// magic `DUCK` after an 8-byte checksum.
+fn check_is_database(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Ok(());
+    };
+    if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(Error::bad_file(
+            path,
+            "a directory, not a DuckDB results database: give --db a file path",
+        ));
+    }
+    let mut head = [0u8; 12];
+    match f.read_exact(&mut head) {
+        Ok(()) if &head[8..] == b"DUCK" => Ok(()),
+        // An empty file: DuckDB makes it a new database.
+        _ if f.metadata().map(|m| m.len() == 0).unwrap_or(false) => Ok(()),
+        _ => Err(Error::not_a_database(path)),
+    }
 }
 
 /// Opens with `open`, retrying while another process holds the file's lock (a run recording a

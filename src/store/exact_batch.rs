@@ -296,10 +296,7 @@ impl Block {
 const CACHED_PRODUCTS: usize = 1 << 21;
 
 fn torch(context: &str) -> impl Fn(tch::TchError) -> Error + '_ {
-    move |source| Error::Torch {
-        context: context.to_string(),
-        source,
-    }
+    move |source| Error::torch(context, source)
 }
 
 impl Store {

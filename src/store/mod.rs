@@ -252,11 +252,24 @@ impl Store {
 
     /// Opens an existing store.
     pub fn open(path: &Path) -> Result<Self> {
-        if !is_uri(path) && !path.exists() {
-            return Err(Error::bad_file(
-                path,
-                "no store here (create one with `tttnn ingest`)",
-            ));
+        if !is_uri(path) {
+            if path.is_file() {
+                return Err(Error::bad_file(
+                    path,
+                    "a file, not a store: a store is the directory `tttnn ingest --store DIR` creates",
+                ));
+            }
+            if !path.join(format!("{DOCUMENTS}.lance")).is_dir() {
+                let what = if path.exists() {
+                    "the directory holds no `documents.lance`"
+                } else {
+                    "no such directory"
+                };
+                return Err(Error::bad_file(
+                    path,
+                    format!("no store here ({what}): create one with `tttnn ingest --store DIR`"),
+                ));
+            }
         }
         Self::connect(path, None)
     }

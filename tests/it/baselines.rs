@@ -8,7 +8,6 @@ use std::path::Path;
 use tttnn::eval;
 use tttnn::lm::LanguageModel;
 use tttnn::store::{Retrieval, SearchMode, Store};
-use tttnn::Device;
 
 /// Runs `tttnn run` with `args` into `db`; returns the new run's id.
 fn run(store: &Path, db: &Path, args: &[&str]) -> i64 {
@@ -50,7 +49,7 @@ fn baselines_reduce_to_the_base_model_and_sit_side_by_side_in_table1() {
     let dir = tempfile::tempdir().unwrap();
     let store = Fixture::Short.store(dir.path());
     let db = dir.path().join("r.duckdb");
-    let lm = LanguageModel::load(&model(), Device::Cpu).unwrap();
+    let lm = crate::util::load_lm(&model());
 
     // 1: none = the base model at k = 0.
     let r1 = run(&store, &db, &["--method", "none"]);
@@ -111,7 +110,12 @@ fn baselines_reduce_to_the_base_model_and_sit_side_by_side_in_table1() {
     // scored after the neighbours' tokens, nearest right before it.
     let r6 = run(&store, &db, &["--method", "in-context", "-k", "0"]);
     for (doc, c) in curves(&db, r6) {
-        assert!(close(c[&0], base[&doc][&0]), "{doc}");
+        assert!(
+            close(c[&0], base[&doc][&0]),
+            "{doc}: {} against the base model's {}",
+            c[&0],
+            base[&doc][&0]
+        );
     }
     let r7 = run(&store, &db, &["--method", "in-context", "-k", "2"]);
     let r = crate::util::conn(&db);

@@ -11,7 +11,7 @@ fn check(name: &str) {
     let g = golden();
     let want = golden_tensors(name);
     let gl = &g.lms[name];
-    let lm = LanguageModel::load(&fixtures().join("models").join(name), Device::Cpu).unwrap();
+    let lm = crate::util::load_lm(&fixtures().join("models").join(name));
     assert_eq!(lm.n_ctx, g.n_ctx);
     assert_eq!(lm.eot_id, g.eot_id);
     let ids = Tensor::from_slice(&gl.logits_input_ids).unsqueeze(0);
@@ -115,7 +115,7 @@ fn weights(lm: &LanguageModel) -> Vec<Tensor> {
 
 /// The tiny GPT-2 with an AdamW trainer (lr 1e-3, chunks of 24 tokens).
 fn tiny_gpt2_with_trainer() -> (LanguageModel, Trainer) {
-    let lm = LanguageModel::load(&fixtures().join("models/tiny-gpt2"), Device::Cpu).unwrap();
+    let lm = crate::util::load_lm(&fixtures().join("models/tiny-gpt2"));
     let trainer = Trainer::new(
         &lm,
         TrainConfig {
@@ -134,7 +134,7 @@ fn one_token_chunks_take_a_zero_gradient_step_or_are_skipped() {
     let g = golden();
     let tokens = &g.lm_token_ids[0][..25];
     let trained = |short_chunks: ShortChunks| {
-        let lm = LanguageModel::load(&model(), Device::Cpu).unwrap();
+        let lm = crate::util::load_lm(&model());
         let config = TrainConfig {
             lr: 1e-3,
             max_length: 24,
@@ -204,7 +204,7 @@ fn bf16_stays_close_to_fp32() {
     use tttnn::lm::Precision;
     let g = golden();
     let text = &g.texts[0];
-    let mut lm = LanguageModel::load(&fixtures().join("models/tiny-llama"), Device::Cpu).unwrap();
+    let mut lm = crate::util::load_lm(&fixtures().join("models/tiny-llama"));
     let fp32 = tttnn::eval::loglikelihood(&lm, text).unwrap().loglik;
     lm.set_precision(Precision::Bf16).unwrap();
     let bf16 = tttnn::eval::loglikelihood(&lm, text).unwrap().loglik;

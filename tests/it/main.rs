@@ -2,6 +2,8 @@
 //! real inputs, one module per area, shared helpers in `util`.
 mod baselines;
 mod cli;
+mod corpora;
+mod errors;
 mod help;
 mod lanes;
 mod lm_golden;

@@ -9,12 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use tttnn::eval;
-use tttnn::lm::LanguageModel;
 use tttnn::records::Db;
 use tttnn::store::Store;
 use tttnn::task;
 use tttnn::ttt::{TrainConfig, Trainer};
-use tttnn::Device;
 
 /// The settings most tests run with.
 pub const K3: [&str; 4] = ["--task", "pile_all", "--neighbors", "3"];
@@ -124,7 +122,7 @@ fn run_records_what_the_engine_computes_and_sql_and_report_read_it() {
         nbrs.values().all(|(id, _)| id.starts_with("train.jsonl:")),
         "neighbours come from the train split only"
     );
-    let lm = LanguageModel::load(&model(), Device::Cpu).unwrap();
+    let lm = crate::util::load_lm(&model());
     let mut trainer = Trainer::new(
         &lm,
         TrainConfig {
@@ -688,6 +686,8 @@ fn cluster_sim(
     std::fs::write(&test_file, test).unwrap();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut cmd = Command::new(repo.join("scripts/cluster-sim"));
+    // Its workers run at once on this machine's cores.
+    crate::util::one_thread(&mut cmd);
     if let Some(s3) = s3 {
         s3.env(&mut cmd);
     }

@@ -426,8 +426,22 @@ fn sets_filter_and_limit() {
 #[test]
 fn cuda_without_a_cuda_provider_is_a_clear_error() {
     // CI's ONNX Runtime is the CPU-only wheel: asking for CUDA must fail loudly, not fall back to
-    // the CPU silently (onnxruntime#23372), and before anything is written.
+    // the CPU silently (onnxruntime#23372), and before anything is written. On a GPU machine set
+    // up with ONNX Runtime GPU (`TTTNN_CUDA=1`) the same ingest must run on CUDA instead.
     let (_dir, store, corpus) = fresh();
+    let ort_cuda = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .and_then(|p| {
+            p.parent()
+                .map(|d| d.join("libonnxruntime_providers_cuda.so"))
+        })
+        .is_some_and(|p| p.is_file());
+    if ort_cuda && Path::new("/dev/nvidiactl").exists() {
+        let out: serde_json::Value =
+            serde_json::from_str(&ok(ingest(&store, &[&corpus], &["--device", "cuda"]))).unwrap();
+        assert_eq!(out["encoder"]["provider"], "CUDAExecutionProvider", "{out}");
+        return;
+    }
     let err = crate::util::fails(ingest(&store, &[&corpus], &["--device", "cuda"]), 2);
     assert!(
         err.contains("--device cuda: the CUDA execution provider could not be registered")

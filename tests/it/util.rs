@@ -70,9 +70,37 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .double_value(&[])
 }
 
-/// The real `tttnn` binary.
+/// The real `tttnn` binary, on one libtorch thread (see [`one_thread`]).
 pub fn tttnn() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tttnn"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tttnn"));
+    one_thread(&mut c);
+    c
+}
+
+/// Runs `c`'s libtorch on one OpenMP thread unless the caller's environment says otherwise. The
+/// tests run two at a time on CI's two cores, each spawning `tttnn`: with libtorch's default of one
+/// thread per core, its OpenMP threads spin-wait on cores the other test holds, and a run that takes
+/// 4.2 s alone took 26.5 s beside another (the same two runs on one thread each: 4.2 s). Results do
+/// not depend on it: every test compares runs within a tolerance or runs made the same way.
+pub fn one_thread(c: &mut Command) -> &mut Command {
+    if std::env::var_os("OMP_NUM_THREADS").is_none() {
+        c.env("OMP_NUM_THREADS", "1");
+    }
+    c
+}
+
+/// A language model loaded in this process on the CPU, its libtorch on the threads the spawned
+/// `tttnn` runs use ([`one_thread`]), so a replay of a run sums in the run's order.
+pub fn load_lm(dir: &Path) -> tttnn::lm::LanguageModel {
+    static THREADS: std::sync::Once = std::sync::Once::new();
+    THREADS.call_once(|| {
+        let n = std::env::var("OMP_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        tch::set_num_threads(n);
+    });
+    tttnn::lm::LanguageModel::load(dir, tttnn::Device::Cpu).unwrap()
 }
 
 /// Stdout of a command that must have succeeded (stderr shown if not).

@@ -22,14 +22,8 @@ impl SettingsFile {
     /// Reads a settings file; syntax errors name the file and line.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| {
-            let line = e.span().map(|s| line_of(&text, s.start));
-            Error::BadInput {
-                path: path.to_path_buf(),
-                line,
-                message: e.message().to_string(),
-            }
-        })?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| Error::bad_toml(path, &text, &e))?;
         // The text goes in first: `error` finds a key's line in it.
         let mut file = Self {
             path: path.to_path_buf(),
@@ -57,16 +51,8 @@ impl SettingsFile {
                 .strip_prefix(key)
                 .is_some_and(|rest| rest.trim_start().starts_with('='))
         });
-        Error::BadInput {
-            path: self.path.clone(),
-            line: line.map(|l| l as u64 + 1),
-            message: message.to_string(),
-        }
+        Error::bad_file(&self.path, message).at_line(line.map(|l| l as u64 + 1))
     }
-}
-
-fn line_of(text: &str, byte: usize) -> u64 {
-    text[..byte.min(text.len())].matches('\n').count() as u64 + 1
 }
 
 impl RunConfig {

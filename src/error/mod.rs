@@ -1,14 +1,21 @@
-//! The library's error type: every variant carries the context (file, line, field, id) a user needs.
+//! The library's error type: every variant carries the context (file, line, field, id) a user needs,
+//! and its class decides the exit code: bad input 1 (the user can fix it: a file, a setting, a
+//! damaged store), the machine refused 2 (disk full, permissions), internal 2.
+mod upstream;
+
 use std::path::PathBuf;
 
 /// Errors raised by tttnn's library code.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The user gave us something we cannot use: a file, a line in it, a setting.
-    #[error("{path}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    /// The user gave us something we cannot use: a file, a line (or a Parquet row) in it.
+    #[error("{path}{}: {message}", place(*line, *row))]
     BadInput {
         path: PathBuf,
+        /// The 1-based line, or row where `row` is set.
         line: Option<u64>,
+        /// `line` counts a Parquet file's rows.
+        row: bool,
         message: String,
     },
 
@@ -31,29 +38,27 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// The LanceDB store failed.
-    #[error("store {}: {source}", path.display())]
-    Store {
-        path: PathBuf,
-        #[source]
-        source: lancedb::Error,
+    /// The machine refused: the disk is full, a permission or a limit is missing. What was
+    /// committed is kept.
+    #[error("{what}: {problem}; {}", upstream::KEPT)]
+    Environment {
+        /// The file, store or database it happened to.
+        what: String,
+        /// What the machine refused and what to do.
+        problem: String,
     },
+
+    /// The LanceDB store failed (the message without upstream source locations).
+    #[error("store {}: {message}", path.display())]
+    Store { path: PathBuf, message: String },
 
     /// The DuckDB results database failed.
-    #[error("results database {}: {source}", path.display())]
-    Records {
-        path: PathBuf,
-        #[source]
-        source: duckdb::Error,
-    },
+    #[error("results database {}: {message}", path.display())]
+    Records { path: PathBuf, message: String },
 
     /// libtorch failed.
-    #[error("libtorch ({context}): {source}")]
-    Torch {
-        context: String,
-        #[source]
-        source: tch::TchError,
-    },
+    #[error("libtorch ({context}): {message}")]
+    Torch { context: String, message: String },
 
     /// ONNX Runtime failed.
     #[error("ONNX Runtime ({context}): {source}")]
@@ -96,11 +101,21 @@ pub enum Error {
     Internal(String),
 }
 
+/// Where in a file a bad input is: `:LINE`, `, row ROW`, or nothing.
+fn place(line: Option<u64>, row: bool) -> String {
+    match (line, row) {
+        (Some(l), false) => format!(":{l}"),
+        (Some(r), true) => format!(", row {r}"),
+        (None, _) => String::new(),
+    }
+}
+
 /// Result with tttnn's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The process exit code for this error: 1 for bad input, 2 for internal errors.
+    /// The process exit code for this error: 1 for bad input, 2 for the machine's refusals
+    /// (`Environment`) and internal errors.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::BadInput { .. } | Error::BadSetting { .. } | Error::Tokenizer { .. } => 1,
@@ -114,32 +129,69 @@ impl Error {
         Error::BadInput {
             path: path.into(),
             line: None,
+            row: false,
             message: message.into(),
         }
     }
 
     /// A bad-input error about one line of a file.
     pub fn bad_line(path: impl Into<PathBuf>, line: u64, message: impl Into<String>) -> Self {
-        Error::BadInput {
-            path: path.into(),
-            line: Some(line),
-            message: message.into(),
+        Self::bad_file(path, message).at_line(Some(line))
+    }
+
+    /// A bad-input error about one row of a Parquet file.
+    pub fn bad_row(path: impl Into<PathBuf>, row: u64, message: impl Into<String>) -> Self {
+        match Self::bad_file(path, message) {
+            Error::BadInput { path, message, .. } => Error::BadInput {
+                path,
+                line: Some(row),
+                row: true,
+                message,
+            },
+            other => other,
         }
     }
 
-    /// An I/O error on a path.
+    /// A TOML file at `path` (its `text`) that does not parse: bad input at the error's line.
+    pub fn bad_toml(path: impl Into<PathBuf>, text: &str, e: &toml::de::Error) -> Self {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() as u64 + 1);
+        Self::bad_file(path, e.message()).at_line(line)
+    }
+
+    /// This bad-input error placed at `line` of its file; other errors unchanged.
+    pub fn at_line(self, at: Option<u64>) -> Self {
+        match self {
+            Error::BadInput {
+                path, message, row, ..
+            } => Error::BadInput {
+                path,
+                line: at,
+                row,
+                message,
+            },
+            other => other,
+        }
+    }
+
+    /// An I/O error on a path (a refusal of the machine says so).
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
+        let path = path.into();
+        match upstream::refusal(&source) {
+            Some(problem) => Error::Environment {
+                what: path.display().to_string(),
+                problem: problem.to_string(),
+            },
+            None => Error::Io { path, source },
         }
     }
 
-    /// A libtorch error with what we were doing.
+    /// A libtorch error with what we were doing (without libtorch's C++ source locations).
     pub fn torch(context: impl Into<String>, source: tch::TchError) -> Self {
         Error::Torch {
             context: context.into(),
-            source,
+            message: upstream::clean(&source.to_string()),
         }
     }
 
@@ -159,20 +211,53 @@ impl Error {
         }
     }
 
-    /// A LanceDB error on the store at `path`.
+    /// A LanceDB error on the store at `path`: a refusal of the machine, a damaged store (bad
+    /// input), or a store error, each said without upstream source locations.
     pub fn store(path: impl Into<PathBuf>, source: lancedb::Error) -> Self {
+        let path = path.into();
+        let text = upstream::chain_text(&source);
+        tracing::debug!("store {}: {text}", path.display());
+        if let Some(problem) = upstream::refusal(&source) {
+            return Error::Environment {
+                what: format!("store {}", path.display()),
+                problem: problem.to_string(),
+            };
+        }
+        if let Some(damage) = upstream::store_damage(&text) {
+            return Error::bad_file(path, damage);
+        }
         Error::Store {
-            path: path.into(),
-            source,
+            path,
+            message: upstream::clean(&text),
         }
     }
 
-    /// A DuckDB error on the results database at `path`.
+    /// A DuckDB error on the results database at `path`: a refusal of the machine, a file that is
+    /// not a database (bad input), or a database error.
     pub fn records(path: impl Into<PathBuf>, source: duckdb::Error) -> Self {
-        Error::Records {
-            path: path.into(),
-            source,
+        let path = path.into();
+        let text = upstream::chain_text(&source);
+        if let Some(problem) = upstream::refusal(&source) {
+            return Error::Environment {
+                what: format!("results database {}", path.display()),
+                problem: problem.to_string(),
+            };
         }
+        if text.contains("not a valid DuckDB database file") {
+            return Error::not_a_database(path);
+        }
+        Error::Records {
+            path,
+            message: upstream::clean(&text),
+        }
+    }
+
+    /// `path` is not a DuckDB results database.
+    pub fn not_a_database(path: impl Into<PathBuf>) -> Self {
+        Error::bad_file(
+            path,
+            "not a DuckDB results database: give --db a database tttnn wrote, or a new path to create one",
+        )
     }
 
     /// A tokenizer at `path` that failed to load or encode.
