@@ -67,23 +67,8 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             let code = e.exit_code() as u8;
-            eprintln!("error: {}", message(&e));
+            eprintln!("error: {}", tttnn::error::chain_text(&e));
             ExitCode::from(code)
         }
     }
-}
-
-/// The error and its causes, each cause added only when the text so far does not already say it
-/// (`Io`'s message embeds its source, and zstd's error repeats its own: "incomplete frame" once).
-fn message(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let s = c.to_string();
-        if !text.contains(&s) {
-            text = format!("{text}: {s}");
-        }
-        cause = c.source();
-    }
-    text
 }

@@ -5,6 +5,8 @@ mod upstream;
 
 use std::path::PathBuf;
 
+pub use upstream::chain_text;
+
 /// Errors raised by tttnn's library code.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -42,8 +42,10 @@ pub(crate) fn refusal_in(text: &str) -> Option<&'static str> {
         .map(|r| r.2)
 }
 
-/// An error and its causes as one line, each cause added where the text so far lacks it.
-pub(crate) fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its causes as one line, each cause added only where the text so far does not
+/// already say it (`Io`'s message embeds its source, and zstd's error repeats its own: "incomplete
+/// frame" once).
+pub fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -1,7 +1,7 @@
 //! `tttnn ingest` on the corpus layouts researchers have: a Hugging Face dataset directory of
 //! Parquet shards, Dolma-style and RedPajama-style JSONL with a set map; each stores exactly what
 //! the Pile JSONL of the same documents stores.
-use crate::util::{encoder, fails, fixtures, ok, tttnn};
+use crate::util::{encoder, fails, fixture_documents as documents, ok, tttnn};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -12,21 +12,6 @@ use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 use serde_json::json;
-
-/// The fixture corpus's documents: (text, Pile set name).
-fn documents() -> Vec<(String, String)> {
-    std::fs::read_to_string(fixtures().join("corpus.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["text"].as_str().unwrap().to_string(),
-                v["meta"]["pile_set_name"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
 
 fn ingest(store: &Path, inputs: &[&Path], extra: &[&str]) -> String {
     ok(tttnn()
@@ -168,6 +153,12 @@ fn a_parquet_dataset_directory_stores_what_the_pile_jsonl_stores() {
     assert_eq!(d.id, "train-00000-of-00002.parquet:1");
     let d = parquet_docs.iter().find(|d| d.text == train[45].0).unwrap();
     assert_eq!(d.id, "train-00001-of-00002.parquet:6");
+    // Two shard workers (--shard I/2) store the same rows between them.
+    let sharded = dir.path().join("sharded-store");
+    for shard in ["0/2", "1/2"] {
+        ingest(&sharded, &[&ds], &["--shard", shard, "--quiet"]);
+    }
+    assert_eq!(stored(&sharded, "train"), parquet_docs);
     // The validation split of the same directory.
     ingest(&from_parquet, &[&ds], &["--split", "validation", "--quiet"]);
     assert_eq!(stored(&from_parquet, "validation").len(), validation.len());

@@ -145,15 +145,9 @@ fn a_refused_write_says_so_and_keeps_what_was_committed() {
     let dir = tempfile::tempdir().unwrap();
     // 300 short documents, then 100 long ones: with commits of 100 documents, the fourth
     // commit's data file is the first to pass the file-size limit set below.
-    let texts: Vec<String> = std::fs::read_to_string(fixtures().join("corpus.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+    let texts: Vec<String> = crate::util::fixture_documents()
+        .into_iter()
+        .map(|d| d.0)
         .collect();
     let corpus: String = (0..400)
         .map(|i| {

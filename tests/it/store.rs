@@ -48,15 +48,9 @@ fn ids(store: &Path) -> Vec<String> {
 
 /// `n` Pile-format documents made from the fixture corpus: varied real text, distinct per line.
 fn write_corpus(path: &Path, n: usize) {
-    let texts: Vec<String> = std::fs::read_to_string(crate::util::fixtures().join("corpus.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+    let texts: Vec<String> = crate::util::fixture_documents()
+        .into_iter()
+        .map(|d| d.0)
         .collect();
     let mut out = String::new();
     for i in 0..n {

@@ -70,6 +70,19 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .double_value(&[])
 }
 
+/// The fixture corpus's documents (`tests/fixtures/corpus.jsonl`): text and Pile set name.
+pub fn fixture_documents() -> Vec<(String, String)> {
+    std::fs::read_to_string(fixtures().join("corpus.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let field = |f: &serde_json::Value| f.as_str().unwrap().to_string();
+            (field(&v["text"]), field(&v["meta"]["pile_set_name"]))
+        })
+        .collect()
+}
+
 /// The real `tttnn` binary, on one libtorch thread (see [`one_thread`]).
 pub fn tttnn() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tttnn"));
