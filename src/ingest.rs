@@ -195,7 +195,7 @@ impl Ingest {
                     break 'files;
                 }
                 let Some(item) = reader.next() else { break };
-                let rec = match item {
+                let mut rec = match item {
                     Ok(r) if !owns(r.line) => continue,
                     Ok(r) => r,
                     // Another worker's line: its owner reports it.
@@ -213,7 +213,6 @@ impl Ingest {
                 if rec.line <= resume {
                     continue;
                 }
-                let mut rec = rec;
                 let raw = rec
                     .set_name
                     .take()

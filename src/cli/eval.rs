@@ -68,7 +68,7 @@ impl Row {
 }
 
 fn documents(path: &Path) -> Result<Box<dyn Iterator<Item = Result<String>>>> {
-    if corpus::Reader::is_jsonl(path) {
+    if corpus::is_jsonl(path) {
         return Ok(Box::new(
             corpus::Reader::open(path)?.map(|r| r.map(|r| r.text)),
         ));

@@ -156,11 +156,6 @@ impl Reader {
             Self::Parquet(r) => r.position(),
         }
     }
-
-    /// Whether `path` names a JSONL file (`.jsonl`, `.jsonl.zst`).
-    pub fn is_jsonl(path: &Path) -> bool {
-        is_jsonl(path)
-    }
 }
 
 impl Iterator for Reader {

@@ -143,14 +143,11 @@ impl Error {
 
     /// A bad-input error about one row of a Parquet file.
     pub fn bad_row(path: impl Into<PathBuf>, row: u64, message: impl Into<String>) -> Self {
-        match Self::bad_file(path, message) {
-            Error::BadInput { path, message, .. } => Error::BadInput {
-                path,
-                line: Some(row),
-                row: true,
-                message,
-            },
-            other => other,
+        Error::BadInput {
+            path: path.into(),
+            line: Some(row),
+            row: true,
+            message: message.into(),
         }
     }
 
@@ -180,13 +177,19 @@ impl Error {
     /// An I/O error on a path (a refusal of the machine says so).
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let path = path.into();
-        match upstream::refusal(&source) {
-            Some(problem) => Error::Environment {
-                what: path.display().to_string(),
-                problem: problem.to_string(),
-            },
-            None => Error::Io { path, source },
-        }
+        Self::refused(|| path.display().to_string(), &source).unwrap_or(Error::Io { path, source })
+    }
+
+    /// The `Environment` error `source` is, if it reports a refusal of the machine (disk full,
+    /// permissions, limits) about `what`.
+    fn refused(
+        what: impl FnOnce() -> String,
+        source: &(dyn std::error::Error + 'static),
+    ) -> Option<Self> {
+        upstream::refusal(source).map(|problem| Error::Environment {
+            what: what(),
+            problem: problem.to_string(),
+        })
     }
 
     /// A libtorch error with what we were doing (without libtorch's C++ source locations).
@@ -219,11 +222,8 @@ impl Error {
         let path = path.into();
         let text = upstream::chain_text(&source);
         tracing::debug!("store {}: {text}", path.display());
-        if let Some(problem) = upstream::refusal(&source) {
-            return Error::Environment {
-                what: format!("store {}", path.display()),
-                problem: problem.to_string(),
-            };
+        if let Some(e) = Self::refused(|| format!("store {}", path.display()), &source) {
+            return e;
         }
         if let Some(damage) = upstream::store_damage(&text) {
             return Error::bad_file(path, damage);
@@ -239,11 +239,8 @@ impl Error {
     pub fn records(path: impl Into<PathBuf>, source: duckdb::Error) -> Self {
         let path = path.into();
         let text = upstream::chain_text(&source);
-        if let Some(problem) = upstream::refusal(&source) {
-            return Error::Environment {
-                what: format!("results database {}", path.display()),
-                problem: problem.to_string(),
-            };
+        if let Some(e) = Self::refused(|| format!("results database {}", path.display()), &source) {
+            return e;
         }
         if text.contains("not a valid DuckDB database file") {
             return Error::not_a_database(path);

@@ -123,9 +123,7 @@ fn is_source_location(part: &str) -> bool {
         return false;
     };
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    digits(col)
-        && digits(line.trim_end_matches(|c: char| !c.is_ascii_digit()))
-        && file.ends_with(".rs")
+    digits(col) && digits(line) && file.ends_with(".rs")
 }
 
 #[cfg(test)]

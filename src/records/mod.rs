@@ -237,17 +237,20 @@ fn check_is_database(path: &Path) -> Result<()> {
     let Ok(mut f) = std::fs::File::open(path) else {
         return Ok(());
     };
-    if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(Error::bad_file(
-            path,
-            "a directory, not a DuckDB results database: give --db a file path",
-        ));
+    match f.metadata() {
+        Ok(m) if m.is_dir() => {
+            return Err(Error::bad_file(
+                path,
+                "a directory, not a DuckDB results database: give --db a file path",
+            ))
+        }
+        // An empty file: DuckDB makes it a new database.
+        Ok(m) if m.len() == 0 => return Ok(()),
+        _ => {}
     }
     let mut head = [0u8; 12];
     match f.read_exact(&mut head) {
         Ok(()) if &head[8..] == b"DUCK" => Ok(()),
-        // An empty file: DuckDB makes it a new database.
-        _ if f.metadata().map(|m| m.len() == 0).unwrap_or(false) => Ok(()),
         _ => Err(Error::not_a_database(path)),
     }
 }
