@@ -41,6 +41,7 @@ fn new_run(db: &Db) -> i64 {
         lanes: 1,
         adapter: "full".into(),
         config: "{}".into(),
+        defaults: "{}".into(),
     })
     .unwrap()
 }

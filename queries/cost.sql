@@ -1,6 +1,9 @@
 -- What a run cost, per task: seconds per neighbour (training on it plus evaluating the document
 -- after it, which is what the paper's "seconds per neighbour" counts, docs/spec.md §3.5), seconds per
--- AdamW step, retrieval and total seconds per document. pile_all is weighted as in table1.
+-- AdamW step, retrieval and total seconds per document, and the padding fraction of training (the
+-- share of the token positions computed that were padding: 0 one document at a time; with lanes,
+-- rounds pad to their longest chunk). pile_all is weighted as in table1 (the padding fraction is
+-- over all its tokens).
 WITH n AS (
     SELECT n.run_id, d.task, d.set_name,
            avg(n.train_s + coalesce(n.eval_s, 0)) AS s_per_neighbor
@@ -12,7 +15,8 @@ t AS (
            sum(d.train_steps) AS steps,
            sum(d.train_s) / nullif(sum(d.train_steps), 0) AS s_per_step,
            avg(d.retrieval_s) AS retrieval_s,
-           avg(d.retrieval_s + d.train_s + d.eval_s) AS s_per_doc
+           avg(d.retrieval_s + d.train_s + d.eval_s) AS s_per_doc,
+           sum(d.train_tokens) AS train_tokens, sum(d.computed_tokens) AS computed_tokens
     FROM docs d
     WHERE getvariable('runs') IS NULL OR list_contains(getvariable('runs'), d.run_id)
     GROUP BY d.run_id, d.task, d.set_name
@@ -24,18 +28,21 @@ j AS (
     LEFT JOIN pile_weights w ON w.set_name = t.set_name
 ),
 rows AS (
-    SELECT run_id, task, docs, neighbors, steps, s_per_neighbor, s_per_step, retrieval_s, s_per_doc FROM j
+    SELECT run_id, task, docs, neighbors, steps, s_per_neighbor, s_per_step, retrieval_s, s_per_doc,
+           train_tokens, computed_tokens FROM j
     UNION ALL
     SELECT run_id, 'pile_all', sum(docs), sum(neighbors), sum(steps),
            sum(s_per_neighbor * weight) / sum(weight), sum(s_per_step * weight) / sum(weight),
-           sum(retrieval_s * weight) / sum(weight), sum(s_per_doc * weight) / sum(weight)
+           sum(retrieval_s * weight) / sum(weight), sum(s_per_doc * weight) / sum(weight),
+           sum(train_tokens), sum(computed_tokens)
     FROM j WHERE weight IS NOT NULL
     GROUP BY run_id
 )
-SELECT r.id AS run_id, r.method, s.device, rows.task, rows.docs, rows.neighbors, rows.steps,
+SELECT r.id AS run_id, r.method, json_extract_string(r.config, '$.device') AS device, rows.task, rows.docs, rows.neighbors, rows.steps,
        round(s_per_neighbor, 3) AS s_per_neighbor,
        round(s_per_step, 4)     AS s_per_step,
        round(retrieval_s, 4)    AS retrieval_s_per_doc,
-       round(s_per_doc, 2)      AS s_per_doc
-FROM rows JOIN runs r ON r.id = rows.run_id JOIN run_settings s ON s.run_id = r.id
+       round(s_per_doc, 2)      AS s_per_doc,
+       round(1 - train_tokens / nullif(computed_tokens, 0), 4) AS padding_fraction
+FROM rows JOIN runs r ON r.id = rows.run_id
 ORDER BY run_id, rows.task = 'pile_all', rows.task;

@@ -123,40 +123,55 @@ pub fn score_tokens(
         input.extend_from_slice(&tokens[..tokens.len() - 1]);
         windows[0].input = input;
     }
-    let n_out = mixture.map(|m| m.alphas.len()).unwrap_or(1);
-    let totals = tch::no_grad(|| {
-        let mut totals = vec![0f64; n_out];
+    let Some(m) = mixture else {
+        let mut total = 0f64;
         for w in &windows {
-            let input = Tensor::from_slice(&w.input).unsqueeze(0).to(lm.device());
-            let logits = lm.forward(&input, false).squeeze_dim(0);
-            let n = w.targets.len() as i64;
-            let scored = logits
-                .narrow(0, logits.size()[0] - n, n)
-                .to_kind(Kind::Float);
-            let targets = Tensor::from_slice(&w.targets).to(lm.device()).unsqueeze(1);
-            match mixture {
-                None => totals[0] += target_loglik(&scored, &targets),
-                Some(m) => {
-                    // The LM's log p(t) as above, mixed in f64 so α = 0 gives the base score.
-                    let logp_lm = (scored.gather(1, &targets, false)
-                        - scored.logsumexp([-1], true))
-                    .squeeze_dim(1)
-                    .to_kind(Kind::Double);
-                    let p_mix_t = m
-                        .distribution
-                        .to_device(lm.device())
-                        .to_kind(Kind::Double)
-                        .index_select(0, &targets.squeeze_dim(1));
-                    for (i, &alpha) in m.alphas.iter().enumerate() {
-                        let p = logp_lm.exp() * (1.0 - alpha) + &p_mix_t * alpha;
-                        totals[i] += p.log().sum(Kind::Double).double_value(&[]);
-                    }
-                }
+            total += score_window(lm, w)?;
+        }
+        return Ok(vec![total]);
+    };
+    tch::no_grad(|| {
+        let mut totals = vec![0f64; m.alphas.len()];
+        for w in &windows {
+            let (scored, targets) = window_logits(lm, w)?;
+            // The LM's log p(t) as `target_loglik` has it, mixed in f64 so α = 0 gives the base score.
+            let logp_lm = (scored.gather(1, &targets, false) - scored.logsumexp([-1], true))
+                .squeeze_dim(1)
+                .to_kind(Kind::Double);
+            let p_mix_t = m
+                .distribution
+                .to_device(lm.device())
+                .to_kind(Kind::Double)
+                .index_select(0, &targets.squeeze_dim(1));
+            for (i, &alpha) in m.alphas.iter().enumerate() {
+                let p = logp_lm.exp() * (1.0 - alpha) + &p_mix_t * alpha;
+                totals[i] += p.log().sum(Kind::Double).double_value(&[]);
             }
         }
-        totals
-    });
-    Ok(totals)
+        Ok(totals)
+    })
+}
+
+/// The scored positions' logits (`[n, vocab]`, fp32) of one window on a single-layout model, and
+/// its targets (`[n, 1]`).
+fn window_logits(lm: &LanguageModel, w: &Window) -> Result<(Tensor, Tensor)> {
+    let input = Tensor::from_slice(&w.input).unsqueeze(0).to(lm.device());
+    let logits = lm.forward(&input, false)?.squeeze_dim(0);
+    let n = w.targets.len() as i64;
+    let scored = logits
+        .narrow(0, logits.size()[0] - n, n)
+        .to_kind(Kind::Float);
+    let targets = Tensor::from_slice(&w.targets).to(lm.device()).unsqueeze(1);
+    Ok((scored, targets))
+}
+
+/// Σ log p(target) of one window, one sequence through the model: what [`score_tokens`] sums
+/// over a document's windows (and the single backend of a run scores window by window).
+pub(crate) fn score_window(lm: &LanguageModel, w: &Window) -> Result<f64> {
+    tch::no_grad(|| {
+        let (scored, targets) = window_logits(lm, w)?;
+        Ok(target_loglik(&scored, &targets))
+    })
 }
 
 /// Σ log p(t) of `targets` (`[n, 1]`) under `logits` (`[n, vocab]`, fp32): log p(t) = logit_t −
@@ -175,10 +190,10 @@ fn target_loglik(logits: &Tensor, targets: &Tensor) -> f64 {
 pub(crate) fn score_windows_in_lanes(
     lm: &LanguageModel,
     windows: &[Option<&Window>],
-) -> Vec<Option<f64>> {
+) -> Result<Vec<Option<f64>>> {
     let longest = windows.iter().flatten().map(|w| w.input.len()).max();
     let Some(t) = longest.filter(|&t| t > 0) else {
-        return vec![None; windows.len()];
+        return Ok(vec![None; windows.len()]);
     };
     let mut ids = vec![0i64; windows.len() * t];
     for (l, w) in windows.iter().enumerate() {
@@ -191,8 +206,8 @@ pub(crate) fn score_windows_in_lanes(
         let input = Tensor::from_slice(&ids)
             .view([windows.len() as i64, t as i64])
             .to(device);
-        let logits = lm.forward(&input, false);
-        windows
+        let logits = lm.forward(&input, false)?;
+        Ok(windows
             .iter()
             .enumerate()
             .map(|(l, w)| {
@@ -205,7 +220,7 @@ pub(crate) fn score_windows_in_lanes(
                 let targets = Tensor::from_slice(&w.targets).to(device).unsqueeze(1);
                 Some(target_loglik(&scored, &targets))
             })
-            .collect()
+            .collect())
     })
 }
 

@@ -2,6 +2,7 @@
 use std::path::PathBuf;
 
 use tttnn::records::Db;
+use tttnn::runner::RunConfig;
 use tttnn::Result;
 
 use super::ui::Printer;
@@ -22,7 +23,7 @@ pub struct Args {
 /// Runs the subcommand.
 pub fn run(args: Args, p: &Printer) -> Result<()> {
     let db = Db::open(&args.out)?;
-    let id = db.merge_shards(&args.inputs)?;
+    let id = db.merge_shards(&args.inputs, &RunConfig::recorded_without_shard)?;
     p.say(format!(
         "merged {} shard(s) into run {id} of {}",
         args.inputs.len(),

@@ -3,8 +3,10 @@
 //!
 //! Under `tttnn run --lanes L` every trainable weight is a view of shape `[L, ...]` into the
 //! lanes' flat buffer (`ttt::FlatWeights`): lane `l` of the input batch (`[L, seq, hidden]`) goes
-//! through lane `l`'s weights, so L documents train at once with batched matmuls. A layer tells the
-//! two apart by the weight's rank; with one set of weights it computes exactly as before lanes.
+//! through lane `l`'s weights, so L documents train at once with batched matmuls. The model states
+//! its layout (`lm::Layout`, checked against every batch in `LanguageModel::forward`); a layer
+//! follows it through its weight's rank, and with one set of weights it computes exactly as
+//! before lanes (the single kernels: `addmm`, `linear`, fused LayerNorm).
 //!
 //! With `--adapter lora` the linear layers named in [`Lora::targets`] also carry a LoRA adapter
 //! (PEFT's `lora_A`, `lora_B`): the base weights are frozen and shared by every lane, and only the
@@ -303,8 +305,8 @@ mod tests {
             let lm = LanguageModel::load_with(&dir(family), Device::Cpu, Some(&lora(&[]))).unwrap();
             let targets = &lm.lora.as_ref().unwrap().targets;
             assert!(targets.iter().any(|t| t == default_target), "{targets:?}");
-            let before = tch::no_grad(|| base.forward(&ids, false));
-            let same = tch::no_grad(|| lm.forward(&ids, false));
+            let before = tch::no_grad(|| base.forward(&ids, false)).unwrap();
+            let same = tch::no_grad(|| lm.forward(&ids, false)).unwrap();
             assert_eq!((before - &same).abs().max().double_value(&[]), 0.0, "B = 0");
 
             let frozen: Vec<(String, Tensor)> = lm
@@ -333,7 +335,7 @@ mod tests {
                     "{name}"
                 );
             }
-            let after = tch::no_grad(|| lm.forward(&ids, false));
+            let after = tch::no_grad(|| lm.forward(&ids, false)).unwrap();
             assert!(
                 (after - same).abs().max().double_value(&[]) > 1e-4,
                 "{family}: adapters train"

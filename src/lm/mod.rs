@@ -71,6 +71,17 @@ impl Precision {
     }
 }
 
+/// How a model's trainable weights are laid out: one set, or one set per lane (`tttnn run
+/// --lanes`, `ttt::LaneTrainer`), lane `l` of a batch computed with set `l`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// One set of weights: any batch, the single-document kernels (`addmm`, fused LayerNorm).
+    #[default]
+    Single,
+    /// This many sets: a batch is exactly one sequence per lane, through batched kernels.
+    Lanes(usize),
+}
+
 /// The seed LoRA adapters are drawn with: every document's adapters start from the same draw.
 const LORA_SEED: i64 = 0x10_4A;
 
@@ -136,6 +147,8 @@ pub struct LanguageModel {
     pub lora: Option<Lora>,
     /// Where it was loaded from.
     pub dir: PathBuf,
+    /// One set of weights, or one per lane (set by `ttt::FlatWeights`).
+    layout: Layout,
 }
 
 impl LanguageModel {
@@ -244,6 +257,7 @@ impl LanguageModel {
             dropout,
             lora,
             dir: dir.to_path_buf(),
+            layout: Layout::Single,
         })
     }
 
@@ -258,13 +272,33 @@ impl LanguageModel {
         Ok(())
     }
 
-    /// Logits `[batch, seq, vocab]`; `train` turns dropout on.
-    pub fn forward(&self, ids: &Tensor, train: bool) -> Tensor {
-        match &self.network {
+    /// Logits `[batch, seq, vocab]`; `train` turns dropout on. A model laid out for L lanes
+    /// takes a batch of exactly L sequences: any other is refused, never broadcast.
+    pub fn forward(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
+        if let Layout::Lanes(lanes) = self.layout {
+            let batch = ids.size().first().copied().unwrap_or(0);
+            if batch != lanes as i64 {
+                return Err(Error::internal(format!(
+                    "{}: a batch of {batch} sequences through weights laid out for {lanes} lanes",
+                    self.dir.display()
+                )));
+            }
+        }
+        Ok(match &self.network {
             Network::Gpt2(m) => m.forward(ids, train),
             Network::GptNeo(m) => m.forward(ids, train),
             Network::Llama(m) => m.forward(ids, train),
-        }
+        })
+    }
+
+    /// One set of weights, or one per lane.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// Records how `ttt::FlatWeights` laid the weights out (the layers follow the weights' shapes).
+    pub(crate) fn set_layout(&mut self, layout: Layout) {
+        self.layout = layout;
     }
 
     /// Token ids of `text` without special tokens, as lm-eval's `tok_encode`.

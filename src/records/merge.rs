@@ -3,7 +3,6 @@ use std::path::{Path, PathBuf};
 
 use super::{Db, RunStatus};
 use crate::error::{Error, Result};
-use crate::runner::RunConfig;
 
 /// One shard database's run, as merge checks it.
 #[derive(Debug, Clone)]
@@ -12,18 +11,25 @@ struct ShardRun {
     index: usize,
     count: usize,
     status: String,
-    /// Its settings with the shard left out: every shard of one run has the same.
-    config: RunConfig,
+    /// Its settings with the shard left out (as `same_settings` gives them): every shard of one
+    /// run has the same.
+    config: String,
 }
 
 impl Db {
     /// Copies every run of the databases `inputs` into this one as one run: they must be shards
-    /// (`--shard I/N`, all N present once) of the same settings. Returns the new run's id.
-    pub fn merge_shards(&self, inputs: &[PathBuf]) -> Result<i64> {
+    /// (`--shard I/N`, all N present once) of the same settings, which `without_shard` gives for
+    /// a recorded config JSON (the runner's settings, the shard left out). Returns the new run's
+    /// id.
+    pub fn merge_shards(
+        &self,
+        inputs: &[PathBuf],
+        without_shard: &dyn Fn(&str) -> Result<String>,
+    ) -> Result<i64> {
         let result = inputs
             .iter()
             .enumerate()
-            .map(|(i, input)| self.attach_shard(i, input))
+            .map(|(i, input)| self.attach_shard(i, input, without_shard))
             .collect::<Result<Vec<_>>>()
             .and_then(|shards| {
                 self.check_shards(&shards)?;
@@ -38,11 +44,16 @@ impl Db {
                 .execute_batch(&format!("DETACH DATABASE IF EXISTS shard{i}"));
         }
         let id = result?;
-        self.refresh_settings_view()?;
+        self.refresh_settings_view(None)?;
         Ok(id)
     }
 
-    fn attach_shard(&self, i: usize, input: &Path) -> Result<ShardRun> {
+    fn attach_shard(
+        &self,
+        i: usize,
+        input: &Path,
+        without_shard: &dyn Fn(&str) -> Result<String>,
+    ) -> Result<ShardRun> {
         if !input.is_file() {
             return Err(Error::bad_file(input, "no results database here"));
         }
@@ -78,14 +89,14 @@ impl Db {
                 ),
             )
         })?;
-        let config = RunConfig::from_recorded(&config)
+        let config = without_shard(&config)
             .map_err(|e| Error::bad_file(input, format!("run config unreadable: {e}")))?;
         Ok(ShardRun {
             path: input.to_path_buf(),
             index: index as usize,
             count: count as usize,
             status,
-            config: config.without_shard(),
+            config,
         })
     }
 
@@ -194,7 +205,8 @@ mod tests {
                     shard: Shard::ALL,
                     lanes: 1,
                     adapter: "full".into(),
-                    config: RunConfig::default().to_json().unwrap(),
+                    config: "{}".into(),
+                    defaults: "{}".into(),
                 })
                 .unwrap();
             }
@@ -203,7 +215,7 @@ mod tests {
         // The same refusal twice: the first attempt's ATTACH did not outlive it.
         for _ in 0..2 {
             let e = out
-                .merge_shards(std::slice::from_ref(&two_runs))
+                .merge_shards(std::slice::from_ref(&two_runs), &|c| Ok(c.to_string()))
                 .unwrap_err();
             assert!(e.to_string().contains("holds 2 runs"), "{e}");
         }

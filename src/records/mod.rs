@@ -42,6 +42,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "006_lanes_and_adapters",
         include_str!("../../migrations/006_lanes_and_adapters.sql"),
     ),
+    (
+        "007_training_tokens",
+        include_str!("../../migrations/007_training_tokens.sql"),
+    ),
 ];
 
 /// A results database. DuckDB lets one process write a file, or several read it, at a time
@@ -158,7 +162,7 @@ impl Db {
             self.conn
                 .execute_batch("CHECKPOINT")
                 .map_err(|e| self.err(e))?;
-            self.refresh_settings_view()?;
+            self.refresh_settings_view(None)?;
         }
         // The weights live in code (corpus::PILE_SETS) so one table feeds both the CLI and SQL.
         let have: i64 = self

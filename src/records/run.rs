@@ -54,8 +54,11 @@ pub struct NewRun<'a> {
     pub lanes: usize,
     /// What TTT trains: `full`, or `lora r=… alpha=… targets`.
     pub adapter: String,
-    /// The run's settings as JSON (`RunConfig`).
+    /// The run's settings as JSON (the runner's settings type).
     pub config: String,
+    /// Every setting at its default, as JSON: the `run_settings` view has a column for each,
+    /// whether or not an older run in the database recorded it.
+    pub defaults: String,
 }
 
 /// A recorded run as resume and merge read it.
@@ -89,6 +92,10 @@ pub struct DocRecord {
     pub alpha_source: Option<String>,
     pub context_tokens: Option<usize>,
     pub context_fallback: Option<bool>,
+    /// Tokens its training put through the model.
+    pub train_tokens: usize,
+    /// Token positions its training computed, padding of lanes included.
+    pub computed_tokens: f64,
     /// The largest 13-gram Jaccard similarity of a neighbour with the document (leakage audit).
     pub max_jaccard13: Option<f64>,
 }
@@ -142,7 +149,7 @@ impl Db {
                 |r| r.get(0),
             )
             .map_err(|e| self.err(e))?;
-        self.refresh_settings_view()?;
+        self.refresh_settings_view(Some(&run.defaults))?;
         Ok(id)
     }
 
@@ -234,8 +241,9 @@ impl Db {
             c.execute(
                 "INSERT INTO docs (run_id, doc_id, set_name, bytes, words, tokens, neighbors_used,
                      complete, retrieval_s, train_s, eval_s, task, position, seq, train_steps, skipped_chunks,
-                     alpha, alpha_source, context_tokens, context_fallback, max_jaccard13)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     alpha, alpha_source, context_tokens, context_fallback, max_jaccard13,
+                     train_tokens, computed_tokens)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 params![
                     run_id,
                     doc.doc_id,
@@ -258,6 +266,8 @@ impl Db {
                     doc.context_tokens.map(|n| n as i64),
                     doc.context_fallback,
                     doc.max_jaccard13,
+                    doc.train_tokens as i64,
+                    doc.computed_tokens,
                 ],
             )?;
             {
@@ -291,19 +301,29 @@ impl Db {
     }
 
     /// (Re)creates the view `run_settings`: one row per run, one column per setting of its config
-    /// JSON, typed from the recorded values (and today's defaults), so a new setting shows up as a
-    /// column without a migration.
-    pub(crate) fn refresh_settings_view(&self) -> Result<()> {
-        let defaults = crate::runner::RunConfig::default().to_json()?;
-        let structure: String = self
+    /// JSON, typed from the recorded values (and `defaults`, every setting of this tttnn at its
+    /// default, when the caller has them), so a new setting shows up as a column without a
+    /// migration.
+    pub(crate) fn refresh_settings_view(&self, defaults: Option<&str>) -> Result<()> {
+        let structure: Option<String> = self
             .conn
             .query_row(
                 "SELECT CAST(json_group_structure(c) AS VARCHAR) FROM
-                     (SELECT config AS c FROM runs UNION ALL SELECT CAST(? AS JSON))",
-                params![defaults],
+                     (SELECT config AS c FROM runs
+                      UNION ALL SELECT CAST(? AS JSON) WHERE ? IS NOT NULL)",
+                params![defaults, defaults],
                 |r| r.get(0),
             )
             .map_err(|e| self.err(e))?;
+        let Some(structure) = structure.filter(|s| s.starts_with('{')) else {
+            // No run and no defaults (or no settings in them): nothing to type settings by yet.
+            return self
+                .conn
+                .execute_batch(
+                    "CREATE OR REPLACE VIEW run_settings AS SELECT id AS run_id FROM runs",
+                )
+                .map_err(|e| self.err(e));
+        };
         // A setting that is null in every run has no type to read: VARCHAR shows the nulls.
         let structure = structure.replace("\"NULL\"", "\"VARCHAR\"");
         self.conn
@@ -339,6 +359,7 @@ mod tests {
             lanes: 1,
             adapter: "full".into(),
             config,
+            defaults: RunConfig::default().to_json().unwrap(),
         }
     }
 

@@ -1,7 +1,6 @@
 //! The `interpolate` baseline (docs/spec.md §4.2), a kNN-LM variant: the neighbours' unigram
 //! distribution mixed into the LM's with weight α, and α's choice per task.
-use super::methods::{score_at_points, Outcome};
-use super::session::Session;
+use super::retrieve::Retriever;
 use super::settings::RunConfig;
 use crate::error::Result;
 use crate::eval::{self, Mixture};
@@ -62,63 +61,63 @@ fn best(totals: &[f64]) -> usize {
     (0..totals.len()).fold(0, |b, i| if totals[i] > totals[b] { i } else { b })
 }
 
-impl Session<'_> {
-    /// interpolate's α for a task: fixed, or the best of [`ALPHA_GRID`] on up to `alpha_docs`
-    /// held-out documents (the task's test documents outside the evaluated subset). The original
-    /// picked it per task on the test set itself, an oracle.
-    pub(super) fn choose_alpha(&self, set_name: &str) -> Result<Alpha> {
-        let cfg = self.cfg;
-        if let Some(value) = cfg.alpha {
-            return Ok(Alpha {
-                value,
-                source: AlphaSource::Fixed,
-            });
-        }
-        let docs = self.store.documents_of(&cfg.split, Some(set_name))?;
-        let held_out = held_out(docs.len(), cfg);
-        if held_out.is_empty() {
-            tracing::warn!(
-                "{set_name}: no held-out documents to choose α on; using {DEFAULT_ALPHA}"
-            );
-            return Ok(Alpha {
-                value: DEFAULT_ALPHA,
-                source: AlphaSource::Default,
-            });
-        }
-        let mut totals = vec![0.0; ALPHA_GRID.len()];
-        for &i in &held_out {
-            let Some(doc) = self.store.document(&docs[i].id)? else {
-                continue;
-            };
-            let neighbors = self.neighbors(&doc.embedding, &docs[i].id)?;
-            if neighbors.is_empty() {
-                continue;
-            }
-            let knn = Neighbourhood::new(self.lm, &neighbors)?.mixture(neighbors.len());
-            let tokens = self.lm.encode(&doc.text)?;
-            let scores = eval::score_tokens(
-                self.lm,
-                &tokens,
-                &[],
-                Some(&Mixture {
-                    distribution: &knn,
-                    alphas: &ALPHA_GRID,
-                }),
-            )?;
-            for (t, s) in totals.iter_mut().zip(scores) {
-                *t += s;
-            }
-        }
-        let value = ALPHA_GRID[best(&totals)];
-        tracing::info!(
-            "{set_name}: α = {value} chosen on {} held-out documents",
-            held_out.len()
-        );
-        Ok(Alpha {
+/// interpolate's α for a task: fixed, or the best of [`ALPHA_GRID`] on up to `alpha_docs`
+/// held-out documents (the task's test documents outside the evaluated subset), their neighbours
+/// found as the run finds them. The original picked it per task on the test set itself, an oracle.
+pub(super) fn choose_alpha(
+    retriever: &Retriever,
+    lm: &LanguageModel,
+    set_name: &str,
+) -> Result<Alpha> {
+    let (cfg, store) = (retriever.cfg, &retriever.store);
+    if let Some(value) = cfg.alpha {
+        return Ok(Alpha {
             value,
-            source: AlphaSource::HeldOut,
-        })
+            source: AlphaSource::Fixed,
+        });
     }
+    let docs = store.documents_of(&cfg.split, Some(set_name))?;
+    let held_out = held_out(docs.len(), cfg);
+    if held_out.is_empty() {
+        tracing::warn!("{set_name}: no held-out documents to choose α on; using {DEFAULT_ALPHA}");
+        return Ok(Alpha {
+            value: DEFAULT_ALPHA,
+            source: AlphaSource::Default,
+        });
+    }
+    let mut totals = vec![0.0; ALPHA_GRID.len()];
+    for &i in &held_out {
+        let Some(doc) = store.document(&docs[i].id)? else {
+            continue;
+        };
+        let neighbors = retriever.neighbors(&doc.embedding, &docs[i].id)?;
+        if neighbors.is_empty() {
+            continue;
+        }
+        let knn = Neighbourhood::new(lm, &neighbors)?.mixture(neighbors.len());
+        let tokens = lm.encode(&doc.text)?;
+        let scores = eval::score_tokens(
+            lm,
+            &tokens,
+            &[],
+            Some(&Mixture {
+                distribution: &knn,
+                alphas: &ALPHA_GRID,
+            }),
+        )?;
+        for (t, s) in totals.iter_mut().zip(scores) {
+            *t += s;
+        }
+    }
+    let value = ALPHA_GRID[best(&totals)];
+    tracing::info!(
+        "{set_name}: α = {value} chosen on {} held-out documents",
+        held_out.len()
+    );
+    Ok(Alpha {
+        value,
+        source: AlphaSource::HeldOut,
+    })
 }
 
 /// What the kNN distribution is made of: each neighbour's unigram distribution over the LM's
@@ -145,27 +144,37 @@ impl Neighbourhood {
     }
 }
 
-/// The document scored with the first k neighbours' mixture at each `eval_at` k, α fixed per task.
-pub(super) fn interpolate(
-    cfg: &RunConfig,
-    lm: &LanguageModel,
-    text: &str,
-    neighbors: &[Neighbor],
-    alpha: Alpha,
-) -> Result<Outcome> {
-    let mut out = Outcome::scored(lm, text)?;
-    let tokens = lm.encode(text)?;
-    let neighbourhood = Neighbourhood::new(lm, neighbors)?;
-    score_at_points(cfg, neighbors, &mut out, |k| {
-        let knn = neighbourhood.mixture(k);
+/// A document's interpolate scoring: its tokens, its neighbourhood and the task's α.
+pub(super) struct Interpolate {
+    tokens: Vec<i64>,
+    neighbourhood: Neighbourhood,
+    pub alpha: Alpha,
+}
+
+impl Interpolate {
+    /// Tokenizes `text` and its `neighbors`' unigram distributions.
+    pub fn new(
+        lm: &LanguageModel,
+        text: &str,
+        neighbors: &[Neighbor],
+        alpha: Alpha,
+    ) -> Result<Self> {
+        Ok(Self {
+            tokens: lm.encode(text)?,
+            neighbourhood: Neighbourhood::new(lm, neighbors)?,
+            alpha,
+        })
+    }
+
+    /// The document's log-likelihood with the first `k` neighbours' mixture (α fixed per task).
+    pub fn score(&self, lm: &LanguageModel, k: usize) -> Result<f64> {
+        let knn = self.neighbourhood.mixture(k);
         let mixture = Mixture {
             distribution: &knn,
-            alphas: &[alpha.value],
+            alphas: &[self.alpha.value],
         };
-        Ok(eval::score_tokens(lm, &tokens, &[], Some(&mixture))?[0])
-    })?;
-    out.alpha = Some(alpha);
-    Ok(out)
+        Ok(eval::score_tokens(lm, &self.tokens, &[], Some(&mixture))?[0])
+    }
 }
 
 #[cfg(test)]

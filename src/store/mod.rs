@@ -4,16 +4,17 @@
 //! `Store` is synchronous: it owns the tokio runtime LanceDB needs, as LanceDB's own Python sync
 //! API does, so the rest of the library (and its callers) never see an `async fn`. The type is one,
 //! its concerns are split across files as lance splits `Dataset`: this file opens, appends and
-//! reads documents; `search.rs` retrieves; `index.rs` builds and drops vector indexes; `arrow.rs`
+//! reads documents (their types in `document.rs`); `search.rs` retrieves; `index.rs` builds and drops vector indexes; `arrow.rs`
 //! reads the table's columns; `neighbor_table.rs` keeps neighbours retrieved once for many runs;
 //! `exact_batch.rs` finds many queries' exact neighbours at once by matrix products.
 mod arrow;
+mod batch_search;
+mod document;
 mod exact_batch;
 mod index;
 mod neighbor_table;
 mod search;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use futures::TryStreamExt;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
 use lancedb::Table;
 
+pub use document::{DocRef, Document, EncoderRecord, StoredText};
 pub(crate) use exact_batch::flat_search_order;
 pub use exact_batch::{BatchNeighbor, BatchQuery, BatchSearch, BatchStats, Product, Slice};
 pub use index::{IndexKind, IndexParams};
@@ -92,93 +94,6 @@ pub(crate) fn wait_for_creator<T>(
 
 /// Name of the table holding the corpus.
 pub(crate) const DOCUMENTS: &str = "documents";
-
-/// One corpus document as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Document {
-    /// Stable id.
-    pub id: String,
-    /// `train`, `validation` or `test`.
-    pub split: String,
-    /// The Pile set name (`Github`, `FreeLaw`, ...).
-    pub set_name: String,
-    /// Source file the document came from.
-    pub source: String,
-    /// 1-based line of the document in its source file.
-    pub line: u64,
-    /// Full text.
-    pub text: String,
-    /// Encoder embedding.
-    pub embedding: Vec<f32>,
-}
-
-/// Where a stored document came from, without its text or embedding.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DocRef {
-    /// Document id.
-    pub id: String,
-    /// The Pile set name.
-    pub set_name: String,
-    /// Source file.
-    pub source: String,
-    /// 1-based line in the source file.
-    pub line: u64,
-}
-
-/// A stored document's embedding and text.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredText {
-    /// Encoder embedding.
-    pub embedding: Vec<f32>,
-    /// Full text.
-    pub text: String,
-}
-
-/// How a store's embeddings were computed, kept in the Lance table's config (`tttnn.encoder.*`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct EncoderRecord {
-    /// Encoder directory.
-    pub dir: String,
-    /// ONNX Runtime execution provider that ran, e.g. `CUDAExecutionProvider`.
-    pub provider: String,
-    /// `fp32`, `fp32+tf32` or `fp16`.
-    pub precision: String,
-    /// ONNX Runtime library version.
-    pub ort_version: String,
-}
-
-impl EncoderRecord {
-    const KEYS: [&'static str; 4] = [
-        "tttnn.encoder.dir",
-        "tttnn.encoder.provider",
-        "tttnn.encoder.precision",
-        "tttnn.encoder.ort_version",
-    ];
-
-    fn entries(&self) -> Vec<(String, String)> {
-        let values = [
-            &self.dir,
-            &self.provider,
-            &self.precision,
-            &self.ort_version,
-        ];
-        Self::KEYS
-            .iter()
-            .zip(values)
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect()
-    }
-
-    fn from_config(config: &HashMap<String, String>) -> Option<Self> {
-        let get = |i: usize| config.get(Self::KEYS[i]).cloned();
-        Some(Self {
-            dir: get(0)?,
-            provider: get(1)?,
-            precision: get(2)?,
-            ort_version: get(3)?,
-        })
-    }
-}
 
 /// The LanceDB corpus store.
 pub struct Store {

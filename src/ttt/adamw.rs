@@ -1,242 +1,11 @@
-//! AdamW and gradient clipping over one flat buffer.
-//!
-//! Every trainable weight of the model is made a view into one flat tensor (`set_data`, as
-//! PyTorch's DDP does with `gradient_as_bucket_view`), and so is every gradient. AdamW and
-//! `clip_grad_norm_` then run as a handful of kernels on whole buffers instead of about ten kernels
-//! per weight tensor (≈1,500 launches per step for GPT-2's 148 tensors; a batch-1 step on a GPU is
-//! bound by the host launching them). The clip coefficient stays on the device: no host sync.
-//!
-//! With [`Precision::Bf16`] this is mixed precision: the flat fp32 buffer holds the master weights
-//! and AdamW's moments, the model computes with bf16 working weights (a second flat buffer, copied
-//! from the masters after every step), its gradients come out in bf16 and are widened to fp32
-//! before clipping and the update. Pure bf16 AdamW loses most updates at the paper's learning rates
-//! (lr 2e-5 moves a weight by far less than bf16's 2⁻⁸ relative step).
-use std::path::Path;
-
+//! torch's AdamW with `clip_grad_norm_` on the flat buffers of [`FlatWeights`]: one routine for
+//! one set of weights or for lanes, one step count per set. Written out (rather than libtorch's
+//! C++ optimizer) so the moments can be saved and restored (`checkpoint.rs`): a resumed run goes on
+//! with the state the original carries across documents (docs/spec.md §2).
 use tch::{Kind, Tensor};
 
-use crate::error::{Error, Result};
-use crate::lm::{LanguageModel, Precision};
-
-use super::TrainConfig;
-
-/// Where one weight lives in the flat buffers.
-#[derive(Debug, Clone)]
-struct Slot {
-    /// HF name.
-    name: String,
-    /// First element in the flat buffers.
-    offset: i64,
-    /// Elements.
-    numel: i64,
-    /// The weight's shape.
-    shape: Vec<i64>,
-}
-
-/// The model's trainable weights and their gradients as views into flat buffers, plus the
-/// pretrained values for the per-document reset.
-pub struct FlatWeights {
-    slots: Vec<Slot>,
-    /// fp32 weights: the model's own with fp32, the masters with bf16.
-    master: Tensor,
-    /// bf16 working weights the model computes with (mixed precision only).
-    working: Option<Tensor>,
-    /// Gradients, in the model's dtype; each weight's `.grad` is a view into it.
-    grad: Tensor,
-    /// fp32 copy of the pretrained weights.
-    pretrained: Tensor,
-    /// Lanes: every buffer but `pretrained` is `[lanes, P]` (None: `[P]`, one document at a time).
-    lanes: Option<i64>,
-}
-
-impl FlatWeights {
-    /// Moves `lm`'s trainable weights (expected in fp32) into flat buffers in `precision`.
-    pub fn new(lm: &LanguageModel, precision: Precision) -> Result<Self> {
-        Self::build(lm, precision, None)
-    }
-
-    /// As [`FlatWeights::new`] with `lanes` copies of every weight, each starting pretrained; the
-    /// model then computes lane `l` of its batch with copy `l`.
-    pub fn with_lanes(lm: &LanguageModel, precision: Precision, lanes: usize) -> Result<Self> {
-        Self::build(lm, precision, Some(lanes as i64))
-    }
-
-    fn build(lm: &LanguageModel, precision: Precision, lanes: Option<i64>) -> Result<Self> {
-        let mut vars: Vec<(String, Tensor)> = lm
-            .var_store()
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        // Sorted by name: a saved optimizer state maps back by name, whatever the map order.
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut slots = Vec::with_capacity(vars.len());
-        let mut offset = 0;
-        for (name, t) in &vars {
-            let numel = t.numel() as i64;
-            slots.push(Slot {
-                name: name.clone(),
-                offset,
-                numel,
-                shape: t.size(),
-            });
-            offset += numel;
-        }
-        let device = lm.device();
-        precision.apply(device)?;
-        let work_kind = match precision {
-            Precision::Fp32 | Precision::Tf32 => Kind::Float,
-            Precision::Bf16 => Kind::BFloat16,
-        };
-        if work_kind != Kind::Float {
-            // Frozen weights (the base under LoRA) are only computed with: bf16 like the rest.
-            for (name, mut t) in lm.var_store().variables() {
-                if !t.requires_grad() {
-                    let narrow = t.to_kind(work_kind);
-                    t.f_set_data(&narrow)
-                        .map_err(|e| Error::torch(format!("casting frozen weight {name}"), e))?;
-                }
-            }
-        }
-        let flat = tch::no_grad(|| -> Result<Self> {
-            let pretrained = Tensor::empty([offset], (Kind::Float, device));
-            for (slot, (_, t)) in slots.iter().zip(&vars) {
-                pretrained
-                    .narrow(0, slot.offset, slot.numel)
-                    .copy_(&t.to_kind(Kind::Float).reshape([-1]));
-            }
-            let master = match lanes {
-                None => pretrained.copy(),
-                Some(l) => pretrained.unsqueeze(0).repeat([l, 1]),
-            };
-            let working = (work_kind != Kind::Float).then(|| master.to_kind(work_kind));
-            let grad = Tensor::zeros(master.size(), (work_kind, device));
-            let flat = Self {
-                slots,
-                master,
-                working,
-                grad,
-                pretrained,
-                lanes,
-            };
-            let model_buf = flat.working.as_ref().unwrap_or(&flat.master);
-            for (slot, (name, t)) in flat.slots.iter().zip(vars.iter_mut()) {
-                t.f_set_data(&flat.view(model_buf, slot))
-                    .map_err(|e| Error::torch(format!("flattening weight {name}"), e))?;
-            }
-            Ok(flat)
-        })?;
-        flat.bind_grads(&vars)?;
-        Ok(flat)
-    }
-
-    /// Makes each weight's `.grad` a view into the flat gradient buffer. Autograd accumulates into
-    /// a defined `.grad` in place, so one zero-gradient backward pass creates them, then their data
-    /// is swapped for the views.
-    fn bind_grads(&self, vars: &[(String, Tensor)]) -> Result<()> {
-        let touch = vars
-            .iter()
-            .map(|(_, t)| t.sum(Kind::Float))
-            .reduce(|a, b| a + b);
-        if let Some(touch) = touch {
-            (touch * 0.0).backward();
-        }
-        tch::no_grad(|| {
-            for (slot, (name, t)) in self.slots.iter().zip(vars) {
-                let mut g = t.grad();
-                if !g.defined() {
-                    return Err(Error::internal(format!("weight {name} got no gradient")));
-                }
-                g.f_set_data(&self.view(&self.grad, slot))
-                    .map_err(|e| Error::torch(format!("flattening the gradient of {name}"), e))?;
-            }
-            Ok(())
-        })
-    }
-
-    /// Zeroes every gradient (one kernel).
-    pub fn zero_grad(&mut self) {
-        let _ = self.grad.zero_();
-    }
-
-    /// The gradients in fp32: the flat buffer itself, or a widened copy of the bf16 one.
-    fn grad_fp32(&self) -> Tensor {
-        match self.working {
-            None => self.grad.shallow_clone(),
-            Some(_) => self.grad.to_kind(Kind::Float),
-        }
-    }
-
-    /// Copies the fp32 weights into the bf16 working weights (mixed precision only).
-    fn refresh_working(&mut self) {
-        if let Some(w) = &mut self.working {
-            w.copy_(&self.master);
-        }
-    }
-
-    /// Restores the pretrained weights in place (of every lane).
-    pub fn reset(&mut self) {
-        tch::no_grad(|| {
-            self.master.copy_(&self.pretrained);
-            self.refresh_working();
-        })
-    }
-
-    /// Restores the pretrained weights of lane `lane` in place.
-    pub fn reset_lane(&mut self, lane: usize) {
-        tch::no_grad(|| {
-            let row = self.master.get(lane as i64);
-            row.shallow_clone().copy_(&self.pretrained);
-            if let Some(w) = &self.working {
-                w.get(lane as i64).copy_(&row);
-            }
-        })
-    }
-
-    /// Weight `slot` in `flat`: `[shape]`, or `[lanes, shape]` with lanes.
-    fn view(&self, flat: &Tensor, slot: &Slot) -> Tensor {
-        match self.lanes {
-            None => view(flat, slot),
-            Some(l) => {
-                let mut shape = vec![l];
-                shape.extend_from_slice(&slot.shape);
-                flat.narrow(1, slot.offset, slot.numel).view(&shape[..])
-            }
-        }
-    }
-
-    /// Lanes (1 without).
-    pub fn lanes(&self) -> usize {
-        self.lanes.unwrap_or(1) as usize
-    }
-
-    /// Writes the fp32 weights by HF name to `path` (safetensors, on the CPU); with lanes, every
-    /// lane's as `[lanes, ...]`.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let named: Vec<(String, Tensor)> = self
-            .slots
-            .iter()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    self.view(&self.master, s).to_device(tch::Device::Cpu),
-                )
-            })
-            .collect();
-        Tensor::write_safetensors(&named, path)
-            .map_err(|e| Error::torch(format!("writing {}", path.display()), e))
-    }
-
-    /// Trainable elements.
-    pub fn numel(&self) -> i64 {
-        self.slots.iter().map(|s| s.numel).sum()
-    }
-}
-
-fn view(flat: &Tensor, slot: &Slot) -> Tensor {
-    flat.narrow(0, slot.offset, slot.numel)
-        .view(&slot.shape[..])
-}
+use super::{FlatWeights, TrainConfig};
+use crate::lm::Layout;
 
 /// The part of an AdamW step without per-step scalars, in place: `clip_grad_norm_` of `g` by its
 /// `norm` (coefficient clamped at 1; one norm, or one per lane row), decoupled weight decay of `p`,
@@ -257,17 +26,14 @@ fn clip_decay_and_moments(
     let _ = v.addcmul_(&(&*g * (1.0 - c.beta2)), g);
 }
 
-/// torch's `AdamW` (`torch.optim.AdamW(lr, eps=1e-8)`, decoupled weight decay, bias correction)
-/// on the flat buffers of [`FlatWeights`], written out so its moments can be saved and restored:
-/// a resumed run continues with the state the original carries across documents (docs/spec.md §2), which
-/// libtorch's C++ optimizer does not expose.
+/// `torch.optim.AdamW(lr, eps=1e-8)` (decoupled weight decay, bias correction) after
+/// `clip_grad_norm_`, over the flat buffers of [`FlatWeights`], on the device without a host sync.
 pub struct AdamW {
-    config: TrainConfig,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-    step: i64,
-    /// Each lane's step count (bias correction), with lanes.
-    lane_steps: Vec<i64>,
+    pub(super) config: TrainConfig,
+    pub(super) exp_avg: Tensor,
+    pub(super) exp_avg_sq: Tensor,
+    /// Steps taken (bias correction): one count per set of weights (one, or one per lane).
+    pub(super) steps: Vec<i64>,
 }
 
 impl AdamW {
@@ -279,30 +45,81 @@ impl AdamW {
             config,
             exp_avg: Tensor::zeros(&size[..], opts),
             exp_avg_sq: Tensor::zeros(&size[..], opts),
-            step: 0,
-            lane_steps: vec![0; weights.lanes.map_or(0, |l| l as usize)],
+            steps: vec![0; weights.lanes()],
         }
     }
 
-    /// Zero moments and step count (of every lane).
+    /// Zero moments and step counts (of every lane).
     pub fn reset(&mut self) {
         let _ = self.exp_avg.zero_();
         let _ = self.exp_avg_sq.zero_();
-        self.step = 0;
-        self.lane_steps.iter_mut().for_each(|s| *s = 0);
+        self.steps.iter_mut().for_each(|s| *s = 0);
     }
 
-    /// Zero moments and step count of lane `lane`.
+    /// Zero moments and step count of lane `lane` (of a laned layout).
     pub fn reset_lane(&mut self, lane: usize) {
         let _ = self.exp_avg.get(lane as i64).zero_();
         let _ = self.exp_avg_sq.get(lane as i64).zero_();
-        self.lane_steps[lane] = 0;
+        self.steps[lane] = 0;
     }
 
-    /// Per lane: `clip_grad_norm_` over the lane's own gradients, then one AdamW step with its own
-    /// step count, for the lanes with `stepping[l]`; the others are left exactly as they are.
-    /// Each lane's update is [`AdamW::step`]'s on that lane alone.
-    pub fn step_lanes(&mut self, weights: &mut FlatWeights, stepping: &[bool]) {
+    /// Each set's step count.
+    pub fn steps(&self) -> &[i64] {
+        &self.steps
+    }
+
+    /// `clip_grad_norm_(max_norm)` then one AdamW step of each set `s` with `stepping[s]` (one
+    /// entry per set: `[true]` steps a single set); the others are left exactly as they are.
+    ///
+    /// The single layout keeps the kernels of torch's single-tensor path (one global norm, host
+    /// scalars for the bias corrections): its runs stay bit-identical to those before lanes. With
+    /// lanes each row gets its own norm and step count, so each lane's update is the single one
+    /// on that lane alone (to rounding).
+    pub fn step(&mut self, weights: &mut FlatWeights, stepping: &[bool]) {
+        assert_eq!(
+            stepping.len(),
+            self.steps.len(),
+            "one flag per set of weights"
+        );
+        match weights.layout() {
+            Layout::Single => {
+                if stepping[0] {
+                    self.step_single(weights)
+                }
+            }
+            Layout::Lanes(_) => self.step_lanes(weights, stepping),
+        }
+    }
+
+    fn step_single(&mut self, weights: &mut FlatWeights) {
+        let c = self.config;
+        self.steps[0] += 1;
+        let t = self.steps[0] as i32;
+        let bias1 = 1.0 - c.beta1.powi(t);
+        let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        let step_size = c.lr / bias1;
+        tch::no_grad(|| {
+            let mut g = weights.grad_fp32();
+            // clip_grad_norm_: the 2-norm of all gradients.
+            let norm = g.norm();
+            let p = &mut weights.master;
+            clip_decay_and_moments(
+                &c,
+                &mut g,
+                &norm,
+                p,
+                &mut self.exp_avg,
+                &mut self.exp_avg_sq,
+            );
+            let mut denom = self.exp_avg_sq.sqrt();
+            let _ = denom.g_div_scalar_(bias2_sqrt);
+            let _ = denom.g_add_scalar_(c.eps);
+            let _ = p.g_sub_(&(&self.exp_avg / denom * step_size));
+            weights.refresh_working();
+        })
+    }
+
+    fn step_lanes(&mut self, weights: &mut FlatWeights, stepping: &[bool]) {
         let c = self.config;
         let rows: Vec<i64> = (0..stepping.len() as i64)
             .filter(|&l| stepping[l as usize])
@@ -314,7 +131,7 @@ impl AdamW {
         let mut bias2_sqrt = Vec::with_capacity(rows.len());
         let mut step_size = Vec::with_capacity(rows.len());
         for &l in &rows {
-            let t = &mut self.lane_steps[l as usize];
+            let t = &mut self.steps[l as usize];
             *t += 1;
             bias2_sqrt.push((1.0 - c.beta2.powi(*t as i32)).sqrt() as f32);
             step_size.push((c.lr / (1.0 - c.beta1.powi(*t as i32))) as f32);
@@ -352,112 +169,13 @@ impl AdamW {
             weights.refresh_working();
         })
     }
-
-    /// `clip_grad_norm_(max_norm)` then one AdamW step, on the device without a host sync.
-    pub fn step(&mut self, weights: &mut FlatWeights) {
-        let c = self.config;
-        self.step += 1;
-        let bias1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bias2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt();
-        let step_size = c.lr / bias1;
-        tch::no_grad(|| {
-            let mut g = weights.grad_fp32();
-            // clip_grad_norm_: the 2-norm of all gradients.
-            let norm = g.norm();
-            let p = &mut weights.master;
-            clip_decay_and_moments(
-                &c,
-                &mut g,
-                &norm,
-                p,
-                &mut self.exp_avg,
-                &mut self.exp_avg_sq,
-            );
-            let mut denom = self.exp_avg_sq.sqrt();
-            let _ = denom.g_div_scalar_(bias2_sqrt);
-            let _ = denom.g_add_scalar_(c.eps);
-            let _ = p.g_sub_(&(&self.exp_avg / denom * step_size));
-            weights.refresh_working();
-        })
-    }
-
-    /// Writes the moments, step count and a caller's `tag` (safetensors, by weight name)
-    /// atomically to `path`.
-    pub fn save(&self, weights: &FlatWeights, path: &Path, tag: i64) -> Result<()> {
-        let mut named: Vec<(String, Tensor)> = Vec::with_capacity(2 * weights.slots.len() + 2);
-        for s in &weights.slots {
-            named.push((
-                format!("exp_avg.{}", s.name),
-                weights.view(&self.exp_avg, s).to_device(tch::Device::Cpu),
-            ));
-            named.push((
-                format!("exp_avg_sq.{}", s.name),
-                weights
-                    .view(&self.exp_avg_sq, s)
-                    .to_device(tch::Device::Cpu),
-            ));
-        }
-        named.push(("step".into(), Tensor::from_slice(&[self.step])));
-        named.push(("tag".into(), Tensor::from_slice(&[tag])));
-        let tmp = path.with_extension("tmp");
-        Tensor::write_safetensors(&named, &tmp)
-            .map_err(|e| Error::torch(format!("writing {}", tmp.display()), e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    }
-
-    /// Restores state written by [`AdamW::save`] for the same model; returns its tag.
-    pub fn load(&mut self, weights: &FlatWeights, path: &Path) -> Result<i64> {
-        let tensors = Tensor::read_safetensors(path)
-            .map_err(|e| Error::bad_file(path, format!("not an optimizer state: {e}")))?;
-        let mut by_name: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
-        let mut take = |name: String| {
-            by_name.remove(&name).ok_or_else(|| {
-                Error::bad_file(
-                    path,
-                    format!("optimizer state has no `{name}`: saved for another model?"),
-                )
-            })
-        };
-        let step = take("step".into())?;
-        let tag = take("tag".into())?;
-        tch::no_grad(|| -> Result<()> {
-            for s in &weights.slots {
-                for (prefix, flat) in [
-                    ("exp_avg", &mut self.exp_avg),
-                    ("exp_avg_sq", &mut self.exp_avg_sq),
-                ] {
-                    let name = format!("{prefix}.{}", s.name);
-                    let t = take(name.clone())?;
-                    if t.size() != s.shape {
-                        return Err(Error::bad_file(
-                            path,
-                            format!(
-                                "`{name}` has shape {:?}, the model's weight {:?}",
-                                t.size(),
-                                s.shape
-                            ),
-                        ));
-                    }
-                    weights.view(flat, s).copy_(&t.to_kind(Kind::Float));
-                }
-            }
-            Ok(())
-        })?;
-        self.step = step.int64_value(&[0]);
-        Ok(tag.int64_value(&[0]))
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Device;
-
-    fn tiny_gpt2() -> LanguageModel {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/models/tiny-gpt2");
-        LanguageModel::load(&dir, Device::Cpu).unwrap()
-    }
+    use crate::lm::{LanguageModel, Precision};
+    use crate::ttt::flat::tests::{loss, tiny_gpt2};
 
     /// The per-tensor AdamW and clipping tttnn used before the flat buffers (torch's single-tensor
     /// path): the reference the flat version must equal.
@@ -521,17 +239,6 @@ mod tests {
         }
     }
 
-    fn loss(lm: &LanguageModel, ids: &[i64]) -> Tensor {
-        let t = Tensor::from_slice(ids).unsqueeze(0);
-        let logits = lm.forward(&t, false);
-        let n = ids.len() as i64;
-        logits
-            .narrow(1, 0, n - 1)
-            .reshape([n - 1, lm.vocab_size])
-            .to_kind(Kind::Float)
-            .cross_entropy_for_logits(&t.narrow(1, 1, n - 1).reshape([n - 1]))
-    }
-
     fn weights(lm: &LanguageModel) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = lm
             .var_store()
@@ -568,7 +275,7 @@ mod tests {
         for ids in &chunks {
             flat.zero_grad();
             loss(&lm, ids).backward();
-            opt.step(&mut flat);
+            opt.step(&mut flat, &[true]);
         }
         let (want, got) = (weights(&reference), weights(&lm));
         assert_eq!(want.len(), got.len());
@@ -580,69 +287,5 @@ mod tests {
             moved = moved.max(m);
         }
         assert!(moved > 1e-3, "the weights hardly moved ({moved})");
-    }
-
-    #[test]
-    fn mixed_precision_keeps_fp32_masters_and_bf16_working_weights() {
-        let lm = tiny_gpt2();
-        let mut flat = FlatWeights::new(&lm, Precision::Bf16).unwrap();
-        let mut opt = AdamW::new(
-            &flat,
-            TrainConfig {
-                lr: 2e-5,
-                ..Default::default()
-            },
-        );
-        let ids: Vec<i64> = (0..24).map(|i| (i * 37) % 200 + 3).collect();
-        let name = "transformer.h.0.mlp.c_fc.weight";
-        let before = flat.master(name).copy();
-        flat.zero_grad();
-        loss(&lm, &ids).backward();
-        opt.step(&mut flat);
-        let after = flat.master(name);
-        // At lr 2e-5 nearly every fp32 master weight moves; in bf16 most of these updates would
-        // round away.
-        let changed = after
-            .ne_tensor(&before)
-            .to_kind(Kind::Float)
-            .mean(Kind::Float);
-        assert!(changed.double_value(&[]) > 0.99, "{changed}");
-        let vars = lm.var_store().variables();
-        let working = &vars[name];
-        assert_eq!(working.kind(), Kind::BFloat16);
-        assert_eq!(
-            working
-                .to_kind(Kind::Float)
-                .ne_tensor(&after.to_kind(Kind::BFloat16).to_kind(Kind::Float))
-                .sum(Kind::Int64)
-                .int64_value(&[]),
-            0,
-            "working weights are the rounded masters"
-        );
-        flat.reset();
-        assert_eq!(
-            flat.master(name)
-                .ne_tensor(&before)
-                .sum(Kind::Int64)
-                .int64_value(&[]),
-            0
-        );
-    }
-
-    impl FlatWeights {
-        /// The fp32 master weight `name` (a view of the flat buffer).
-        fn master(&self, name: &str) -> Tensor {
-            self.named(&self.master, name)
-        }
-
-        /// The pretrained copy of weight `name`.
-        fn pretrained_of(&self, name: &str) -> Tensor {
-            self.named(&self.pretrained, name)
-        }
-
-        fn named(&self, flat: &Tensor, name: &str) -> Tensor {
-            let s = self.slots.iter().find(|s| s.name == name).unwrap();
-            view(flat, s)
-        }
     }
 }

@@ -5,8 +5,7 @@
 //! gradient, its clipping and its step are exactly what training it alone gives.
 use tch::{Kind, Tensor};
 
-use super::adamw::{AdamW, FlatWeights};
-use super::{ChunkStep, ShortChunks, TrainConfig, IGNORE_INDEX};
+use super::{AdamW, Chunk, ChunkStep, FlatWeights, TrainConfig, IGNORE_INDEX};
 use crate::error::{Error, Result};
 use crate::lm::LanguageModel;
 
@@ -151,10 +150,20 @@ pub struct LaneTrainer {
     config: TrainConfig,
 }
 
+/// What one round of the lanes did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaneRound {
+    /// What each lane's chunk got (`None`: the lane sat the round out).
+    pub steps: Vec<Option<ChunkStep>>,
+    /// Token positions the round's forward and backward computed: every lane, idle or not,
+    /// padded to the longest chunk (0 when no chunk had a loss).
+    pub computed_tokens: usize,
+}
+
 impl LaneTrainer {
     /// Moves `lm`'s weights into `lanes` copies (each pretrained) and fresh AdamW states; from
-    /// then on `lm` computes lane by lane (`lm::layers`).
-    pub fn new(lm: &LanguageModel, config: TrainConfig, lanes: usize) -> Result<Self> {
+    /// then on `lm` is laid out for `lanes` lanes (`lm::Layout`) and computes lane by lane.
+    pub fn new(lm: &mut LanguageModel, config: TrainConfig, lanes: usize) -> Result<Self> {
         let weights = FlatWeights::with_lanes(lm, config.precision, lanes)?;
         let opt = AdamW::new(&weights, config);
         Ok(Self {
@@ -175,36 +184,49 @@ impl LaneTrainer {
         self.opt.reset_lane(lane);
     }
 
-    /// One round: lane `l` takes one AdamW step on `chunks[l]` (one `max_length` chunk, or
-    /// `None` to sit the round out). Returns what each lane's chunk got.
-    pub fn step(
-        &mut self,
-        lm: &LanguageModel,
-        chunks: &[Option<&[i64]>],
-    ) -> Result<Vec<Option<ChunkStep>>> {
+    /// Writes every lane's AdamW state (moments and step counts) and `tag` to `path`.
+    pub fn save_optimizer(&self, path: &std::path::Path, tag: i64) -> Result<()> {
+        self.opt.save(&self.weights, path, tag)
+    }
+
+    /// Restores every lane's AdamW state from `path`; returns the tag saved with it.
+    pub fn load_optimizer(&mut self, path: &std::path::Path) -> Result<i64> {
+        self.opt.load(&self.weights, path)
+    }
+
+    /// One round: lane `l` gets `chunks[l]` (one chunk, or `None` to sit the round out), the
+    /// chunks with a loss in one batched forward and backward, then one AdamW step per stepping
+    /// lane.
+    pub fn step(&mut self, lm: &LanguageModel, chunks: &[Option<&Chunk>]) -> Result<LaneRound> {
         let lanes = self.lanes();
         assert_eq!(chunks.len(), lanes, "one chunk (or none) per lane");
         let mut out: Vec<Option<ChunkStep>> = vec![None; lanes];
-        let mut stepping = vec![false; lanes];
         for (l, chunk) in chunks.iter().enumerate() {
-            if chunk.is_some_and(|c| c.len() < 2) {
-                // One token: the original's zero-gradient step, or none (`ShortChunks`).
-                stepping[l] = self.config.short_chunks == ShortChunks::Step;
-                out[l] = Some(ChunkStep::short(self.config.short_chunks));
+            out[l] = match chunk {
+                Some(Chunk::ZeroGrad) => Some(ChunkStep::ZeroGrad),
+                Some(Chunk::Skipped) => Some(ChunkStep::SkippedShort),
+                _ => None,
+            };
+        }
+        fn tokens<'c>(c: &Option<&'c Chunk>) -> Option<&'c [i64]> {
+            match c {
+                Some(Chunk::Tokens(t)) => Some(t.as_slice()),
+                _ => None,
             }
         }
         self.weights.zero_grad();
-        let longest = chunks.iter().flatten().map(|c| c.len()).max().unwrap_or(0);
-        if longest >= 2 {
+        let longest = chunks.iter().filter_map(tokens).map(<[i64]>::len).max();
+        let mut computed_tokens = 0;
+        if let Some(t) = longest {
             let device = lm.device();
-            let t = longest;
+            computed_tokens = lanes * t;
             // Padding is any valid token: its positions come after the lane's own (causal
             // attention), and their labels are ignored.
             let mut ids = vec![0i64; lanes * t];
             let mut labels = vec![IGNORE_INDEX; lanes * t];
             let mut targets = vec![1f32; lanes];
             for (l, chunk) in chunks.iter().enumerate() {
-                let Some(c) = chunk.filter(|c| c.len() >= 2) else {
+                let Some(c) = tokens(chunk) else {
                     continue;
                 };
                 ids[l * t..l * t + c.len()].copy_from_slice(c);
@@ -214,7 +236,7 @@ impl LaneTrainer {
             let (l, t) = (lanes as i64, t as i64);
             let ids = Tensor::from_slice(&ids).view([l, t]).to(device);
             let labels = Tensor::from_slice(&labels).view([l * t]).to(device);
-            let logits = lm.forward(&ids, self.config.dropout.on());
+            let logits = lm.forward(&ids, self.config.dropout.on())?;
             let vocab = logits.size()[2];
             let per_token = logits
                 .view([l * t, vocab])
@@ -237,15 +259,20 @@ impl LaneTrainer {
                 Vec::<f64>::try_from(losses.to_kind(Kind::Double).to_device(tch::Device::Cpu))
                     .map_err(|e| Error::torch("reading the lanes' losses", e))?;
             for (l, chunk) in chunks.iter().enumerate() {
-                if chunk.is_some_and(|c| c.len() >= 2) {
-                    let step = ChunkStep::trained(values[l]);
-                    stepping[l] = step.steps();
-                    out[l] = Some(step);
+                if tokens(chunk).is_some() {
+                    out[l] = Some(ChunkStep::trained(values[l]));
                 }
             }
         }
-        self.opt.step_lanes(&mut self.weights, &stepping);
-        Ok(out)
+        let stepping: Vec<bool> = out
+            .iter()
+            .map(|s| s.is_some_and(ChunkStep::steps))
+            .collect();
+        self.opt.step(&mut self.weights, &stepping);
+        Ok(LaneRound {
+            steps: out,
+            computed_tokens,
+        })
     }
 }
 
@@ -291,10 +318,15 @@ mod tests {
             vec![Some(vec![7]), Some(chunk(6, 12)), Some(chunk(7, 2))],
         ];
         for family in ["tiny-gpt2", "tiny-gptneo", "tiny-llama", "tiny-qwen2"] {
-            let lm = fixture(family);
-            let mut lanes = LaneTrainer::new(&lm, config, 3).unwrap();
+            let mut lm = fixture(family);
+            let mut lanes = LaneTrainer::new(&mut lm, config, 3).unwrap();
             for round in &rounds {
-                let chunks: Vec<Option<&[i64]>> = round.iter().map(|c| c.as_deref()).collect();
+                let cut: Vec<Option<Vec<Chunk>>> = round
+                    .iter()
+                    .map(|c| c.as_ref().map(|c| crate::ttt::chunks(c, &config)))
+                    .collect();
+                let chunks: Vec<Option<&Chunk>> =
+                    cut.iter().map(|c| c.as_ref().map(|c| &c[0])).collect();
                 lanes.step(&lm, &chunks).unwrap();
             }
             for lane in 0..3 {
@@ -329,6 +361,53 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_laned_model_refuses_other_batches_and_its_checkpoint_keeps_each_lanes_steps() {
+        let config = TrainConfig {
+            lr: 1e-3,
+            ..Default::default()
+        };
+        let mut lm = fixture("tiny-gpt2");
+        let mut lanes = LaneTrainer::new(&mut lm, config, 2).unwrap();
+        assert_eq!(lm.layout(), crate::lm::Layout::Lanes(2));
+        // One sequence through two lanes' weights: an error, not a broadcast.
+        let one = Tensor::from_slice(&[5i64, 6, 7]).unsqueeze(0);
+        let err = lm.forward(&one, false).unwrap_err().to_string();
+        assert!(
+            err.contains("a batch of 1 sequences") && err.contains("2 lanes"),
+            "{err}"
+        );
+        assert!(
+            Trainer::new(&lm, config).is_err(),
+            "one set over laned weights"
+        );
+        // Lane 0 steps twice, lane 1 once.
+        let a = Chunk::Tokens(vec![5, 6, 7, 8]);
+        lanes.step(&lm, &[Some(&a), Some(&a)]).unwrap();
+        lanes.step(&lm, &[Some(&a), None]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("opt.safetensors");
+        lanes.save_optimizer(&path, 41).unwrap();
+        let mut fresh_lm = fixture("tiny-gpt2");
+        let mut fresh = LaneTrainer::new(&mut fresh_lm, config, 2).unwrap();
+        assert_eq!(fresh.load_optimizer(&path).unwrap(), 41);
+        assert_eq!(fresh.opt.steps(), [2, 1]);
+        assert_eq!(
+            (&fresh.opt.exp_avg - &lanes.opt.exp_avg)
+                .abs()
+                .max()
+                .double_value(&[]),
+            0.0
+        );
+        let mut three_lm = fixture("tiny-gpt2");
+        let mut three = LaneTrainer::new(&mut three_lm, config, 3).unwrap();
+        let err = three.load_optimizer(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("saved for 2 set(s)") && err.contains("has 3"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! Test-time training as the original does it (docs/spec.md §2): each neighbour is tokenized whole, cut
 //! into non-overlapping `max_length` chunks, and each chunk gets one AdamW step (batch 1, train
 //! mode, mean causal-LM loss, clip-norm 1.0). Weights are restored in place after each document.
-//! AdamW and clipping run on flat buffers (`adamw`): a few kernels per step on any device.
+//! The weights train as views into flat buffers (`flat`), one set or one per lane (`lanes`), and
+//! AdamW and clipping run on those buffers (`adamw`): a few kernels per step on any device;
+//! `checkpoint` saves and restores AdamW's state.
 use std::path::Path;
 
 use tch::{Kind, Tensor};
 
 mod adamw;
+mod checkpoint;
+mod flat;
 mod lanes;
 
-pub use adamw::{AdamW, FlatWeights};
-pub use lanes::{LanePlan, LaneTrainer, MAX_AUTO_LANES};
+pub use adamw::AdamW;
+pub use flat::FlatWeights;
+pub use lanes::{LanePlan, LaneRound, LaneTrainer, MAX_AUTO_LANES};
 
 use crate::error::Result;
 
@@ -156,6 +161,46 @@ pub struct TextTraining {
     pub mean_loss: f64,
 }
 
+/// One training chunk of a text, as the original cuts it: `max_length` tokens, the last one
+/// shorter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunk {
+    /// At least two tokens (a next-token target): one AdamW step on their mean loss.
+    Tokens(Vec<i64>),
+    /// One token under [`ShortChunks::Step`]: an AdamW step with zero gradient, as the original.
+    ZeroGrad,
+    /// One token under [`ShortChunks::Skip`]: no step.
+    Skipped,
+}
+
+impl Chunk {
+    /// Tokens the chunk puts through the model (a one-token chunk none: it has no loss).
+    pub fn len(&self) -> usize {
+        match self {
+            Chunk::Tokens(t) => t.len(),
+            Chunk::ZeroGrad | Chunk::Skipped => 0,
+        }
+    }
+
+    /// Whether it puts no token through the model.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `tokens` cut into `config.max_length` chunks in order, the one-token rule applied: the one
+/// place a text becomes training steps.
+pub fn chunks(tokens: &[i64], config: &TrainConfig) -> Vec<Chunk> {
+    tokens
+        .chunks(config.max_length.max(1))
+        .map(|c| match (c.len(), config.short_chunks) {
+            (2.., _) => Chunk::Tokens(c.to_vec()),
+            (_, ShortChunks::Step) => Chunk::ZeroGrad,
+            (_, ShortChunks::Skip) => Chunk::Skipped,
+        })
+        .collect()
+}
+
 /// What one chunk got.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ChunkStep {
@@ -176,14 +221,6 @@ impl ChunkStep {
             ChunkStep::Trained(loss)
         } else {
             ChunkStep::NonFinite
-        }
-    }
-
-    /// A one-token chunk under `policy`.
-    pub fn short(policy: ShortChunks) -> Self {
-        match policy {
-            ShortChunks::Step => ChunkStep::ZeroGrad,
-            ShortChunks::Skip => ChunkStep::SkippedShort,
         }
     }
 
@@ -294,48 +331,54 @@ impl Trainer {
     /// One AdamW step per `max_length` chunk of `tokens`, in order.
     pub fn train_on_tokens(&mut self, lm: &LanguageModel, tokens: &[i64]) -> Result<TextTraining> {
         let mut out = TextTraining::new(tokens.len());
-        for chunk in tokens.chunks(self.config.max_length.max(1)) {
-            if chunk.len() < 2 {
-                if self.config.short_chunks == ShortChunks::Step {
-                    self.weights.zero_grad();
-                    self.opt.step(&mut self.weights);
-                }
-                out.add(ChunkStep::short(self.config.short_chunks));
-                continue;
-            }
-            let ids = Tensor::from_slice(chunk).unsqueeze(0).to(lm.device());
-            let logits = lm.forward(&ids, self.config.dropout.on());
-            let n = chunk.len() as i64;
-            let vocab = logits.size()[2];
-            // As HF's ForCausalLMLoss: shift the labels (padding with ignore_index) rather than
-            // slicing the logits, which would copy a [n, vocab] tensor every step.
-            let labels = Tensor::cat(
-                &[
-                    ids.narrow(1, 1, n - 1),
-                    Tensor::full([1, 1], IGNORE_INDEX, (Kind::Int64, lm.device())),
-                ],
-                1,
-            );
-            let loss = logits
-                .view([n, vocab])
-                .to_kind(Kind::Float)
-                .cross_entropy_loss::<Tensor>(
-                    &labels.view([n]),
-                    None,
-                    tch::Reduction::Mean,
-                    IGNORE_INDEX,
-                    0.0,
-                );
-            self.weights.zero_grad();
-            loss.backward();
-            // The one host sync of a step, after backward is queued so the GPU is busy meanwhile:
-            // a non-finite loss must not reach the weights.
-            let value = loss.double_value(&[]);
-            if value.is_finite() {
-                self.opt.step(&mut self.weights);
-            }
-            out.add(ChunkStep::trained(value));
+        for chunk in chunks(tokens, &self.config) {
+            out.add(self.step(lm, &chunk)?);
         }
         Ok(out.finish())
+    }
+
+    /// What `chunk` gets: one AdamW step on its mean next-token loss (batch 1, train mode), a
+    /// zero-gradient step, or none.
+    pub fn step(&mut self, lm: &LanguageModel, chunk: &Chunk) -> Result<ChunkStep> {
+        let chunk = match chunk {
+            Chunk::Tokens(c) => c,
+            Chunk::ZeroGrad => {
+                self.weights.zero_grad();
+                self.opt.step(&mut self.weights, &[true]);
+                return Ok(ChunkStep::ZeroGrad);
+            }
+            Chunk::Skipped => return Ok(ChunkStep::SkippedShort),
+        };
+        let ids = Tensor::from_slice(chunk).unsqueeze(0).to(lm.device());
+        let logits = lm.forward(&ids, self.config.dropout.on())?;
+        let n = chunk.len() as i64;
+        let vocab = logits.size()[2];
+        // As HF's ForCausalLMLoss: shift the labels (padding with ignore_index) rather than
+        // slicing the logits, which would copy a [n, vocab] tensor every step.
+        let labels = Tensor::cat(
+            &[
+                ids.narrow(1, 1, n - 1),
+                Tensor::full([1, 1], IGNORE_INDEX, (Kind::Int64, lm.device())),
+            ],
+            1,
+        );
+        let loss = logits
+            .view([n, vocab])
+            .to_kind(Kind::Float)
+            .cross_entropy_loss::<Tensor>(
+                &labels.view([n]),
+                None,
+                tch::Reduction::Mean,
+                IGNORE_INDEX,
+                0.0,
+            );
+        self.weights.zero_grad();
+        loss.backward();
+        // The one host sync of a step, after backward is queued so the GPU is busy meanwhile:
+        // a non-finite loss must not reach the weights.
+        let value = loss.double_value(&[]);
+        let step = ChunkStep::trained(value);
+        self.opt.step(&mut self.weights, &[step.steps()]);
+        Ok(step)
     }
 }

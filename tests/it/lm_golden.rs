@@ -15,7 +15,9 @@ fn check(name: &str) {
     assert_eq!(lm.n_ctx, g.n_ctx);
     assert_eq!(lm.eot_id, g.eot_id);
     let ids = Tensor::from_slice(&gl.logits_input_ids).unsqueeze(0);
-    let logits = tch::no_grad(|| lm.forward(&ids, false)).squeeze_dim(0);
+    let logits = tch::no_grad(|| lm.forward(&ids, false))
+        .unwrap()
+        .squeeze_dim(0);
     let d = max_abs_diff(&logits, &want["logits"]);
     assert!(d < 1e-4, "{name}: logits differ by {d}");
     assert!(
@@ -61,7 +63,9 @@ fn check(name: &str) {
     }
     // The in-place reset restores the pretrained weights exactly.
     trainer.reset_weights();
-    let again = tch::no_grad(|| lm.forward(&ids, false)).squeeze_dim(0);
+    let again = tch::no_grad(|| lm.forward(&ids, false))
+        .unwrap()
+        .squeeze_dim(0);
     assert_eq!(max_abs_diff(&again, &logits), 0.0);
 }
 

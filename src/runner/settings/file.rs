@@ -114,6 +114,14 @@ impl RunConfig {
     }
 }
 
+impl RunConfig {
+    /// A recorded config JSON as every shard of its run has it: read as [`RunConfig::from_recorded`]
+    /// reads it, the shard left out (what `merge` compares shards by).
+    pub fn recorded_without_shard(json: &str) -> Result<String> {
+        Self::from_recorded(json)?.without_shard().to_json()
+    }
+}
+
 fn to_map(cfg: &RunConfig) -> Result<Map<String, Value>> {
     match serde_json::to_value(cfg).map_err(|e| Error::json("run settings", e))? {
         Value::Object(m) => Ok(m),

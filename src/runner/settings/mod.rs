@@ -1,12 +1,14 @@
 //! A run's settings: one struct that is at once the `tttnn run` flags (with their `TTTNN_*` env
 //! vars), the `--config` TOML schema and the config JSON recorded with the run, so a setting and
 //! its default are written once. Precedence: flag > env var > TOML file > default (`file.rs`).
+mod checks;
 mod file;
+mod values;
 
 pub use file::SettingsFile;
-use std::fmt;
+pub use values::{Adapter, ContextOrder, EvalAt, LaneOrder, Lanes, Method};
+
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -18,193 +20,6 @@ use crate::store::{SearchMode, DEFAULT_REFINE_FACTOR};
 use crate::task::{Shard, Task, SEED};
 use crate::ttt::{Dropout, OptimizerState, ShortChunks};
 use crate::Device;
-
-/// What a run does with each document's neighbours (docs/spec.md §2, §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Method {
-    /// Test-time training on the neighbours, nearest first (the paper).
-    #[default]
-    TttNn,
-    /// Neighbour text in the model's window before the document, nearest next to it.
-    InContext,
-    /// kNN-LM style: the neighbours' unigram distribution mixed into the LM's with weight α.
-    Interpolate,
-    /// Dynamic evaluation: train on the document's own prefix `neighbors` times, score the rest.
-    DynamicEval,
-    /// The base model only (k = 0).
-    None,
-}
-
-impl Method {
-    /// Whether the method trains the model (and so needs the trainer and AdamW state).
-    pub fn trains(self) -> bool {
-        matches!(self, Method::TttNn | Method::DynamicEval)
-    }
-
-    /// Whether the method retrieves neighbours.
-    pub fn uses_neighbors(self) -> bool {
-        matches!(
-            self,
-            Method::TttNn | Method::InContext | Method::Interpolate
-        )
-    }
-}
-
-/// How many test documents train at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lanes {
-    /// This many.
-    Fixed(usize),
-    /// As many as the memory plan fits (`ttt::LanePlan`).
-    Auto,
-}
-
-impl Lanes {
-    /// Whether the run may use more than one lane.
-    pub fn many(self) -> bool {
-        self != Lanes::Fixed(1)
-    }
-}
-
-impl FromStr for Lanes {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.trim() {
-            "auto" => Ok(Lanes::Auto),
-            n => n
-                .parse()
-                .map(Lanes::Fixed)
-                .map_err(|_| format!("`{n}` is neither a number of lanes nor auto")),
-        }
-    }
-}
-
-impl fmt::Display for Lanes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Lanes::Fixed(n) => write!(f, "{n}"),
-            Lanes::Auto => f.write_str("auto"),
-        }
-    }
-}
-
-impl Serialize for Lanes {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        match self {
-            Lanes::Fixed(n) => s.serialize_u64(*n as u64),
-            Lanes::Auto => s.serialize_str("auto"),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Lanes {
-    /// A number (TOML `lanes = 4`) or "auto".
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        match Value::deserialize(d)? {
-            Value::Number(n) => n
-                .as_u64()
-                .map(|n| Lanes::Fixed(n as usize))
-                .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a number of lanes"))),
-            Value::String(s) => s.parse().map_err(serde::de::Error::custom),
-            other => Err(serde::de::Error::custom(format!(
-                "{other} is neither a number of lanes nor \"auto\""
-            ))),
-        }
-    }
-}
-
-/// What test-time training trains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Adapter {
-    /// Every weight (the paper).
-    #[default]
-    Full,
-    /// LoRA adapters on a frozen base, one per document (a departure; activeft's setup).
-    Lora,
-}
-
-/// How in-context neighbours are laid out in the window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ContextOrder {
-    /// Farthest first, nearest right before the document; what does not fit is cut from the
-    /// farthest end (what the paper describes).
-    #[default]
-    NearestLast,
-    /// The original code's behaviour: nearest first, then left-truncated, which keeps the tail of
-    /// the farthest neighbours (docs/spec.md §4.1); for reproducing its numbers.
-    Original,
-}
-
-/// After which neighbours the document is evaluated (k = 0 and the last neighbour always are).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(into = "String", try_from = "String")]
-pub enum EvalAt {
-    /// After every neighbour, as the original (51 points for k = 50).
-    #[default]
-    All,
-    /// Only after these numbers of neighbours: cheaper, same end point.
-    Points(Vec<usize>),
-}
-
-impl EvalAt {
-    /// Whether to evaluate after the `k`-th neighbour of `last`.
-    pub fn includes(&self, k: usize, last: usize) -> bool {
-        k == 0
-            || k == last
-            || match self {
-                EvalAt::All => true,
-                EvalAt::Points(p) => p.contains(&k),
-            }
-    }
-}
-
-impl FromStr for EvalAt {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        if s.trim() == "all" {
-            return Ok(EvalAt::All);
-        }
-        let mut points = s
-            .split(',')
-            .map(|p| {
-                p.trim().parse::<usize>().map_err(|_| {
-                    format!("`{p}` is not a number of neighbours (write `all` or e.g. 1,2,5,10)")
-                })
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        points.sort_unstable();
-        points.dedup();
-        Ok(EvalAt::Points(points))
-    }
-}
-
-impl fmt::Display for EvalAt {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EvalAt::All => f.write_str("all"),
-            EvalAt::Points(p) => {
-                let s: Vec<String> = p.iter().map(|k| k.to_string()).collect();
-                f.write_str(&s.join(","))
-            }
-        }
-    }
-}
-
-impl From<EvalAt> for String {
-    fn from(e: EvalAt) -> String {
-        e.to_string()
-    }
-}
-
-impl TryFrom<String> for EvalAt {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        s.parse()
-    }
-}
 
 /// Every setting of a run: the `tttnn run` flags, the `--config` TOML keys (snake_case) and the
 /// run's recorded config JSON, so `--resume` redoes exactly it. Defaults are the original's.
@@ -268,6 +83,11 @@ pub struct RunConfig {
     /// many as the memory plan fits).
     #[arg(long, env = "TTTNN_LANES", default_value_t = Lanes::Fixed(1))]
     pub lanes: Lanes,
+    /// Which waiting document a freed lane takes: length (the one whose next chunk is closest
+    /// in length to the other lanes', less padding) or plan (the next in plan order). Results
+    /// are the same either way.
+    #[arg(long, value_enum, env = "TTTNN_LANE_ORDER", default_value_t = LaneOrder::Length)]
+    pub lane_order: LaneOrder,
     /// Memory (GiB) the lanes' memory plan may use [default: the device's: available RAM on the
     /// CPU, the GPU's memory on CUDA].
     #[arg(long, env = "TTTNN_MEMORY_GIB")]
@@ -423,115 +243,6 @@ impl RunConfig {
             shard: Shard::ALL,
             ..self.clone()
         }
-    }
-
-    fn validate(&self) -> Result<()> {
-        self.model()?;
-        self.store()?;
-        self.task()?;
-        if !(self.val_portion > 0.0 && self.val_portion <= 1.0) {
-            return Err(Error::setting(
-                "val_portion",
-                format!("{} is not in (0, 1]", self.val_portion),
-            ));
-        }
-        if !(self.lr >= 0.0 && self.lr.is_finite()) {
-            return Err(Error::setting(
-                "lr",
-                format!("{} is not a learning rate", self.lr),
-            ));
-        }
-        if let Some(n) = self.max_length.filter(|&n| n < 2) {
-            return Err(Error::setting(
-                "max_length",
-                format!("{n} leaves no next token to predict"),
-            ));
-        }
-        if let Some(a) = self.alpha.filter(|a| !(0.0..=1.0).contains(a)) {
-            return Err(Error::setting("alpha", format!("{a} is not in [0, 1]")));
-        }
-        if self.dynamic_eval_pass == 0 {
-            return Err(Error::setting(
-                "dynamic_eval_pass",
-                "pass 0 is the base model: give a pass from 1 on",
-            ));
-        }
-        if self.method == Method::DynamicEval
-            && !self
-                .eval_at
-                .includes(self.dynamic_eval_pass.min(self.neighbors), self.neighbors)
-        {
-            return Err(Error::setting(
-                "eval_at",
-                format!(
-                    "dynamic evaluation reports pass {}: add it to --eval-at",
-                    self.dynamic_eval_pass
-                ),
-            ));
-        }
-        if self.lanes == Lanes::Fixed(0) {
-            return Err(Error::setting("lanes", "give at least 1 lane"));
-        }
-        if let Some(m) = self.memory_gib.filter(|m| !(*m > 0.0 && m.is_finite())) {
-            return Err(Error::setting(
-                "memory_gib",
-                format!("{m} is not an amount of memory"),
-            ));
-        }
-        if self.lanes.many() && !self.method.trains() {
-            return Err(Error::setting(
-                "lanes",
-                format!(
-                    "lanes train several documents at once; {} does not train",
-                    serde_name(&self.method)
-                ),
-            ));
-        }
-        if self.lanes.many() && self.optimizer_state == OptimizerState::Carry {
-            // Refused rather than run with other semantics: under carry each document starts
-            // from the AdamW state the previous one left, an order lanes cannot keep.
-            return Err(Error::setting(
-                "optimizer_state",
-                "lanes cannot carry AdamW state from one document to the next, as the original \
-                 does (the next document starts while the previous one still trains): give \
-                 --optimizer-state reset",
-            ));
-        }
-        if self.adapter == Adapter::Lora {
-            if !self.method.trains() {
-                return Err(Error::setting(
-                    "adapter",
-                    format!(
-                        "LoRA adapters are trained; {} does not train",
-                        serde_name(&self.method)
-                    ),
-                ));
-            }
-            if self.lora_rank < 1 {
-                return Err(Error::setting("lora_rank", "give a rank of at least 1"));
-            }
-            if !(self.lora_alpha > 0.0 && self.lora_alpha.is_finite()) {
-                return Err(Error::setting(
-                    "lora_alpha",
-                    format!("{} is not a positive scale", self.lora_alpha),
-                ));
-            }
-        }
-        if self.select.is_sift() && self.sift_candidates == 0 {
-            return Err(Error::setting(
-                "sift_candidates",
-                "SIFT needs candidates to choose from",
-            ));
-        }
-        if let EvalAt::Points(p) = &self.eval_at {
-            if let Some(k) = p.iter().find(|&&k| k > self.neighbors) {
-                return Err(Error::setting(
-                    "eval_at",
-                    format!("{k} is more than --neighbors {}", self.neighbors),
-                ));
-            }
-        }
-        Ok(())
     }
 }
 

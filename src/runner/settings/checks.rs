@@ -1,0 +1,117 @@
+//! The cross-field rules of a run's settings: what `RunConfig::normalized` refuses, each with the
+//! setting to change.
+use super::{serde_name, Adapter, EvalAt, Lanes, Method, RunConfig};
+use crate::error::{Error, Result};
+use crate::ttt::OptimizerState;
+
+impl RunConfig {
+    /// Checks the settings together.
+    pub(super) fn validate(&self) -> Result<()> {
+        self.model()?;
+        self.store()?;
+        self.task()?;
+        if !(self.val_portion > 0.0 && self.val_portion <= 1.0) {
+            return Err(Error::setting(
+                "val_portion",
+                format!("{} is not in (0, 1]", self.val_portion),
+            ));
+        }
+        if !(self.lr >= 0.0 && self.lr.is_finite()) {
+            return Err(Error::setting(
+                "lr",
+                format!("{} is not a learning rate", self.lr),
+            ));
+        }
+        if let Some(n) = self.max_length.filter(|&n| n < 2) {
+            return Err(Error::setting(
+                "max_length",
+                format!("{n} leaves no next token to predict"),
+            ));
+        }
+        if let Some(a) = self.alpha.filter(|a| !(0.0..=1.0).contains(a)) {
+            return Err(Error::setting("alpha", format!("{a} is not in [0, 1]")));
+        }
+        if self.dynamic_eval_pass == 0 {
+            return Err(Error::setting(
+                "dynamic_eval_pass",
+                "pass 0 is the base model: give a pass from 1 on",
+            ));
+        }
+        if self.method == Method::DynamicEval
+            && !self
+                .eval_at
+                .includes(self.dynamic_eval_pass.min(self.neighbors), self.neighbors)
+        {
+            return Err(Error::setting(
+                "eval_at",
+                format!(
+                    "dynamic evaluation reports pass {}: add it to --eval-at",
+                    self.dynamic_eval_pass
+                ),
+            ));
+        }
+        if self.lanes == Lanes::Fixed(0) {
+            return Err(Error::setting("lanes", "give at least 1 lane"));
+        }
+        if let Some(m) = self.memory_gib.filter(|m| !(*m > 0.0 && m.is_finite())) {
+            return Err(Error::setting(
+                "memory_gib",
+                format!("{m} is not an amount of memory"),
+            ));
+        }
+        if self.lanes.many() && !self.method.trains() {
+            return Err(Error::setting(
+                "lanes",
+                format!(
+                    "lanes train several documents at once; {} does not train",
+                    serde_name(&self.method)
+                ),
+            ));
+        }
+        if self.lanes.many() && self.optimizer_state == OptimizerState::Carry {
+            // Refused rather than run with other semantics: under carry each document starts
+            // from the AdamW state the previous one left, an order lanes cannot keep.
+            return Err(Error::setting(
+                "optimizer_state",
+                "lanes cannot carry AdamW state from one document to the next, as the original \
+                 does (the next document starts while the previous one still trains): give \
+                 --optimizer-state reset",
+            ));
+        }
+        if self.adapter == Adapter::Lora {
+            if !self.method.trains() {
+                return Err(Error::setting(
+                    "adapter",
+                    format!(
+                        "LoRA adapters are trained; {} does not train",
+                        serde_name(&self.method)
+                    ),
+                ));
+            }
+            if self.lora_rank < 1 {
+                return Err(Error::setting("lora_rank", "give a rank of at least 1"));
+            }
+            if !(self.lora_alpha > 0.0 && self.lora_alpha.is_finite()) {
+                return Err(Error::setting(
+                    "lora_alpha",
+                    format!("{} is not a positive scale", self.lora_alpha),
+                ));
+            }
+        }
+        if self.select.is_sift() && self.sift_candidates == 0 {
+            return Err(Error::setting(
+                "sift_candidates",
+                "SIFT needs candidates to choose from",
+            ));
+        }
+        if let EvalAt::Points(p) = &self.eval_at {
+            if let Some(k) = p.iter().find(|&&k| k > self.neighbors) {
+                return Err(Error::setting(
+                    "eval_at",
+                    format!("{k} is more than --neighbors {}", self.neighbors),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
