@@ -28,9 +28,13 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
         NeighborsEvent::Started { total, done } => {
             p.say(format!(
                 "neighbors: {total} documents of {} ({done} already in {}), k={}",
-                cfg.task,
+                cfg.docs
+                    .task
+                    .as_ref()
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
                 cfg.out.display(),
-                cfg.neighbors
+                cfg.search.neighbors
             ));
             count = done;
             bar = p.bar(

@@ -89,9 +89,9 @@ pub fn run(args: Args, p: &Printer, matches: &ArgMatches) -> Result<()> {
         } => {
             p.say(format!(
                 "run {run_id}: {} on {total} documents of {} ({done} already recorded), k={}, results in {}",
-                cfg.task.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+                cfg.docs.task.as_ref().map(|t| t.to_string()).unwrap_or_default(),
                 cfg.store.as_deref().unwrap_or(std::path::Path::new("")).display(),
-                cfg.neighbors,
+                cfg.search.neighbors,
                 db_path.display()
             ));
             if let Some(b) = p.bar(

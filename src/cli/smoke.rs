@@ -7,6 +7,7 @@ use tttnn::corpus;
 use tttnn::embed::Encoder;
 use tttnn::ingest::Ingest;
 use tttnn::records::{Db, Query};
+use tttnn::runner::settings::{NeighborSearch, TestDocs};
 use tttnn::runner::{self, Event, RunConfig};
 use tttnn::store::Store;
 use tttnn::task::Task;
@@ -104,16 +105,22 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
 
     let db_path = args.out.join(super::DEFAULT_DB);
     let cfg = RunConfig {
+        docs: TestDocs {
+            task: Some(Task::All),
+            val_portion: 1.0,
+            ..RunConfig::default().docs
+        },
+        search: NeighborSearch {
+            neighbors: args.neighbors,
+            // The tiny random encoder's distances mean nothing: keep every neighbour.
+            distance_threshold: None,
+            ..RunConfig::default().search
+        },
         name: Some("smoke".into()),
         store: Some(store_path),
         encoder: Some(encoder_dir),
         model: Some(args.fixtures.join("models/tiny-gpt2")),
-        task: Some(Task::All),
-        neighbors: args.neighbors,
         lr: args.lr,
-        val_portion: 1.0,
-        // The tiny random encoder's distances mean nothing: keep every neighbour.
-        distance_threshold: None,
         device: args.device,
         ..RunConfig::default()
     };

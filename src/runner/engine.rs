@@ -155,7 +155,7 @@ impl<'a> Engine<'a> {
         if starts_task && cfg.method.trains() {
             self.backend.start_task();
         }
-        tch::manual_seed(doc.seed(cfg.seed));
+        tch::manual_seed(doc.seed(cfg.docs.seed));
         let retrieved = self.retriever.retrieve(doc)?;
         let a = match (cfg.method, *alpha) {
             (Method::Interpolate, Some((task, a))) if task == doc.task_index => Some(a),

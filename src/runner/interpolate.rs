@@ -51,8 +51,8 @@ pub struct Alpha {
 /// Positions (in file order) of the documents α is chosen on: the task's shuffled test documents
 /// after the evaluated subset, at most `alpha_docs` of them.
 fn held_out(n: usize, cfg: &RunConfig) -> Vec<usize> {
-    let order = task::shuffled(n, cfg.seed);
-    let rest = &order[task::subset_size(n, cfg.val_portion)..];
+    let order = task::shuffled(n, cfg.docs.seed);
+    let rest = &order[task::subset_size(n, cfg.docs.val_portion)..];
     rest[..rest.len().min(cfg.alpha_docs)].to_vec()
 }
 
@@ -76,7 +76,7 @@ pub(super) fn choose_alpha(
             source: AlphaSource::Fixed,
         });
     }
-    let docs = store.documents_of(&cfg.split, Some(set_name))?;
+    let docs = store.documents_of(&cfg.docs.split, Some(set_name))?;
     let held_out = held_out(docs.len(), cfg);
     if held_out.is_empty() {
         tracing::warn!("{set_name}: no held-out documents to choose α on; using {DEFAULT_ALPHA}");
@@ -180,19 +180,26 @@ impl Interpolate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runner::settings::TestDocs;
 
     #[test]
     fn alpha_is_chosen_on_the_documents_after_the_evaluated_subset() {
         let cfg = RunConfig {
-            val_portion: 0.2,
+            docs: TestDocs {
+                val_portion: 0.2,
+                ..RunConfig::default().docs
+            },
             alpha_docs: 3,
             ..RunConfig::default()
         };
-        let order = task::shuffled(50, cfg.seed);
+        let order = task::shuffled(50, cfg.docs.seed);
         // 10 of 50 are evaluated; α is chosen on the next 3 of the same shuffle.
         assert_eq!(held_out(50, &cfg), order[10..13].to_vec());
         let all = RunConfig {
-            val_portion: 1.0,
+            docs: TestDocs {
+                val_portion: 1.0,
+                ..cfg.clone().docs
+            },
             ..cfg.clone()
         };
         assert!(held_out(50, &all).is_empty());

@@ -7,18 +7,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::plan;
-use super::settings::RunConfig;
+use super::settings::{NeighborSearch, RunConfig, TestDocs};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::store::{
     BatchQuery, BatchSearch, Neighbor, NeighborTable, Product, Retrieval, SearchMode, Slice, Store,
     TableNeighbor,
 };
-use crate::task::{Shard, Task};
-
-fn defaults() -> RunConfig {
-    RunConfig::default()
-}
 
 /// `tttnn neighbors`' settings: which test documents (as `tttnn run` selects them) and how their
 /// neighbours are retrieved (as `tttnn run` retrieves them); defaults are `tttnn run`'s.
@@ -30,45 +25,14 @@ pub struct NeighborsConfig {
     /// The neighbour table to write (a directory; created, or resumed if it exists).
     #[arg(long)]
     pub out: PathBuf,
-    /// lm-eval task: pile_github, ... or pile_all for every set in the store.
-    #[arg(long, env = "TTTNN_TASK")]
-    pub task: Task,
-    /// Neighbours per document (a later run may use the first k of them; SIFT its candidates).
-    #[arg(long, short = 'k', env = "TTTNN_NEIGHBORS", default_value_t = defaults().neighbors)]
-    pub neighbors: usize,
-    /// Split the test documents come from.
-    #[arg(long, env = "TTTNN_SPLIT", default_value_t = defaults().split)]
-    pub split: String,
-    /// Split neighbours are retrieved from.
-    #[arg(long, env = "TTTNN_NEIGHBOR_SPLIT", default_value_t = defaults().neighbor_split)]
-    pub neighbor_split: String,
-    /// Fraction of each task's shuffled test documents (1.0 also covers interpolate's held-out ones).
-    #[arg(long, env = "TTTNN_VAL_PORTION", default_value_t = defaults().val_portion)]
-    pub val_portion: f64,
-    /// Seed of the test documents' shuffle.
-    #[arg(long, env = "TTTNN_SEED", default_value_t = defaults().seed)]
-    pub seed: u64,
-    /// At most this many documents per task.
-    #[arg(long, env = "TTTNN_LIMIT_DOCS")]
-    pub limit_docs: Option<usize>,
-    /// This worker's share I/N of the documents; shards append to one table concurrently.
-    #[arg(long, env = "TTTNN_SHARD", default_value_t = Shard::ALL)]
-    pub shard: Shard,
-    /// Drop neighbours farther than this unsquared L2 distance.
-    #[arg(long, env = "TTTNN_DISTANCE_THRESHOLD", default_value_t = defaults().distance_threshold.unwrap_or(f32::INFINITY))]
-    pub distance_threshold: f32,
-    /// Keep every neighbour whatever its distance.
-    #[arg(long, conflicts_with = "distance_threshold")]
-    pub no_distance_threshold: bool,
-    /// Search the vector index probing this many partitions (exact search without it).
-    #[arg(long, env = "TTTNN_NPROBES")]
-    pub nprobes: Option<usize>,
-    /// With --nprobes: re-rank this many times k candidates by exact distance; 0: none.
-    #[arg(long, env = "TTTNN_REFINE_FACTOR", default_value_t = defaults().refine_factor)]
-    pub refine_factor: u32,
-    /// With --nprobes on an IVF-HNSW-SQ index: candidates visited per partition.
-    #[arg(long, env = "TTTNN_EF")]
-    pub ef: Option<usize>,
+    /// Which test documents, as `tttnn run` selects them (1.0 for --val-portion also covers
+    /// interpolate's held-out ones).
+    #[command(flatten)]
+    pub docs: TestDocs,
+    /// How their neighbours are retrieved, as `tttnn run` retrieves them; shards append to one
+    /// table concurrently.
+    #[command(flatten)]
+    pub search: NeighborSearch,
     /// Exact search (no --nprobes) by blocked matrix products over the whole batch of documents
     /// (the store read once per --query-batch), or one search per document.
     #[arg(long, value_enum, env = "TTTNN_EXACT_SEARCH", default_value_t = ExactSearch::Matmul)]
@@ -122,11 +86,12 @@ impl NeighborsConfig {
 
     /// Whether the table is computed by matrix products.
     fn by_matmul(&self) -> bool {
-        self.nprobes.is_none() && self.exact_search == ExactSearch::Matmul
+        self.search.nprobes.is_none() && self.exact_search == ExactSearch::Matmul
     }
 
     fn check(&self) -> Result<()> {
-        if self.neighbors == 0 {
+        self.docs.task()?;
+        if self.search.neighbors == 0 {
             return Err(Error::setting(
                 "neighbors",
                 "0 neighbours make an empty table",
@@ -207,17 +172,17 @@ impl TableSettings {
                 ),
             ));
         }
-        if cfg.neighbor_split != self.neighbor_split {
+        if cfg.search.neighbor_split != self.neighbor_split {
             return Err(differ(
                 "--neighbor-split",
-                cfg.neighbor_split.clone(),
+                cfg.search.neighbor_split.clone(),
                 self.neighbor_split.clone(),
             ));
         }
-        if cfg.distance_threshold != self.distance_threshold {
+        if cfg.search.distance_threshold != self.distance_threshold {
             return Err(differ(
                 "--distance-threshold",
-                format!("{:?}", cfg.distance_threshold),
+                format!("{:?}", cfg.search.distance_threshold),
                 format!("{:?}", self.distance_threshold),
             ));
         }
@@ -250,9 +215,9 @@ impl TableSettings {
 /// Neighbours a run retrieves per document before choosing: k, or SIFT's candidates.
 pub(super) fn needed(cfg: &RunConfig) -> usize {
     if cfg.select.is_sift() {
-        cfg.sift_candidates.max(cfg.neighbors)
+        cfg.sift_candidates.max(cfg.search.neighbors)
     } else {
-        cfg.neighbors
+        cfg.search.neighbors
     }
 }
 
@@ -301,12 +266,12 @@ pub fn compute(
     let store = Store::open(&cfg.store)?;
     let settings = TableSettings {
         store_version: store.version()?,
-        neighbors: cfg.neighbors,
-        neighbor_split: cfg.neighbor_split.clone(),
-        distance_threshold: (!cfg.no_distance_threshold).then_some(cfg.distance_threshold),
-        nprobes: cfg.nprobes,
-        refine_factor: cfg.refine_factor,
-        ef: cfg.nprobes.and(cfg.ef),
+        neighbors: cfg.search.neighbors,
+        neighbor_split: cfg.search.neighbor_split.clone(),
+        distance_threshold: cfg.search.max_distance(),
+        nprobes: cfg.search.nprobes,
+        refine_factor: cfg.search.refine_factor,
+        ef: cfg.search.nprobes.and(cfg.search.ef),
         slices: cfg.slice.count,
         product: if cfg.by_matmul() {
             cfg.product
@@ -315,19 +280,9 @@ pub fn compute(
         },
     };
     let json = serde_json::to_string(&settings).map_err(|e| Error::json("table settings", e))?;
-    let creator = cfg.shard.index == 0 && cfg.slice.index == 0;
+    let creator = cfg.docs.shard.index == 0 && cfg.slice.index == 0;
     let table = NeighborTable::open_or_create(&cfg.out, &json, creator)?;
-    let planned = plan::plan_store(
-        &store,
-        &plan::Selection {
-            task: &cfg.task,
-            split: &cfg.split,
-            val_portion: cfg.val_portion,
-            seed: cfg.seed,
-            limit_docs: cfg.limit_docs,
-            shard: cfg.shard,
-        },
-    )?;
+    let planned = plan::plan_store(&store, &plan::Selection::of(&cfg.docs)?)?;
     let slice = cfg.slice.index as u32;
     let done = table.done(slice)?;
     let todo: Vec<&str> = planned
@@ -345,7 +300,7 @@ pub fn compute(
         computed: todo.len(),
         dropped_unfinished,
         rows: 0,
-        search: match (cfg.nprobes, cfg.exact_search) {
+        search: match (cfg.search.nprobes, cfg.exact_search) {
             (Some(_), _) => "index",
             (None, ExactSearch::Matmul) => "matmul",
             (None, ExactSearch::PerQuery) => "per-query",
@@ -394,7 +349,7 @@ pub fn compute(
     };
     let slice_rows = cfg.slice.rows(store.count()?).len();
     for chunk in todo.chunks(cfg.query_batch()) {
-        let embeddings = store.embeddings_of(&cfg.split, &chunk.iter().copied().collect())?;
+        let embeddings = store.embeddings_of(&cfg.docs.split, &chunk.iter().copied().collect())?;
         let queries = chunk
             .iter()
             .map(|&doc| {

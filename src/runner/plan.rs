@@ -1,6 +1,7 @@
 //! The documents a run evaluates, in order (docs/spec.md §3.1): per task (sorted by name), the
 //! task's test documents in file order shuffled by CPython's `random.Random(seed)`, the first
 //! `int(val_portion·n)` kept, cut to `limit_docs`, then this shard's share.
+use super::settings::TestDocs;
 use crate::error::{Error, Result};
 use crate::store::DocRef;
 use crate::task::{self, Shard, Task};
@@ -47,6 +48,20 @@ pub struct Selection<'a> {
     pub limit_docs: Option<usize>,
     /// This worker's share.
     pub shard: Shard,
+}
+
+impl<'a> Selection<'a> {
+    /// The selection `docs` describes (its task is required).
+    pub fn of(docs: &'a TestDocs) -> Result<Self> {
+        Ok(Selection {
+            task: docs.task()?,
+            split: &docs.split,
+            val_portion: docs.val_portion,
+            seed: docs.seed,
+            limit_docs: docs.limit_docs,
+            shard: docs.shard,
+        })
+    }
 }
 
 /// The plan of the test documents `s` selects from `store`'s documents of `s.split`.

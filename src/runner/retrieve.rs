@@ -33,9 +33,9 @@ impl Retriever<'_> {
         let retrieval = Retrieval {
             k,
             mode: cfg.search_mode(),
-            max_distance: cfg.distance_threshold,
+            max_distance: cfg.search.distance_threshold,
             exclude_id: Some(exclude.to_string()),
-            split: Some(cfg.neighbor_split.clone()),
+            split: Some(cfg.search.neighbor_split.clone()),
         };
         let candidates = match (&self.table, cfg.select.is_sift(), cfg.sift_pool) {
             (Some(table), _, _) => table.neighbors(&self.store, exclude, k)?,
@@ -48,7 +48,7 @@ impl Retriever<'_> {
             return Ok(candidates);
         }
         let embeddings: Vec<Vec<f32>> = candidates.iter().map(|c| c.embedding.clone()).collect();
-        let picks = select::sift(vector, &embeddings, cfg.neighbors, &cfg.sift());
+        let picks = select::sift(vector, &embeddings, cfg.search.neighbors, &cfg.sift());
         Ok(picks.iter().map(|p| candidates[p.index].clone()).collect())
     }
 

@@ -75,17 +75,7 @@ pub fn run(
             ));
         }
     }
-    let plan = plan::plan_store(
-        &store,
-        &plan::Selection {
-            task: cfg.task()?,
-            split: &cfg.split,
-            val_portion: cfg.val_portion,
-            seed: cfg.seed,
-            limit_docs: cfg.limit_docs,
-            shard: cfg.shard,
-        },
-    )?;
+    let plan = plan::plan_store(&store, &plan::Selection::of(&cfg.docs)?)?;
     let table = match &cfg.neighbors_from {
         Some(path) => {
             let docs: Vec<&str> = plan.iter().map(|d| d.doc_id.as_str()).collect();
@@ -176,9 +166,9 @@ impl Lifecycle<'_> {
             encoder: cfg.encoder.as_ref().map(|p| p.display().to_string()),
             store: store.path().display().to_string(),
             store_version: store.version()?,
-            neighbors: cfg.neighbors,
+            neighbors: cfg.search.neighbors,
             max_length: cfg.max_length.unwrap_or(self.lm.n_ctx),
-            shard: cfg.shard,
+            shard: cfg.docs.shard,
             lanes,
             adapter: match &self.lm.lora {
                 None => "full".into(),

@@ -110,7 +110,7 @@ impl<'p> DocWork<'p> {
             Method::DynamicEval => {
                 let (prefix, rest) = eval::split_text(lm, &retrieved.text)?;
                 let tokens = lm.encode(&prefix)?;
-                let passes = (1..=cfg.neighbors)
+                let passes = (1..=cfg.search.neighbors)
                     .map(|rank| {
                         let record = NeighborRecord {
                             rank,
@@ -347,15 +347,15 @@ impl<'p> DocWork<'p> {
         let scores_what_survived =
             cfg.select.is_sift() || matches!(cfg.method, Method::InContext | Method::Interpolate);
         out.complete = match cfg.method {
-            Method::TttNn => scores_what_survived || neighbors.len() == cfg.neighbors,
+            Method::TttNn => scores_what_survived || neighbors.len() == cfg.search.neighbors,
             _ => true,
         };
         if scores_what_survived {
             // Every evaluation point past the last neighbour holds that last state, so the
             // curve (bpb_vs_k) averages the same documents at every k.
             let &(k, last) = out.curve.last().expect("the curve starts at k = 0");
-            let points =
-                (k + 1..=cfg.neighbors).filter(|&p| cfg.eval_at.includes(p, cfg.neighbors));
+            let points = (k + 1..=cfg.search.neighbors)
+                .filter(|&p| cfg.eval_at.includes(p, cfg.search.neighbors));
             out.curve.extend(points.map(|p| (p, last)));
         }
         if cfg.method.uses_neighbors() {

@@ -10,10 +10,10 @@ impl RunConfig {
         self.model()?;
         self.store()?;
         self.task()?;
-        if !(self.val_portion > 0.0 && self.val_portion <= 1.0) {
+        if !(self.docs.val_portion > 0.0 && self.docs.val_portion <= 1.0) {
             return Err(Error::setting(
                 "val_portion",
-                format!("{} is not in (0, 1]", self.val_portion),
+                format!("{} is not in (0, 1]", self.docs.val_portion),
             ));
         }
         if !(self.lr >= 0.0 && self.lr.is_finite()) {
@@ -38,9 +38,10 @@ impl RunConfig {
             ));
         }
         if self.method == Method::DynamicEval
-            && !self
-                .eval_at
-                .includes(self.dynamic_eval_pass.min(self.neighbors), self.neighbors)
+            && !self.eval_at.includes(
+                self.dynamic_eval_pass.min(self.search.neighbors),
+                self.search.neighbors,
+            )
         {
             return Err(Error::setting(
                 "eval_at",
@@ -105,10 +106,10 @@ impl RunConfig {
             ));
         }
         if let EvalAt::Points(p) = &self.eval_at {
-            if let Some(k) = p.iter().find(|&&k| k > self.neighbors) {
+            if let Some(k) = p.iter().find(|&&k| k > self.search.neighbors) {
                 return Err(Error::setting(
                     "eval_at",
-                    format!("{k} is more than --neighbors {}", self.neighbors),
+                    format!("{k} is more than --neighbors {}", self.search.neighbors),
                 ));
             }
         }

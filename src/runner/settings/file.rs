@@ -133,6 +133,7 @@ fn to_map(cfg: &RunConfig) -> Result<Map<String, Value>> {
 mod tests {
     use super::super::ContextOrder;
     use super::*;
+    use crate::runner::settings::NeighborSearch;
     use crate::store::SearchMode;
     use crate::task::Shard;
 
@@ -148,15 +149,18 @@ mod tests {
     fn flag_or_env_beats_file_beats_default() {
         let (_d, f) = file("neighbors = 7\nlr = 0.5\ndb = \"x.duckdb\"\nshard = \"1/2\"\n");
         let given = RunConfig {
-            neighbors: 3,
+            search: NeighborSearch {
+                neighbors: 3,
+                ..RunConfig::default().search
+            },
             ..RunConfig::default()
         };
         let c = given.with_file(&f, |k| k == "neighbors").unwrap();
-        assert_eq!((c.neighbors, c.lr), (3, 0.5));
-        assert_eq!(c.shard, Shard { index: 1, count: 2 });
+        assert_eq!((c.search.neighbors, c.lr), (3, 0.5));
+        assert_eq!(c.docs.shard, Shard { index: 1, count: 2 });
         assert_eq!(f.db.as_deref(), Some(Path::new("x.duckdb")));
         let c = RunConfig::default().with_file(&f, |_| false).unwrap();
-        assert_eq!(c.neighbors, 7);
+        assert_eq!(c.search.neighbors, 7);
     }
 
     #[test]
@@ -198,8 +202,8 @@ mod tests {
         let old = r#"{"store":"s","sift":{"lambda":0.5,"adaptive":null},
             "shard":{"index":1,"count":3},"refine_factor":null,"nprobes":null}"#;
         let c = RunConfig::from_recorded(old).unwrap();
-        assert_eq!((c.sift_lambda, c.refine_factor), (0.5, 0));
-        assert_eq!(c.shard, Shard { index: 1, count: 3 });
+        assert_eq!((c.sift_lambda, c.search.refine_factor), (0.5, 0));
+        assert_eq!(c.docs.shard, Shard { index: 1, count: 3 });
         assert_eq!(c.search_mode(), SearchMode::Exact);
         // A run recorded before `short_chunks` skipped one-token chunks, and resumes so.
         assert_eq!(c.short_chunks, crate::ttt::ShortChunks::Skip);

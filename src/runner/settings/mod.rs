@@ -3,9 +3,11 @@
 //! its default are written once. Precedence: flag > env var > TOML file > default (`file.rs`).
 mod checks;
 mod file;
+mod groups;
 mod values;
 
 pub use file::SettingsFile;
+pub use groups::{NeighborSearch, TestDocs};
 pub use values::{Adapter, ContextOrder, EvalAt, LaneOrder, Lanes, Method};
 
 use std::path::{Path, PathBuf};
@@ -16,15 +18,16 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::lm::{Lora, Precision};
 use crate::select::{Selection, Sift, SiftPool};
-use crate::store::{SearchMode, DEFAULT_REFINE_FACTOR};
-use crate::task::{Shard, Task, SEED};
+use crate::store::SearchMode;
+use crate::task::{Shard, Task};
 use crate::ttt::{Dropout, OptimizerState, ShortChunks};
 use crate::Device;
 
 /// Every setting of a run: the `tttnn run` flags, the `--config` TOML keys (snake_case) and the
 /// run's recorded config JSON, so `--resume` redoes exactly it. Defaults are the original's.
+// Not `deny_unknown_fields` (serde cannot with flattened groups): `--config` files are checked
+// key by key (`file.rs`) and a recorded config starts from today's settings.
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RunConfig {
     /// Name for the run.
     #[arg(long, env = "TTTNN_NAME")]
@@ -38,33 +41,23 @@ pub struct RunConfig {
     /// HF model directory (config.json, model.safetensors, tokenizer.json).
     #[arg(long, env = "TTTNN_MODEL")]
     pub model: Option<PathBuf>,
-    /// lm-eval task: pile_github, pile_wikipedia, ... or pile_all for every set in the store.
-    #[arg(long, env = "TTTNN_TASK")]
-    pub task: Option<Task>,
+    /// Which test documents (shared with `tttnn neighbors`).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub docs: TestDocs,
+    /// How their neighbours are searched (shared with `tttnn neighbors`).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub search: NeighborSearch,
     /// ttt-nn (the paper), or a baseline: in-context, interpolate, dynamic-eval, none (base model).
     #[arg(long, value_enum, env = "TTTNN_METHOD", default_value_t = Method::TttNn)]
     pub method: Method,
-    /// Neighbours to train on per document (the paper's k).
-    #[arg(long, short = 'k', env = "TTTNN_NEIGHBORS", default_value_t = 50)]
-    pub neighbors: usize,
     /// AdamW learning rate (the paper's GPT-2 value).
     #[arg(long, env = "TTTNN_LR", default_value_t = 2e-5)]
     pub lr: f64,
     /// Tokens per training chunk [default: the model's context length].
     #[arg(long, env = "TTTNN_MAX_LENGTH")]
     pub max_length: Option<usize>,
-    /// Split the test documents come from.
-    #[arg(long, env = "TTTNN_SPLIT", default_value = "test")]
-    pub split: String,
-    /// Split neighbours are retrieved from (the original indexes only training documents).
-    #[arg(long, env = "TTTNN_NEIGHBOR_SPLIT", default_value = "train")]
-    pub neighbor_split: String,
-    /// Fraction of each task's shuffled test documents evaluated.
-    #[arg(long, env = "TTTNN_VAL_PORTION", default_value_t = 0.2)]
-    pub val_portion: f64,
-    /// Seed of Python's random.Random(seed).shuffle over the test documents.
-    #[arg(long, env = "TTTNN_SEED", default_value_t = SEED)]
-    pub seed: u64,
     /// Evaluate after every neighbour (`all`) or only after these counts, e.g. 1,2,5,10,20,50.
     #[arg(long, env = "TTTNN_EVAL_AT", default_value_t = EvalAt::All)]
     pub eval_at: EvalAt,
@@ -110,12 +103,6 @@ pub struct RunConfig {
     /// later passes overfit the prefix).
     #[arg(long, env = "TTTNN_DYNAMIC_EVAL_PASS", default_value_t = 6)]
     pub dynamic_eval_pass: usize,
-    /// Drop neighbours farther than this unsquared L2 distance (the original's).
-    #[arg(long, env = "TTTNN_DISTANCE_THRESHOLD", default_value = "4.0")]
-    pub distance_threshold: Option<f32>,
-    /// Keep every neighbour whatever its distance.
-    #[arg(long, conflicts_with = "distance_threshold")]
-    pub no_distance_threshold: bool,
     /// Read each document's neighbours from this table (`tttnn neighbors`) instead of searching
     /// the store; its retrieval settings must be the run's.
     #[arg(long, env = "TTTNN_NEIGHBORS_FROM")]
@@ -123,21 +110,6 @@ pub struct RunConfig {
     /// Search exactly (the paper's flat index; the default).
     #[arg(long, conflicts_with = "nprobes")]
     pub exact: bool,
-    /// Search the vector index (`tttnn index`) probing this many partitions.
-    #[arg(long, env = "TTTNN_NPROBES")]
-    pub nprobes: Option<usize>,
-    /// With --nprobes: re-rank this many times k candidates by exact distance; 0: none.
-    #[arg(long, env = "TTTNN_REFINE_FACTOR", default_value_t = DEFAULT_REFINE_FACTOR)]
-    pub refine_factor: u32,
-    /// With --nprobes on an IVF-HNSW-SQ index: candidates visited per partition.
-    #[arg(long, env = "TTTNN_EF")]
-    pub ef: Option<usize>,
-    /// At most this many documents per task, from the front of the shuffled subset.
-    #[arg(long, env = "TTTNN_LIMIT_DOCS")]
-    pub limit_docs: Option<usize>,
-    /// This worker's share I/N: documents I, I+N, I+2N, ... of each task (as the original's ranks).
-    #[arg(long, env = "TTTNN_SHARD", default_value_t = Shard::ALL)]
-    pub shard: Shard,
     /// Where the LM runs.
     #[arg(long, value_enum, env = "TTTNN_DEVICE", default_value_t = Device::Cpu)]
     pub device: Device,
@@ -188,13 +160,13 @@ impl RunConfig {
     pub fn normalized(mut self) -> Result<Self> {
         // The base model alone has no neighbours; its one curve point is k = 0.
         if self.method == Method::None {
-            self.neighbors = 0;
+            self.search.neighbors = 0;
         }
-        if self.no_distance_threshold {
-            self.distance_threshold = None;
+        if self.search.no_distance_threshold {
+            self.search.distance_threshold = None;
         }
         if self.exact {
-            self.nprobes = None;
+            self.search.nprobes = None;
         }
         self.validate()?;
         Ok(self)
@@ -212,12 +184,12 @@ impl RunConfig {
 
     /// The task (a required setting).
     pub fn task(&self) -> Result<&Task> {
-        required(self.task.as_ref(), "task")
+        self.docs.task()
     }
 
     /// Exact search, or the IVF-PQ index with `nprobes` and re-ranking.
     pub fn search_mode(&self) -> SearchMode {
-        SearchMode::new(self.nprobes, self.refine_factor, self.ef)
+        self.search.mode()
     }
 
     /// The LoRA adapters to train, with `--adapter lora`.
@@ -239,10 +211,9 @@ impl RunConfig {
 
     /// These settings as another shard would have them: shards of one run differ only there.
     pub fn without_shard(&self) -> Self {
-        Self {
-            shard: Shard::ALL,
-            ..self.clone()
-        }
+        let mut cfg = self.clone();
+        cfg.docs.shard = Shard::ALL;
+        cfg
     }
 }
 
@@ -297,14 +268,14 @@ mod tests {
     #[test]
     fn defaults_are_the_declared_ones() {
         let d = RunConfig::default();
-        assert_eq!(d.neighbors, 50);
+        assert_eq!(d.search.neighbors, 50);
         assert_eq!(d.lr, 2e-5);
-        assert_eq!(d.distance_threshold, Some(4.0));
-        assert_eq!(d.refine_factor, DEFAULT_REFINE_FACTOR);
-        assert_eq!(d.shard, Shard::ALL);
+        assert_eq!(d.search.distance_threshold, Some(4.0));
+        assert_eq!(d.search.refine_factor, crate::store::DEFAULT_REFINE_FACTOR);
+        assert_eq!(d.docs.shard, Shard::ALL);
         assert_eq!(d.sift(), Sift::default());
         assert_eq!(
-            (d.split.as_str(), d.neighbor_split.as_str()),
+            (d.docs.split.as_str(), d.search.neighbor_split.as_str()),
             ("test", "train")
         );
     }
@@ -312,19 +283,28 @@ mod tests {
     #[test]
     fn normalisation_is_per_method_and_checked() {
         let base = RunConfig {
+            docs: TestDocs {
+                task: Some(Task::All),
+                ..RunConfig::default().docs
+            },
             store: Some("s".into()),
             model: Some("m".into()),
-            task: Some(Task::All),
             ..RunConfig::default()
         };
         let none = RunConfig {
+            search: NeighborSearch {
+                no_distance_threshold: true,
+                ..base.clone().search
+            },
             method: Method::None,
-            no_distance_threshold: true,
             ..base.clone()
         }
         .normalized()
         .unwrap();
-        assert_eq!((none.neighbors, none.distance_threshold), (0, None));
+        assert_eq!(
+            (none.search.neighbors, none.search.distance_threshold),
+            (0, None)
+        );
         let e = RunConfig {
             lr: -1.0,
             ..base.clone()
@@ -340,8 +320,11 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("give --model"), "{e}");
         let dynamic = RunConfig {
+            search: NeighborSearch {
+                neighbors: 20,
+                ..base.clone().search
+            },
             method: Method::DynamicEval,
-            neighbors: 20,
             ..base.clone()
         };
         assert_eq!(dynamic.clone().normalized().unwrap().dynamic_eval_pass, 6);
