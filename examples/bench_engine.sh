@@ -25,10 +25,14 @@ cargo build -q --bin tttnn
 after="$CARGO_TARGET_DIR/debug/tttnn"
 json=${JSON:-docs/bench/engine-$(date +%F).json}
 work=$(mktemp -d)
-model="$TTTNN_DEPS/models/smollm2-135m-instruct"
-common=(--store "$demo/store" --encoder "$TTTNN_DEPS/encoders/all-minilm-l6-v2" --model "$model"
-        --task pile_all --limit-docs "$docs" --neighbors 20 --quiet)
-train=(--eval-at 1,2,5,10,20 --optimizer-state reset --max-length 1024)
+# MODEL, ENCODER, K and MAX_LENGTH override the demo's (e.g. the tiny fixtures, to try the script).
+model=${MODEL:-$TTTNN_DEPS/models/smollm2-135m-instruct}
+encoder=${ENCODER:-$TTTNN_DEPS/encoders/all-minilm-l6-v2}
+k=${K:-20}
+common=(--store "$demo/store" --encoder "$encoder" --model "$model" --task pile_all
+        --limit-docs "$docs" --neighbors "$k" --quiet)
+points=$(for p in 1 2 5 10 20; do [ "$p" -lt "$k" ] && printf '%s,' "$p"; done; echo "$k")
+train=(--eval-at "$points" --optimizer-state reset --max-length "${MAX_LENGTH:-1024}")
 say() { echo "bench-engine: [$(date +%T)] $*" >&2; }
 
 # Runs BIN with ARGS into DB; prints the wall seconds.
@@ -40,8 +44,12 @@ timed() {
   t1=$(date +%s.%N)
   echo "$t1 - $t0" | bc
 }
-# The documents and the padding fraction of the newest run of DB (padding: null before #28).
+# The documents and the padding fraction of the newest run of DB (BEFORE recorded no tokens).
 figures() {
+  if [ "$2" = before ]; then
+    echo "$("$before" sql --db "$1" --format csv "SELECT count(*) FROM docs" | tail -n 1),"
+    return
+  fi
   "$after" sql --db "$1" --format csv "
     SELECT count(*) AS docs,
            1 - sum(train_tokens) / nullif(sum(computed_tokens), 0) AS padding_fraction
@@ -50,7 +58,7 @@ figures() {
 rows=()
 row() { # name binary lanes order seconds db
   local f n pad
-  f=$(figures "$6")
+  f=$(figures "$6" "$2")
   n=${f%%,*}
   pad=${f#*,}
   rows+=("{\"setting\": \"$1\", \"binary\": \"$2\", \"lanes\": $3, \"lane_order\": \"$4\", \"docs\": $n, \"seconds\": $5, \"docs_per_hour\": $(echo "3600 * $n / $5" | bc -l | xargs printf '%.1f'), \"padding_fraction\": ${pad:-null}}")
@@ -76,7 +84,7 @@ for which in before after; do
   bin=$before
   [ "$which" = after ] && bin=$after
   /usr/bin/time -f '%M %e' -o "$work/time-$which" "$bin" run "${common[@]}" --db "$work/ic-$which.duckdb" \
-    --method in-context --distance-threshold 2.3 --eval-at 20 >/dev/null
+    --method in-context --distance-threshold 2.3 --eval-at "$k" >/dev/null
   read -r kb secs <"$work/time-$which"
   rss+=("{\"binary\": \"$which\", \"peak_rss_mb\": $((kb / 1024)), \"seconds\": $secs}")
   echo "| in-context | $which | peak RSS $((kb / 1024)) MB | $secs s |" >&2
@@ -84,5 +92,5 @@ done
 
 machine="$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB"
 mkdir -p "$(dirname "$json")"
-(IFS=,; echo "{\"benchmark\": \"engine\", \"date\": \"$(date +%F)\", \"machine\": \"$machine\", \"model\": \"smollm2-135m-instruct\", \"neighbors\": 20, \"docs_per_set\": $docs, \"before\": \"$("$before" --version)\", \"runs\": [${rows[*]}], \"in_context_rss\": [${rss[*]}]}") | python3 -m json.tool > "$json"
+(IFS=,; echo "{\"benchmark\": \"engine\", \"date\": \"$(date +%F)\", \"machine\": \"$machine\", \"model\": \"$(basename "$model")\", \"neighbors\": $k, \"docs_per_set\": $docs, \"before\": \"$("$before" --version)\", \"runs\": [${rows[*]}], \"in_context_rss\": [${rss[*]}]}") | python3 -m json.tool > "$json"
 say "machine: $machine; figures in $json; databases in $work"

@@ -54,6 +54,18 @@ impl Backend {
         }
         // The trainer moves the fp32 weights into flat buffers; bf16 is mixed precision.
         let train = train_config(cfg, lm);
+        if train.max_length > lm.n_ctx {
+            // Positions past the model's context have no embedding (GPT-2's learned positions).
+            return Err(Error::setting(
+                "max_length",
+                format!(
+                    "{} tokens per chunk exceed the {}-token context of {}",
+                    train.max_length,
+                    lm.n_ctx,
+                    lm.dir.join("config.json").display()
+                ),
+            ));
+        }
         if !cfg.lanes.many() {
             return Ok(Backend::Single(Trainer::new(lm, train)?));
         }

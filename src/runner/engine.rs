@@ -11,10 +11,10 @@
 //!   finished DocWork ──► lifecycle (session.rs): one transaction in DuckDB; carried AdamW saved
 //! ```
 //!
-//! With lanes, a freed lane takes, among the next few waiting documents, the one whose next chunk
-//! is closest in length to the chunks the other lanes are on (`--lane-order length`): chunks of a
-//! round are padded to the longest, so this cuts padding; each lane computes as its document
-//! alone, so no result changes.
+//! With lanes, a freed lane takes, among the next L waiting documents, the one whose chunks are
+//! closest in length (their mean) to those of the documents in the other lanes (`--lane-order
+//! length`): chunks of a round are padded to the longest, so this cuts padding; each lane computes
+//! as its document alone, so no result changes.
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -97,7 +97,7 @@ impl<'a> Engine<'a> {
                     let running: Vec<usize> = slots
                         .iter()
                         .flatten()
-                        .filter_map(DocWork::upcoming_chunk_len)
+                        .filter_map(DocWork::chunk_len)
                         .collect();
                     let Some(work) = self.admit(plan, &mut queue, &train, &running)? else {
                         break;
@@ -113,7 +113,8 @@ impl<'a> Engine<'a> {
     }
 
     /// The next document for a free slot: the next in plan order, or with lanes the one of the
-    /// next few whose next chunk is closest in length to `running`'s (the other lanes').
+    /// next L whose chunks are closest in mean length to the median of `running` (the other
+    /// lanes' documents' mean chunk lengths).
     fn admit<'p>(
         &mut self,
         plan: &'p [PlannedDoc],
@@ -130,7 +131,7 @@ impl<'a> Engine<'a> {
         }
         let pick = match median(running) {
             Some(target) if queue.ready.len() > 1 => {
-                let distance = |w: &DocWork| w.upcoming_chunk_len().map(|n| n.abs_diff(target));
+                let distance = |w: &DocWork| w.chunk_len().map(|n| n.abs_diff(target));
                 (0..queue.ready.len())
                     .min_by_key(|&i| (distance(&queue.ready[i]).unwrap_or(usize::MAX), i))
                     .unwrap_or(0)

@@ -260,12 +260,14 @@ impl<'p> DocWork<'p> {
         }
     }
 
-    /// Tokens of the next chunk this document will train on, if any: what lanes are filled by.
-    pub fn upcoming_chunk_len(&self) -> Option<usize> {
-        self.work.iter().find_map(|w| match w {
-            Work::Chunk(c) if !c.is_empty() => Some(c.len()),
-            _ => None,
-        })
+    /// The mean length of the chunks this document has still to train on (None: none left):
+    /// what lanes are filled by, as a document's neighbours tend to be alike in length.
+    pub fn chunk_len(&self) -> Option<usize> {
+        let (n, total) = self.work.iter().fold((0, 0), |(n, total), w| match w {
+            Work::Chunk(c) if !c.is_empty() => (n + 1, total + c.len()),
+            _ => (n, total),
+        });
+        (n > 0).then(|| total / n)
     }
 
     /// Books the score of the window that was next, computed in `eval_s` seconds.

@@ -60,9 +60,12 @@ pub struct NeighborSearch {
 impl TestDocs {
     /// The task (a required setting).
     pub fn task(&self) -> Result<&Task> {
-        self.task
-            .as_ref()
-            .ok_or_else(|| Error::setting("task", "missing: give --task (`tttnn run`: or set it in --config)"))
+        self.task.as_ref().ok_or_else(|| {
+            Error::setting(
+                "task",
+                "missing: give --task (`tttnn run`: or set it in --config)",
+            )
+        })
     }
 }
 

@@ -76,9 +76,9 @@ pub struct RunConfig {
     /// many as the memory plan fits).
     #[arg(long, env = "TTTNN_LANES", default_value_t = Lanes::Fixed(1))]
     pub lanes: Lanes,
-    /// Which waiting document a freed lane takes: length (the one whose next chunk is closest
-    /// in length to the other lanes', less padding) or plan (the next in plan order). Results
-    /// are the same either way.
+    /// Which waiting document a freed lane takes: length (the one whose chunks are closest in
+    /// mean length to the other lanes' documents', less padding) or plan (the next in plan
+    /// order). Results are the same either way.
     #[arg(long, value_enum, env = "TTTNN_LANE_ORDER", default_value_t = LaneOrder::Length)]
     pub lane_order: LaneOrder,
     /// Memory (GiB) the lanes' memory plan may use [default: the device's: available RAM on the

@@ -197,8 +197,8 @@ impl TryFrom<String> for EvalAt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LaneOrder {
-    /// Of the next L waiting documents, the one whose next chunk is closest in length to the
-    /// other lanes' (less padding).
+    /// Of the next L waiting documents, the one whose chunks are closest in mean length to the
+    /// other lanes' documents' (less padding).
     #[default]
     Length,
     /// The next in plan order.
