@@ -38,6 +38,9 @@ pub(super) struct Finished<'p> {
     pub outcome: Outcome,
 }
 
+/// What records a finished document (the run's lifecycle), with the run's listener.
+pub(super) type Record<'p, 'f> = dyn FnMut(Finished<'p>, &mut dyn FnMut(Event)) -> Result<()> + 'f;
+
 /// What the engine works with.
 pub(super) struct Engine<'a> {
     pub cfg: &'a RunConfig,
@@ -66,7 +69,7 @@ impl<'a> Engine<'a> {
         &mut self,
         plan: &'p [PlannedDoc],
         done: &HashSet<usize>,
-        record: &mut dyn FnMut(Finished<'p>, &mut dyn FnMut(Event)) -> Result<()>,
+        record: &mut Record<'p, '_>,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<()> {
         let lanes = self.backend.lanes();
@@ -249,7 +252,7 @@ impl<'a> Engine<'a> {
         &mut self,
         slot: usize,
         work: DocWork<'p>,
-        record: &mut dyn FnMut(Finished<'p>, &mut dyn FnMut(Event)) -> Result<()>,
+        record: &mut Record<'p, '_>,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<()> {
         let (doc, retrieved, outcome) = work.finish(self.cfg);

@@ -90,6 +90,64 @@ fn lanes_give_the_records_of_one_document_at_a_time_for_every_family() {
 }
 
 #[test]
+fn lanes_by_length_give_the_same_records_and_sql_cost_reports_their_padding() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Fixture::Full.store(dir.path());
+    let db = dir.path().join("order.duckdb");
+    for (lanes, order) in [("1", "plan"), ("3", "plan"), ("3", "length")] {
+        let extra = [
+            &K3[..],
+            &RESET,
+            &["--lanes", lanes, "--lane-order", order, "--quiet"],
+        ];
+        ok(run_cmd(&store, &db, &extra.concat()).output().unwrap());
+    }
+    assert_curves_match(&curve(&db, 1), &curve(&db, 3));
+    assert_curves_match(&curve(&db, 2), &curve(&db, 3));
+    assert_eq!(neighbors(&db, 1), neighbors(&db, 3));
+    // One document at a time computes exactly the tokens it trains on; lanes pad.
+    let tokens: Vec<(i64, i64, f64)> = conn(&db)
+        .prepare(
+            "SELECT run_id, sum(train_tokens), sum(computed_tokens) FROM docs
+             GROUP BY run_id ORDER BY run_id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(tokens[0].1 as f64, tokens[0].2, "{tokens:?}");
+    assert!(tokens[0].1 > 100, "{tokens:?}");
+    for &(run, trained, computed) in &tokens[1..] {
+        assert_eq!(trained, tokens[0].1, "run {run} trains the same tokens");
+        assert!(computed > trained as f64, "run {run} pads: {tokens:?}");
+    }
+    let cost = ok(tttnn()
+        .args(["sql", "cost", "--format", "csv", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap());
+    let header: Vec<&str> = cost.lines().next().unwrap().split(',').collect();
+    let col = header
+        .iter()
+        .position(|h| *h == "padding_fraction")
+        .unwrap();
+    let task = header.iter().position(|h| *h == "task").unwrap();
+    let padding: Vec<(String, f64)> = cost
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|r| r[task] == "pile_all")
+        .map(|r| (r[0].to_string(), r[col].parse().unwrap()))
+        .collect();
+    assert_eq!(padding.len(), 3, "{cost}");
+    assert_eq!(padding[0].1, 0.0, "{cost}");
+    for (run, p) in &padding[1..] {
+        assert!(*p > 0.0 && *p < 1.0, "run {run}: {p}\n{cost}");
+    }
+}
+
+#[test]
 fn killed_lanes_run_resumes_to_the_rows_of_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     let store = Fixture::Full.store(dir.path());
