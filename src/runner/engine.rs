@@ -48,7 +48,7 @@ pub(super) struct Engine<'a> {
     pub retriever: &'a Retriever<'a>,
     pub backend: Backend,
     /// Where the AdamW state carried across documents is saved after each (`--optimizer-state
-    /// carry`): None when nothing carries.
+    /// carry`), in a directory that exists: None when nothing carries.
     pub checkpoint: Option<PathBuf>,
 }
 
@@ -190,20 +190,8 @@ impl<'a> Engine<'a> {
                 .iter_mut()
                 .map(|s| s.as_mut().map_or(Next::Done, |w| w.next(on_event)))
                 .collect();
-            let windows: Vec<_> = nexts
-                .iter()
-                .map(|n| match n {
-                    Next::Window(w) => Some(*w),
-                    _ => None,
-                })
-                .collect();
-            let chunks: Vec<_> = nexts
-                .iter()
-                .map(|n| match n {
-                    Next::Chunk(c) => Some(*c),
-                    _ => None,
-                })
-                .collect();
+            let windows: Vec<_> = nexts.iter().map(Next::window).collect();
+            let chunks: Vec<_> = nexts.iter().map(Next::chunk).collect();
             for (l, n) in nexts.iter().enumerate() {
                 if matches!(n, Next::Neighbor) {
                     neighbors.push(l);
@@ -266,9 +254,6 @@ impl<'a> Engine<'a> {
             on_event,
         )?;
         if let Some(path) = &self.checkpoint {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
-            }
             self.backend.save_optimizer(path, doc.seq as i64)?;
         }
         Ok(())

@@ -107,7 +107,11 @@ pub fn run(
         Some(id) => (id, lifecycle.resume(id, &mut engine.backend)?),
     };
     if lifecycle.carries_state() {
-        engine.checkpoint = Some(Db::artifact_path_of(db_path, run_id, "optimizer"));
+        let path = Db::artifact_path_of(db_path, run_id, "optimizer");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        engine.checkpoint = Some(path);
     }
     on_event(Event::Started {
         run_id,

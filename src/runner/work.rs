@@ -63,6 +63,24 @@ pub(super) enum Next<'w> {
     Done,
 }
 
+impl<'w> Next<'w> {
+    /// The window, when a window is next.
+    pub fn window(&self) -> Option<&'w Window> {
+        match self {
+            Next::Window(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// The chunk, when a chunk is next.
+    pub fn chunk(&self) -> Option<&'w Chunk> {
+        match self {
+            Next::Chunk(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
 /// How the methods without training score a document with its first k neighbours.
 enum Scorer {
     InContext(InContext),

@@ -14,20 +14,14 @@ impl AdamW {
     pub fn save(&self, weights: &FlatWeights, path: &Path, tag: i64) -> Result<()> {
         let mut named: Vec<(String, Tensor)> = Vec::with_capacity(2 * weights.slots.len() + 2);
         for s in &weights.slots {
-            named.push((
-                format!("exp_avg.{}", s.name),
-                weights
-                    .view(&self.exp_avg, s)
+            for (prefix, flat) in [("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
+                // A lane's view is strided; safetensors writes contiguous tensors only.
+                let t = weights
+                    .view(flat, s)
                     .contiguous()
-                    .to_device(tch::Device::Cpu),
-            ));
-            named.push((
-                format!("exp_avg_sq.{}", s.name),
-                weights
-                    .view(&self.exp_avg_sq, s)
-                    .contiguous()
-                    .to_device(tch::Device::Cpu),
-            ));
+                    .to_device(tch::Device::Cpu);
+                named.push((format!("{prefix}.{}", s.name), t));
+            }
         }
         named.push(("step".into(), Tensor::from_slice(&self.steps)));
         named.push(("tag".into(), Tensor::from_slice(&[tag])));

@@ -50,30 +50,25 @@ pub struct FlatWeights {
 impl FlatWeights {
     /// Moves `lm`'s trainable weights (expected in fp32) into flat buffers in `precision`, one set.
     pub fn new(lm: &LanguageModel, precision: Precision) -> Result<Self> {
-        if lm.layout() != Layout::Single {
-            return Err(Error::internal(format!(
-                "{}: its weights are laid out for lanes already",
-                lm.dir.display()
-            )));
-        }
         Self::build(lm, precision, Layout::Single)
     }
 
     /// As [`FlatWeights::new`] with `lanes` copies of every weight, each starting pretrained; the
     /// model is laid out for `lanes` lanes and computes lane `l` of its batch with copy `l`.
     pub fn with_lanes(lm: &mut LanguageModel, precision: Precision, lanes: usize) -> Result<Self> {
+        let flat = Self::build(lm, precision, Layout::Lanes(lanes))?;
+        lm.set_layout(Layout::Lanes(lanes));
+        Ok(flat)
+    }
+
+    /// Lays `lm`'s weights out as `layout`; a model already laid out for lanes is refused.
+    fn build(lm: &LanguageModel, precision: Precision, layout: Layout) -> Result<Self> {
         if lm.layout() != Layout::Single {
             return Err(Error::internal(format!(
                 "{}: its weights are laid out for lanes already",
                 lm.dir.display()
             )));
         }
-        let flat = Self::build(lm, precision, Layout::Lanes(lanes))?;
-        lm.set_layout(Layout::Lanes(lanes));
-        Ok(flat)
-    }
-
-    fn build(lm: &LanguageModel, precision: Precision, layout: Layout) -> Result<Self> {
         let mut vars: Vec<(String, Tensor)> = lm
             .var_store()
             .variables()
