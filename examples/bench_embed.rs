@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use tttnn::corpus::Reader;
-use tttnn::embed::{Encoder, Precision};
+use tttnn::embed::{Batching, Encoder, EncoderOptions, Packing, Precision};
 use tttnn::Device;
 
 /// Embedding throughput on the texts of a JSONL file.
@@ -20,9 +20,12 @@ struct Args {
     encoder: PathBuf,
     /// Pile-format JSONL file.
     file: PathBuf,
-    /// Texts per encoder call.
+    /// Most texts per encoder call.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Most positions per encoder call, padding included (as `tttnn ingest --batch-tokens`).
+    #[arg(long, default_value_t = usize::MAX)]
+    batch_tokens: usize,
     /// At most this many documents.
     #[arg(long, default_value_t = 2000)]
     docs: usize,
@@ -32,6 +35,9 @@ struct Args {
     /// Encoder precision (tf32 and fp16 on CUDA only).
     #[arg(long, value_enum, default_value_t = Precision::Fp32)]
     precision: Precision,
+    /// The encoder's graph: padded or packed (CUDA only).
+    #[arg(long, value_enum, default_value_t = Packing::Padded)]
+    packing: Packing,
     /// Write the embeddings here as a JSON array of arrays (compares devices and precisions).
     #[arg(long)]
     save: Option<PathBuf>,
@@ -42,21 +48,38 @@ fn main() -> anyhow::Result<()> {
         encoder: dir,
         file,
         batch_size: batch,
+        batch_tokens,
         docs,
         device,
         precision,
+        packing,
         save,
     } = clap::Parser::parse();
     let texts: Vec<String> = Reader::open(&file)?
         .take(docs)
         .map(|r| r.map(|r| r.text))
         .collect::<Result<_, _>>()?;
-    let mut enc = Encoder::load_with(&dir, device, precision)?;
+    let mut enc = Encoder::load_with(
+        &dir,
+        device,
+        EncoderOptions {
+            precision,
+            packing,
+            spin: None,
+        },
+    )?;
     let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
-    enc.embed(&refs[..batch.min(refs.len())], batch)?;
+    let batching = Batching {
+        max_rows: batch,
+        max_tokens: batch_tokens,
+    };
+    enc.embed(&refs[..batch.min(refs.len())], batching)?;
     let t = Instant::now();
-    let out = enc.embed(&refs, batch)?;
+    let ids = enc.token_ids_batch(&refs)?;
+    let tokenize_s = t.elapsed().as_secs_f64();
+    let embedded = enc.embed_token_ids(&ids, batching)?;
     let s = t.elapsed().as_secs_f64();
+    let out = embedded.embeddings;
     if let Some(path) = &save {
         std::fs::write(path, serde_json::to_vec(&out)?)?;
     }
@@ -64,7 +87,8 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({"impl": "tttnn", "encoder": dir.display().to_string(), "docs": out.len(), "batch_size": batch,
-            "max_length": enc.max_length(), "provider": enc.provider(), "precision": precision.name(), "seconds": s, "docs_per_s": out.len() as f64 / s, "mb_per_s": bytes as f64 / 1e6 / s})
+            "max_length": enc.max_length(), "provider": enc.provider(), "precision": precision.name(), "packed": packing == Packing::Packed, "seconds": s, "tokenize_seconds": tokenize_s,
+            "padding_fraction": embedded.stats.padding_fraction(), "batches": embedded.stats.batches, "docs_per_s": out.len() as f64 / s, "mb_per_s": bytes as f64 / 1e6 / s})
     );
     Ok(())
 }

@@ -177,7 +177,9 @@ class Check:
         gpu = self.results.get("gpu") or ""
         return next((v for k, v in PEAKS.items() if k in gpu), None)
 
-    def embed_speed(self):
+    def embed_model(self):
+        """RoBERTa-large shapes with random weights on CUDA (tiny shapes on the CPU), exported with
+        pooling in the graph, fp16 and packed variants; built once. Returns (HF dir, encoder dir)."""
         big = self.dev == "cuda"
         hf = self.work / ("roberta-large-random" if big else "roberta-tiny-random")
         enc = self.work / (hf.name + "-onnx")
@@ -185,45 +187,161 @@ class Check:
         vocab = len(json.loads(tok.read_text())["model"]["vocab"])
         shape = (dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
                  if big else dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128))
-        if not (enc / "model.onnx").exists():
+        if not (enc / "model.onnx").exists() or (big and not (enc / "model.fp16.packed.onnx").exists()):
             code = ("import sys, torch\nfrom transformers import RobertaConfig, RobertaModel\ntorch.manual_seed(0)\n"
                     f"c = RobertaConfig(vocab_size={vocab}, max_position_embeddings=514, pad_token_id=1, "
                     f"bos_token_id=0, eos_token_id=2, **{shape!r})\n"
                     "RobertaModel(c, add_pooling_layer=False).save_pretrained(sys.argv[1])\n")
             self.sh([self.py, "-c", code, hf], timeout=120)
             shutil.copy(tok, hf / "tokenizer.json")
-            args = [self.py, REPO / "scripts" / "export_encoder.py", hf, enc, "--skip-check", "--pool"]
-            self.sh(args + (["--fp16"] if big else []), timeout=300)
-        # Texts of a few thousand characters: every one fills the 512-token window.
-        texts = self.work / "texts.jsonl"
-        docs = 2048 if big else 64
-        with open(texts, "w") as f:
+            # The packed graphs are written on the CPU too (the conversion is offline); only CUDA runs them.
+            args = [self.py, REPO / "scripts" / "export_encoder.py", hf, enc, "--skip-check", "--pool", "--packed"]
+            self.sh(args + (["--fp16"] if big else []), timeout=400)
+        return hf, enc
+
+    def embed_inputs(self, docs):
+        """Two input files for the encoder benchmarks, for RoBERTa's tokenizer: `full-512`, texts that
+        all fill the 512-token window, and `demo-whole`, texts whose token counts follow the length mix
+        recorded in docs/bench/length-mix-demo-whole.json (whole documents of the demo corpus's six
+        sources, scripts/bench-ingest), cycled to `docs` texts."""
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(FIXTURES / "encoders" / "tiny-roberta" / "tokenizer.json"))
+        files = {}
+        full = self.work / f"texts-full-512-{docs}.jsonl"
+        with open(full, "w") as f:
             for i in range(docs):
                 words = " ".join(f"w{(i * 31 + j * 7) % 997}" for j in range(600))
                 f.write(json.dumps({"text": words, "meta": {"pile_set_name": "bench"}}) + "\n")
+        files["full-512"] = full
+        mix = json.loads((REPO / "docs" / "bench" / "length-mix-demo-whole.json").read_text())
+        lengths = mix["token_lengths"]
+        path = self.work / f"texts-demo-whole-{docs}.jsonl"
+        with open(path, "w") as f:
+            for i in range(docs):
+                want = max(1, lengths[i % len(lengths)] - 2)  # the encoder adds <s> and </s>
+                words = " ".join(f"w{(i * 31 + j * 7) % 997}" for j in range(want + 8))
+                e = tok.encode(words, add_special_tokens=False)
+                end = e.offsets[want - 1][1] if len(e.offsets) >= want else len(words)
+                f.write(json.dumps({"text": words[:end], "meta": {"pile_set_name": "bench"}}) + "\n")
+        files["demo-whole"] = path
+        return files
+
+    def embed_speed(self):
+        """Sequences/s of tttnn's encoder (fp32, fp16; padded and packed graphs) and of transformers
+        with SDPA on the same texts, on full 512-token inputs and on the demo's length mix; the packed
+        graph's embeddings against the padded one's (fp32, the length mix, bound 1e-5)."""
+        big = self.dev == "cuda"
+        hf, enc = self.embed_model()
+        docs = 1024 if big else 64
+        inputs = self.embed_inputs(docs)
         batch = "64" if big else "16"
         saved = {}
-        for precision in (["fp32", "fp16"] if big else ["fp32"]):
-            saved[precision] = self.work / f"emb-large-{precision}.json"
-            out = self.sh([self.bin("bench_embed"), enc, texts, "--device", self.dev, "--precision", precision,
-                           "--batch-size", batch, "--docs", str(docs), "--save", saved[precision]], timeout=240)
+        # (inputs, precision, packed): packed graphs run on CUDA only.
+        runs = [("full-512", "fp32", False), ("demo-whole", "fp32", False)]
+        if big:
+            runs += [("full-512", "fp16", False), ("full-512", "fp16", True), ("demo-whole", "fp32", True),
+                     ("demo-whole", "fp16", False), ("demo-whole", "fp16", True)]
+        for name, precision, packed in runs:
+            key = (name, precision, packed)
+            saved[key] = self.work / f"emb-large-{name}-{precision}-{'packed' if packed else 'padded'}.json"
+            out = self.sh([self.bin("bench_embed"), enc, inputs[name], "--device", self.dev, "--precision", precision,
+                           "--packing", "packed" if packed else "padded", "--batch-size", batch, "--docs", str(docs),
+                           "--save", saved[key]], timeout=240)
             r = json.loads(out)
-            r["model_name"] = hf.name
+            r.update(model_name=hf.name, inputs=name, packed=packed)
             self.results["embed_speed"].append(r)
             self.save()
-        if "fp16" in saved:
-            import numpy as np
-            a32, a16 = (np.array(json.loads(saved[p].read_text())) for p in ["fp32", "fp16"])
+        import numpy as np
+        load = lambda k: np.array(json.loads(saved[k].read_text()))
+        if ("full-512", "fp16", False) in saved:
+            a32, a16 = load(("full-512", "fp32", False)), load(("full-512", "fp16", False))
             cos = (a32 * a16).sum(1) / (np.linalg.norm(a32, axis=1) * np.linalg.norm(a16, axis=1))
             self.results["correctness"]["encoder_fp16_vs_fp32"] = {
                 "docs": len(a32), "max_abs_diff": float(abs(a32 - a16).max()), "min_cosine": float(cos.min())}
-        for precision in (["fp16", "fp32"] if big else ["fp32"]):
-            out = self.sh([self.py, REPO / "scripts" / "bench_embed_reference.py", hf, texts, "--device", self.dev,
-                           "--precision", precision, "--attn", "sdpa", "--batch-size", batch, "--docs", str(docs)],
-                          timeout=240)
+        if ("demo-whole", "fp32", True) in saved:
+            pad, pack = load(("demo-whole", "fp32", False)), load(("demo-whole", "fp32", True))
+            d = float(abs(pad - pack).max())
+            self.results["correctness"]["encoder_packed_vs_padded_fp32"] = {
+                "docs": len(pad), "inputs": "demo-whole", "max_abs_diff": d, "ok": d <= 1e-5}
+        refs = [("full-512", p) for p in (["fp16", "fp32"] if big else ["fp32"])] + [("demo-whole", "fp16" if big else "fp32")]
+        for name, precision in refs:
+            # Sorted by length as sentence-transformers' encode sorts: the strong reference on a mix.
+            out = self.sh([self.py, REPO / "scripts" / "bench_embed_reference.py", hf, inputs[name], "--device", self.dev,
+                           "--precision", precision, "--attn", "sdpa", "--batch-size", batch, "--docs", str(docs),
+                           "--sort-by-length"], timeout=240)
             r = json.loads(out)
-            r["model_name"] = hf.name
+            r.update(model_name=hf.name, inputs=name, packed=False)
             self.results["embed_speed"].append(r)
+            self.save()
+
+    def embed_kernels(self):
+        """Which attention kernel ONNX Runtime picked for each node (ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO=1)
+        in the fp16 padded and packed graphs, and the fp16 rate with cuDNN flash attention switched off
+        (ORT_ENABLE_CUDNN_FLASH_ATTENTION=0), the one switch the first device checks did not try."""
+        big = self.dev == "cuda"
+        hf, enc = self.embed_model()
+        inputs = self.embed_inputs(64)
+        precision = "fp16" if big else "fp32"
+        kernels = {}
+        for packing in (["padded", "packed"] if big else ["padded"]):
+            env = dict(os.environ, ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO="1")
+            p = subprocess.run([self.bin("bench_embed"), str(enc), str(inputs["full-512"]), "--device", self.dev,
+                                "--precision", precision, "--packing", packing, "--docs", "64", "--batch-size", "16"],
+                               capture_output=True, text=True, timeout=min(180, max(self.left(), 5)), env=env)
+            if p.returncode != 0:
+                raise RuntimeError(f"bench_embed --packing {packing}: exit {p.returncode}: {p.stderr[-1500:]}")
+            lines = [l.strip() for l in (p.stdout + p.stderr).splitlines()
+                     if "kernel" in l.lower() and not l.lstrip().startswith("{")]
+            counts = {}
+            for l in lines:
+                counts[l] = counts.get(l, 0) + 1
+            kernels[packing] = {"lines": len(lines), "distinct": sorted(counts.items(), key=lambda x: -x[1])[:12]}
+        self.results["embed_kernels"] = kernels
+        if big:
+            docs = 1024
+            env = dict(os.environ, ORT_ENABLE_CUDNN_FLASH_ATTENTION="0")
+            out = self.sh([self.bin("bench_embed"), enc, self.embed_inputs(docs)["full-512"], "--device", self.dev,
+                           "--precision", "fp16", "--batch-size", "64", "--docs", str(docs)], timeout=240, env=env)
+            r = json.loads(out)
+            r.update(model_name=hf.name, inputs="full-512", packed=False, env="ORT_ENABLE_CUDNN_FLASH_ATTENTION=0")
+            self.results["embed_speed"].append(r)
+
+    def ingest_speed(self):
+        """`tttnn ingest` end to end, .jsonl.zst to Lance rows, on the length mix (fp16 on CUDA, packed
+        when the packed graph ran in embed_speed), against the encoder alone on the same texts."""
+        big = self.dev == "cuda"
+        hf, enc = self.embed_model()
+        docs = 4096 if big else 128
+        texts = self.embed_inputs(docs)["demo-whole"]
+        zst = self.work / "ingest-demo-whole.jsonl.zst"
+        try:
+            import zstandard
+            zst.write_bytes(zstandard.ZstdCompressor(level=3).compress(texts.read_bytes()))
+        except ImportError:  # no zstandard module: the zstd tool, else the plain JSONL
+            if shutil.which("zstd"):
+                self.sh(["zstd", "-q", "-f", "-3", texts, "-o", zst], timeout=60)
+            else:
+                zst = texts
+        precision = "fp16" if big else "fp32"
+        packed_ok = any(r.get("packed") and r.get("inputs") == "demo-whole" and r.get("precision") == precision
+                        for r in self.results["embed_speed"])
+        packing = "packed" if big and packed_ok else "padded"
+        enc_only = json.loads(self.sh([self.bin("bench_embed"), enc, texts, "--device", self.dev, "--precision",
+                                       precision, "--packing", packing, "--batch-size", "64", "--docs", str(docs)],
+                                      timeout=240))
+        store = self.work / "ingest-speed-store"
+        shutil.rmtree(store, ignore_errors=True)
+        t = time.monotonic()
+        out = self.sh([self.bin("tttnn"), "ingest", "--quiet", "--store", store, "--encoder", enc, "--device", self.dev,
+                       "--precision", precision, "--packing", packing, "--batch-size", "64", "--batch-tokens", "32768",
+                       zst], timeout=300)
+        wall = time.monotonic() - t
+        summary = json.loads(out.strip().splitlines()[-1])
+        self.results["ingest_speed"] = {
+            "inputs": "demo-whole", "file": zst.name, "docs": summary["added"], "precision": precision, "packed": packing == "packed",
+            "wall_s": wall, "ingest_docs_per_s": summary["docs_per_s"], "encoder_docs_per_s": enc_only["docs_per_s"],
+            "ingest_vs_encoder": summary["docs_per_s"] / enc_only["docs_per_s"],
+            "stage_seconds": summary["stage_seconds"], "padding_fraction": summary["padding_fraction"]}
 
     def fixture_corpus(self):
         """The fixture corpus as the demo's layout: train.jsonl and test.jsonl (every fourth line)."""
@@ -407,10 +525,24 @@ class Check:
                 mfu = f"{100 * x['mfu']:.1f}%" if x.get("mfu") else "—"
                 L.append(f"| {x['model_name']} | {x['impl']} | {x['precision']} | {1e3 * x['train_step_s']:.2f} | "
                          f"{x['train_tflops']:.1f} | {mfu} | {1e3 * x['eval_doc_s']:.2f} |")
+        if "encoder_packed_vs_padded_fp32" in c:
+            x = c["encoder_packed_vs_padded_fp32"]
+            L.append(f"| encoder packed vs padded graph, fp32, length mix, max abs diff | {x['max_abs_diff']:.2e} | 1e-5 |")
         if r["embed_speed"]:
-            L += ["", "| encoder | impl | precision | batch | sequences/s |", "|---|---|---|---|---|"]
+            L += ["", "| encoder | impl | inputs | precision | packed | batch | sequences/s | note |",
+                  "|---|---|---|---|---|---|---|---|"]
             for x in r["embed_speed"]:
-                L.append(f"| {x['model_name']} | {x['impl']} | {x.get('precision', 'fp32')} | {x['batch_size']} | {x['docs_per_s']:.0f} |")
+                L.append(f"| {x['model_name']} | {x['impl']} | {x.get('inputs', 'full-512')} | {x.get('precision', 'fp32')} | "
+                         f"{x.get('packed', False)} | {x['batch_size']} | {x['docs_per_s']:.0f} | {x.get('env', '')} |")
+        if r.get("embed_kernels"):
+            for packing, k in r["embed_kernels"].items():
+                top = "; ".join(f"{n}× {l[:80]}" for l, n in k["distinct"][:3]) or "none printed"
+                L.append(f"\nAttention kernels ({packing}): {top}")
+        if r.get("ingest_speed"):
+            x = r["ingest_speed"]
+            L.append(f"\nIngest end to end ({x['inputs']}, {x['precision']}, packed {x['packed']}): "
+                     f"{x['ingest_docs_per_s']:.0f} docs/s against the encoder's {x['encoder_docs_per_s']:.0f} "
+                     f"({100 * x['ingest_vs_encoder']:.0f}%)")
         s = r["end_to_end"].get("speed")
         if s and s["cost"]:
             c0 = s["cost"][0]
@@ -461,6 +593,8 @@ def main():
         ("lm_speed_124m", lambda: c.lm_speed("gpt2-124m-random" if big else "gpt2-tiny-random", {} if big else
                                              dict(n_layer=2, n_embd=64, n_head=4), "10" if big else "2")),
         ("embed_speed", c.embed_speed),
+        ("embed_kernels", c.embed_kernels),
+        ("ingest_speed", c.ingest_speed),
         ("end_to_end", c.end_to_end),
         ("demo", c.demo),
         ("lanes", c.lanes),

@@ -5,7 +5,7 @@ tttnn loads: model.onnx (input_ids, attention_mask -> last_hidden_state), config
 The graph gets ONNX Runtime's transformer fusions (attention, layer norms, GELU) when they leave the
 outputs unchanged. Checks the ONNX graph against PyTorch on a few texts (ONNX Runtime from PyPI).
 
-    $TTTNN_PYTHON scripts/export_encoder.py HF_DIR OUT_DIR [--pool] [--fp16] [--skip-check]
+    $TTTNN_PYTHON scripts/export_encoder.py HF_DIR OUT_DIR [--pool] [--fp16] [--packed] [--skip-check]
 
 --pool puts the original's pooling (masked mean over non-pad positions) into the graph: its output is
 `embedding` [batch, dim] instead of `last_hidden_state`, so a GPU returns 1 KB per text instead of the
@@ -13,6 +13,11 @@ hidden states (tttnn accepts either).
 --fp16 also writes model.fp16.onnx (fp16 weights and compute, fp32 inputs and outputs), which
 `--precision fp16` loads on CUDA: a departure from the original's fp32 embeddings. --skip-check
 skips the comparisons with PyTorch (for random-weight benchmark models; keeps the fused graph).
+--packed also writes model.packed.onnx (and model.fp16.packed.onnx with --fp16): ONNX Runtime's
+packing mode, which removes the padding before the first layer (RemovePadding), runs PackedAttention
+on the concatenated tokens and restores the padded shape at the end, so no FLOPs are spent on padding.
+Those ops have CUDA kernels only: `tttnn ingest --packing packed` needs `--device cuda`, and the
+equality with the padded graph is checked on the GPU machine (scripts/device-check, step embed_speed).
 """
 import argparse
 import shutil
@@ -96,12 +101,38 @@ def to_fp16(path, out_path):
     m.save_model_to_file(str(out_path))
 
 
+def to_packed(path, out_path):
+    """ONNX Runtime's packing mode (onnxruntime.transformers.convert_to_packing_mode) of a graph whose
+    attention is fused into `Attention` nodes; refuses a graph with none (nothing would be packed)."""
+    import onnx
+    from onnxruntime.transformers.convert_to_packing_mode import PackingMode
+    from onnxruntime.transformers.onnx_model import OnnxModel
+    m = OnnxModel(onnx.load(str(path)))
+    if not any(n.op_type == "Attention" for n in m.model.graph.node):
+        sys.exit(f"export_encoder: {path} has no fused Attention node to pack (the fusion was not kept)")
+    PackingMode(m).convert()
+    packed = sum(n.op_type == "PackedAttention" for n in m.model.graph.node)
+    m.save_model_to_file(str(out_path))
+    print(f"export_encoder: {out_path.name}: {packed} PackedAttention nodes", file=sys.stderr)
+
+
+def write_variants(out, a):
+    """model.fp16.onnx, model.packed.onnx, model.fp16.packed.onnx as the flags ask."""
+    if a.fp16:
+        to_fp16(out / "model.onnx", out / "model.fp16.onnx")
+    if a.packed:
+        to_packed(out / "model.onnx", out / "model.packed.onnx")
+        if a.fp16:
+            to_packed(out / "model.fp16.onnx", out / "model.fp16.packed.onnx")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("src", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--pool", action="store_true")
     ap.add_argument("--fp16", action="store_true")
+    ap.add_argument("--packed", action="store_true")
     ap.add_argument("--skip-check", action="store_true")
     a = ap.parse_args()
     src, out = a.src, a.out
@@ -116,8 +147,7 @@ def main():
     shutil.copy(src / "tokenizer.json", out / "tokenizer.json")
     if a.skip_check:
         print(f"export_encoder: fused {fuse(out / 'model.onnx', model.config)} (not checked)", file=sys.stderr)
-        if a.fp16:
-            to_fp16(out / "model.onnx", out / "model.fp16.onnx")
+        write_variants(out, a)
         print(f"export_encoder: wrote {out}", file=sys.stderr)
         return
     texts = ["Test-time training on nearest neighbours.", "def f(x):\n    return x + 1\n" * 20, "a"]
@@ -136,8 +166,7 @@ def main():
     else:
         diff = fused_diff
         print(f"export_encoder: fused {fused}", file=sys.stderr)
-    if a.fp16:
-        to_fp16(out / "model.onnx", out / "model.fp16.onnx")
+    write_variants(out, a)
     print(f"export_encoder: wrote {out} (max |ONNX - PyTorch| = {diff:.2e})", file=sys.stderr)
 
 

@@ -72,8 +72,16 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
                 .encoder
                 .as_ref()
                 .ok_or_else(|| Error::setting("encoder", "--encoder is needed to embed TEXT"))?;
-            let mut enc = Encoder::load_with(dir, args.device, args.precision)?;
-            (enc.embed(&[text.as_str()], 1)?.remove(0), None)
+            let options = tttnn::embed::EncoderOptions {
+                precision: args.precision,
+                ..Default::default()
+            };
+            let mut enc = Encoder::load_with(dir, args.device, options)?;
+            (
+                enc.embed(&[text.as_str()], tttnn::embed::Batching::rows(1))?
+                    .remove(0),
+                None,
+            )
         }
         (None, None) => return Err(Error::setting("text", "give TEXT or --doc-id")),
     };

@@ -2,19 +2,23 @@
 //! (docs/spec.md §1.1): truncate to the encoder's max length including `<s>`/`</s>`, masked mean of the last
 //! hidden state over all non-pad positions, fp32, no L2 normalisation, NaN → 0, empty text → `" "`.
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ort::session::Session;
 use ort::value::Tensor;
 use serde::Deserialize;
-use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
 use crate::Device;
 
+mod batching;
 mod runtime;
+mod tokenize;
 
+pub use batching::{BatchStats, Batching};
 use runtime::with_cuda;
 pub use runtime::{cuda_provider_check, init_ort, ort_version, ORT_VERSION};
+pub use tokenize::TextTokenizer;
 
 /// Numeric precision of the encoder.
 #[derive(
@@ -41,6 +45,47 @@ impl Precision {
             Precision::Fp16 => "fp16",
         }
     }
+}
+
+/// Whether the encoder's graph computes on padding.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Packing {
+    /// `model.onnx`: batches padded to their longest text, as the original.
+    #[default]
+    Padded,
+    /// `model.packed.onnx` (scripts/export_encoder.py --packed): ONNX Runtime's RemovePadding /
+    /// PackedAttention / RestorePadding, no compute on padding; CUDA only (the ops have no CPU
+    /// kernels in ONNX Runtime 1.31).
+    Packed,
+}
+
+impl Packing {
+    /// The graph file of an encoder directory for `precision` packed this way.
+    pub fn graph_file(self, precision: Precision) -> &'static str {
+        match (precision, self) {
+            (Precision::Fp16, Packing::Padded) => "model.fp16.onnx",
+            (Precision::Fp16, Packing::Packed) => "model.fp16.packed.onnx",
+            (_, Packing::Padded) => "model.onnx",
+            (_, Packing::Packed) => "model.packed.onnx",
+        }
+    }
+}
+
+/// How an encoder directory is loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncoderOptions {
+    /// Numeric precision (fp16 reads `model.fp16.onnx`).
+    pub precision: Precision,
+    /// Padded or packed graph.
+    pub packing: Packing,
+    /// Whether ONNX Runtime's idle threads spin (its default) instead of blocking; `None`: spin on
+    /// the CPU, block on CUDA, where the CPU threads only feed the GPU and the cores are better
+    /// left to the ingest's tokenizer. Blocking cost MiniLM on the CPU about 2%; spinning beside a
+    /// tokenizer thread cost the tiny encoder's ingest 18% (docs/benchmarks.md, issue #25).
+    pub spin: Option<bool>,
 }
 
 /// The fields of an HF `config.json` the encoder needs.
@@ -87,7 +132,7 @@ fn file_name(p: &Path) -> String {
 /// A sentence encoder: tokenizer + ONNX graph + the original's pooling.
 pub struct Encoder {
     session: Session,
-    tokenizer: Tokenizer,
+    tokenizer: Arc<TextTokenizer>,
     config: EncoderConfig,
     pad_id: u32,
     needs_token_type_ids: bool,
@@ -95,31 +140,28 @@ pub struct Encoder {
     pooled_in_graph: bool,
     provider: &'static str,
     precision: Precision,
+    graph: &'static str,
     dir: PathBuf,
 }
 
 impl Encoder {
     /// Loads `model.onnx`, `tokenizer.json` and `config.json` from an encoder directory, in fp32.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        Self::load_with(dir, device, Precision::Fp32)
+        Self::load_with(dir, device, EncoderOptions::default())
     }
 
-    /// Loads an encoder directory in `precision` (fp16 reads `model.fp16.onnx`).
-    pub fn load_with(dir: &Path, device: Device, precision: Precision) -> Result<Self> {
+    /// Loads an encoder directory in `options.precision` (fp16 reads `model.fp16.onnx`), packed or
+    /// not ([`Packing::graph_file`]).
+    pub fn load_with(dir: &Path, device: Device, options: EncoderOptions) -> Result<Self> {
+        let EncoderOptions {
+            precision,
+            packing,
+            spin,
+        } = options;
         let (_, env) = init_ort()?;
         let config = EncoderConfig::load(dir)?;
-        let tok_path = dir.join("tokenizer.json");
-        let mut tokenizer =
-            Tokenizer::from_file(&tok_path).map_err(|e| Error::tokenizer(tok_path.clone(), e))?;
+        let tokenizer = Arc::new(TextTokenizer::load(dir, config.max_length())?);
         let pad_id = config.pad_token_id.unwrap_or(1);
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: config.max_length(),
-                ..Default::default()
-            }))
-            .map_err(|e| Error::tokenizer(tok_path.clone(), e))?;
-        // No padding in the tokenizer: batches are padded after sorting by length (embed_ids).
-        tokenizer.with_padding(None);
 
         if device == Device::Cpu && precision != Precision::Fp32 {
             return Err(Error::setting(
@@ -130,13 +172,23 @@ impl Encoder {
                 ),
             ));
         }
-        let model_path = dir.join(match precision {
-            Precision::Fp16 => "model.fp16.onnx",
-            _ => "model.onnx",
-        });
+        if device == Device::Cpu && packing == Packing::Packed {
+            return Err(Error::setting(
+                "packing",
+                "the packed encoder graph runs on CUDA only (--device cuda): ONNX Runtime has no \
+                 CPU kernels for RemovePadding and PackedAttention; on the CPU, batches sorted by \
+                 length keep the padding small (--batch-tokens)",
+            ));
+        }
+        let graph = packing.graph_file(precision);
+        let model_path = dir.join(graph);
         if !model_path.is_file() {
-            let how = match precision {
-                Precision::Fp16 => " (make it with scripts/export_encoder.py --fp16)",
+            let how = match (precision, packing) {
+                (Precision::Fp16, Packing::Packed) => {
+                    " (make it with scripts/export_encoder.py --fp16 --packed)"
+                }
+                (Precision::Fp16, _) => " (make it with scripts/export_encoder.py --fp16)",
+                (_, Packing::Packed) => " (make it with scripts/export_encoder.py --packed)",
                 _ => "",
             };
             return Err(Error::bad_file(
@@ -153,7 +205,9 @@ impl Encoder {
             .map_err(|e| Error::onnx("intra threads", e.into()))?
             // ORT_ENABLE_ALL: attention, LayerNorm and GELU fusions for BERT/RoBERTa graphs.
             .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
-            .map_err(|e| Error::onnx("optimization level", e.into()))?;
+            .map_err(|e| Error::onnx("optimization level", e.into()))?
+            .with_intra_op_spinning(spin.unwrap_or(device == Device::Cpu))
+            .map_err(|e| Error::onnx("intra-op spinning", e.into()))?;
         let provider = match device {
             Device::Cpu => "CPUExecutionProvider",
             Device::Cuda => {
@@ -184,6 +238,7 @@ impl Encoder {
             pooled_in_graph,
             provider,
             precision,
+            graph,
             dir: dir.to_path_buf(),
         })
     }
@@ -195,6 +250,7 @@ impl Encoder {
             provider: self.provider.to_string(),
             precision: self.precision.name().to_string(),
             ort_version: ort_version(),
+            graph: self.graph.to_string(),
         }
     }
 
@@ -213,85 +269,40 @@ impl Encoder {
         self.provider
     }
 
+    /// The tokenizer, shareable with a thread that tokenizes while this encoder embeds.
+    pub fn tokenizer(&self) -> Arc<TextTokenizer> {
+        Arc::clone(&self.tokenizer)
+    }
+
     /// Token ids of `text` as the encoder sees them (truncated, with special tokens).
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.token_ids_batch(&[text])?.remove(0))
+        self.tokenizer.token_ids(text)
     }
 
-    /// Token ids of many texts, tokenized in parallel, `TOKENIZE_CHUNK` texts at a time.
-    ///
-    /// Only the first `max_length` tokens count, so a long text is tokenized from a prefix cut
-    /// just before a whitespace character (pre-tokenizers split there, so the tokens before the cut
-    /// are those of the full text). Prefixes grow from `PREFIX_WINDOWS`·`max_length` bytes until
-    /// one fills `max_length`; failing that, the full text is used.
+    /// Token ids of many texts, tokenized in parallel ([`TextTokenizer::token_ids_batch`]).
     pub fn token_ids_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(TOKENIZE_CHUNK) {
-            out.extend(self.token_ids_chunk(chunk)?);
-        }
-        Ok(out)
+        self.tokenizer.token_ids_batch(texts)
     }
 
-    fn token_ids_chunk(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        let texts: Vec<&str> = texts
-            .iter()
-            .map(|t| if t.is_empty() { " " } else { t })
-            .collect();
-        let mut out: Vec<Option<Vec<u32>>> = vec![None; texts.len()];
-        let mut todo: Vec<usize> = (0..texts.len()).collect();
-        let windows = PREFIX_WINDOWS
-            .iter()
-            .map(|w| w * self.max_length())
-            .chain([usize::MAX]);
-        for window in windows {
-            if todo.is_empty() {
-                break;
-            }
-            let inputs: Vec<&str> = todo
-                .iter()
-                .map(|&i| prefix_at_whitespace(texts[i], window))
-                .collect();
-            let encs = self
-                .tokenizer
-                .encode_batch(inputs.clone(), true)
-                .map_err(|e| self.tok_err(e))?;
-            let mut short = Vec::new();
-            for ((&i, enc), input) in todo.iter().zip(encs).zip(&inputs) {
-                // A cut prefix stands for the whole text only when it overflows max_length.
-                if input.len() < texts[i].len() && enc.get_overflowing().is_empty() {
-                    short.push(i);
-                } else {
-                    out[i] = Some(enc.get_ids().to_vec());
-                }
-            }
-            todo = short;
-        }
-        Ok(out
-            .into_iter()
-            .map(|ids| ids.expect("the last window is the whole text"))
-            .collect())
-    }
-
-    fn tok_err(&self, e: impl std::fmt::Display) -> Error {
-        Error::Tokenizer {
-            path: self.dir.join("tokenizer.json"),
-            message: e.to_string(),
-        }
-    }
-
-    /// Embeds texts in batches of `batch_size`, grouping similar lengths; output keeps input order.
-    pub fn embed(&mut self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>> {
+    /// Embeds texts in batches made by `batching`; output keeps input order.
+    pub fn embed(&mut self, texts: &[&str], batching: Batching) -> Result<Vec<Vec<f32>>> {
         let ids = self.token_ids_batch(texts)?;
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| ids[i].len());
-        let mut out = vec![Vec::new(); texts.len()];
-        for batch in order.chunks(batch_size.max(1)) {
+        Ok(self.embed_token_ids(&ids, batching)?.embeddings)
+    }
+
+    /// Embeds tokenized texts in batches made by `batching`; output keeps input order.
+    pub fn embed_token_ids(&mut self, ids: &[Vec<u32>], batching: Batching) -> Result<Embedded> {
+        let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
+        let mut embeddings = vec![Vec::new(); ids.len()];
+        let mut stats = BatchStats::default();
+        for batch in batching.plan(&lengths) {
+            stats.add(BatchStats::of_batch(batch.iter().map(|&i| lengths[i])));
             let pooled = self.embed_ids(batch.iter().map(|&i| ids[i].as_slice()))?;
             for (&i, v) in batch.iter().zip(pooled) {
-                out[i] = v;
+                embeddings[i] = v;
             }
         }
-        Ok(out)
+        Ok(Embedded { embeddings, stats })
     }
 
     /// Runs the encoder on one padded batch of token ids and pools each row.
@@ -358,33 +369,18 @@ impl Encoder {
     }
 }
 
+/// Embeddings of one encoder call, in input order, and what their batches computed.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    /// One embedding per input sequence.
+    pub embeddings: Vec<Vec<f32>>,
+    /// Sequences, batches, tokens and padded positions.
+    pub stats: BatchStats,
+}
+
 /// Output of a graph that pools inside (the masked mean, `[batch, dim]`): on a GPU this saves
 /// copying `[batch, seq, dim]` hidden states to the host and pooling them there.
 const POOLED_OUTPUT: &str = "embedding";
-
-/// Texts per tokenizer call: the tokenizer keeps offsets, token strings and overflow windows for
-/// every token of its input, so one call over a whole commit of long documents could take gigabytes.
-const TOKENIZE_CHUNK: usize = 256;
-
-/// Prefix lengths tried, in bytes per token of `max_length`: 512 tokens of prose or code fit in
-/// 4 KiB; only texts of very long tokens need the larger cut or the whole text.
-const PREFIX_WINDOWS: [usize; 2] = [8, 64];
-
-/// `text` cut before the last whitespace character at or before byte `max` (whole when shorter,
-/// or when no whitespace precedes `max`).
-fn prefix_at_whitespace(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    match text[..end].rfind(char::is_whitespace) {
-        Some(i) if i > 0 => &text[..i],
-        _ => text,
-    }
-}
 
 /// Mean of the rows of `hidden` (`[seq, dim]`) where `mask` is 1, NaN as 0 (`nan_to_zero`).
 pub(crate) fn masked_mean(hidden: &[f32], mask: &[i64], dim: usize) -> Vec<f32> {
@@ -419,17 +415,6 @@ mod tests {
         let hidden = [1.0, 2.0, 3.0, 4.0, 100.0, 100.0];
         assert_eq!(masked_mean(&hidden, &[1, 1, 0], 2), vec![2.0, 3.0]);
         assert_eq!(masked_mean(&[f32::NAN, 1.0], &[1], 2), vec![0.0, 1.0]);
-    }
-
-    #[test]
-    fn prefixes_end_before_whitespace() {
-        assert_eq!(prefix_at_whitespace("short", 10), "short");
-        assert_eq!(prefix_at_whitespace("alpha beta gamma", 12), "alpha beta");
-        assert_eq!(
-            prefix_at_whitespace("nowhitespaceatall", 5),
-            "nowhitespaceatall"
-        );
-        assert_eq!(prefix_at_whitespace("é é é é", 4), "é");
     }
 
     #[test]

@@ -53,14 +53,17 @@ pub struct EncoderRecord {
     pub precision: String,
     /// ONNX Runtime library version.
     pub ort_version: String,
+    /// The graph file that ran: `model.onnx`, `model.fp16.onnx`, `model.packed.onnx`, ...
+    pub graph: String,
 }
 
 impl EncoderRecord {
-    const KEYS: [&'static str; 4] = [
+    const KEYS: [&'static str; 5] = [
         "tttnn.encoder.dir",
         "tttnn.encoder.provider",
         "tttnn.encoder.precision",
         "tttnn.encoder.ort_version",
+        "tttnn.encoder.graph",
     ];
 
     pub(super) fn entries(&self) -> Vec<(String, String)> {
@@ -69,6 +72,7 @@ impl EncoderRecord {
             &self.provider,
             &self.precision,
             &self.ort_version,
+            &self.graph,
         ];
         Self::KEYS
             .iter()
@@ -84,6 +88,16 @@ impl EncoderRecord {
             provider: get(1)?,
             precision: get(2)?,
             ort_version: get(3)?,
+            // Stores written before the graph was recorded ran the padded graph of their precision.
+            graph: get(4).unwrap_or_else(|| {
+                let fp16 = get(2).as_deref() == Some("fp16");
+                if fp16 {
+                    "model.fp16.onnx"
+                } else {
+                    "model.onnx"
+                }
+                .to_string()
+            }),
         })
     }
 }

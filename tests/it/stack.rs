@@ -281,7 +281,7 @@ fn ort_encoder_matches_pytorch() {
     }
     let texts: Vec<&str> = g.texts.iter().map(|s| s.as_str()).collect();
     // Batch of 2: batches are formed by length, so this also checks the output order.
-    let got = enc.embed(&texts, 2).unwrap();
+    let got = enc.embed(&texts, tttnn::embed::Batching::rows(2)).unwrap();
     let want = &golden_tensors("tiny-roberta")["embeddings"];
     for (i, v) in got.iter().enumerate() {
         let d = max_abs_diff(&Tensor::from_slice(v), &want.get(i as i64));
@@ -302,8 +302,12 @@ fn a_graph_that_pools_itself_gives_the_same_embeddings() {
     )
     .unwrap();
     let (a, b) = (
-        plain.embed(&texts, 2).unwrap(),
-        pooled.embed(&texts, 2).unwrap(),
+        plain
+            .embed(&texts, tttnn::embed::Batching::rows(2))
+            .unwrap(),
+        pooled
+            .embed(&texts, tttnn::embed::Batching::rows(2))
+            .unwrap(),
     );
     assert_eq!(a.len(), b.len());
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {

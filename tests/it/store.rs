@@ -80,6 +80,7 @@ fn ingest_then_search_finds_each_document_itself() {
         "provider": "CPUExecutionProvider",
         "precision": "fp32",
         "ort_version": "1.31.1",
+        "graph": "model.onnx",
     });
     assert_eq!(out["encoder"], want);
     let recorded = tttnn::store::Store::open(&store)
@@ -263,7 +264,13 @@ fn bad_lines_stop_with_file_and_line_unless_skipped() {
         data.extend_from_slice(format!("\n{}\n", good("print(1)")).as_bytes());
         std::fs::write(&file, &data).unwrap();
         let store = dir.path().join(format!("store{i}"));
-        let err = crate::util::fails(ingest(&store, &[&file], &[]), 1);
+        // One case through the four-stage pipeline a GPU ingest runs (a thread per stage).
+        let threads: &[&str] = if i == 1 {
+            &["--tokenizer-thread", "on", "--commit-rows", "1"]
+        } else {
+            &[]
+        };
+        let err = crate::util::fails(ingest(&store, &[&file], threads), 1);
         assert!(err.contains(message), "want {message:?} in {err}");
         // The two good lines before the bad one are kept.
         assert_eq!(ids(&store), vec!["bad.jsonl:1", "bad.jsonl:2"]);
@@ -457,6 +464,12 @@ fn encoder_departures_need_cuda() {
             "{err}"
         );
     }
+    // So does the packed graph (RemovePadding and PackedAttention have CUDA kernels only).
+    let err = crate::util::fails(ingest(&store, &[&corpus], &["--packing", "packed"]), 1);
+    assert!(
+        err.contains("`packing`") && err.contains("runs on CUDA only"),
+        "{err}"
+    );
     assert!(!store.exists());
 }
 
@@ -477,4 +490,79 @@ fn compaction_leaves_one_version_and_no_replaced_files() {
     let versions = files("_versions");
     assert_eq!(versions.len(), 1, "versions after compaction: {versions:?}");
     assert_eq!(ids(&store).len(), 81);
+}
+
+/// Every stored embedding of `store`'s train split by id.
+fn embeddings(store: &Path) -> std::collections::HashMap<String, Vec<f32>> {
+    let s = tttnn::store::Store::open(store).unwrap();
+    let all = ids(store);
+    let want: std::collections::HashSet<&str> = all.iter().map(String::as_str).collect();
+    s.embeddings_of("train", &want).unwrap()
+}
+
+#[test]
+fn batching_policy_changes_padding_not_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("mixed.jsonl");
+    write_corpus(&corpus, 300);
+    let run = |name: &str, extra: &[&str]| {
+        let store = dir.path().join(name);
+        let out: serde_json::Value =
+            serde_json::from_str(&ok(ingest(&store, &[&corpus], extra))).unwrap();
+        assert_eq!(out["added"], 300, "{out}");
+        let b = &out["encoder_batches"];
+        assert_eq!(b["sequences"], 300, "{out}");
+        assert!(
+            b["tokens"].as_u64().unwrap() <= b["padded_tokens"].as_u64().unwrap(),
+            "{out}"
+        );
+        for stage in ["read", "tokenize", "embed", "write"] {
+            assert!(
+                out["stage_seconds"][stage].as_f64().unwrap() >= 0.0,
+                "{out}"
+            );
+        }
+        (embeddings(&store), out)
+    };
+    // The default; one text per call (no padding at all); a token budget smaller than a batch of
+    // the longest texts, with small commits and blocks that straddle them.
+    let (base, base_out) = run("default", &[]);
+    let (single, single_out) = run("single", &["--batch-size", "1"]);
+    let (budget, budget_out) = run(
+        "budget",
+        &[
+            "--batch-size",
+            "64",
+            "--batch-tokens",
+            "300",
+            "--commit-rows",
+            "70",
+        ],
+    );
+    assert_eq!(single_out["padding_fraction"], 0.0);
+    assert_eq!(single_out["encoder_batches"]["batches"], 300);
+    let pad = |o: &serde_json::Value| o["padding_fraction"].as_f64().unwrap();
+    assert!((0.0..0.5).contains(&pad(&base_out)), "{base_out}");
+    let batches = |o: &serde_json::Value| o["encoder_batches"]["batches"].as_u64().unwrap();
+    assert!(batches(&budget_out) > batches(&base_out), "{budget_out}");
+    for other in [&single, &budget] {
+        assert_eq!(other.len(), base.len());
+        for (id, e) in &base {
+            let d = e
+                .iter()
+                .zip(&other[id])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d <= 1e-5, "{id}: embeddings differ by {d}");
+        }
+    }
+    let err = crate::util::fails(
+        ingest(
+            &dir.path().join("zero"),
+            &[&corpus],
+            &["--batch-tokens", "0"],
+        ),
+        1,
+    );
+    assert!(err.contains("--batch-tokens must be at least 1"), "{err}");
 }

@@ -16,11 +16,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::corpus::{self, FieldPath, Fields, Reader, Record, SetMap};
-use crate::embed::Encoder;
+use crate::corpus::{self, FieldPath, Fields, SetMap};
+use crate::embed::{BatchStats, Batching, Encoder};
 use crate::error::{Error, Result};
-use crate::store::{Document, EncoderRecord, Store};
+use crate::store::{EncoderRecord, Store};
 use crate::task::Shard;
+
+mod pipeline;
+
+use pipeline::InputFile;
+pub use pipeline::{StageSeconds, BLOCK_ROWS};
 
 /// Text bytes buffered before a commit regardless of `commit_rows`: bounds memory on Books3-sized
 /// documents.
@@ -57,12 +62,21 @@ pub struct Ingest {
     /// Stop once the store holds this many documents from these files.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Texts per encoder call.
+    /// Most texts per encoder call. Texts are sorted by length in blocks of 1,024 documents and
+    /// batched in that order, so a batch's padding is small.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Most positions per encoder call, padding included (texts × the longest): a batch of short
+    /// texts may hold --batch-size of them, long ones fewer; 16,384 is 32 × 512.
+    #[arg(long, default_value_t = 16384)]
+    pub batch_tokens: usize,
     /// Documents per Lance commit (large commits keep the file count down).
     #[arg(long, default_value_t = 4096)]
     pub commit_rows: usize,
+    /// Tokenize on a thread of its own, beside the encoder: `auto` does when the encoder is not on
+    /// the CPU (on the CPU it already uses every core; tokenizing beside it made it slower).
+    #[arg(long, value_enum, default_value_t = TokenizerThread::Auto)]
+    pub tokenizer_thread: TokenizerThread,
     /// Skip malformed lines (bad JSON, invalid UTF-8, no `text`), count and report them.
     #[arg(long)]
     pub skip_bad: bool,
@@ -78,6 +92,17 @@ impl Default for Ingest {
     }
 }
 
+/// Whether the ingest tokenizes on a thread of its own (`--tokenizer-thread`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenizerThread {
+    /// When the encoder runs on a GPU.
+    Auto,
+    /// Always.
+    On,
+    /// Never: the encoder's thread tokenizes each block before embedding it.
+    Off,
+}
+
 /// What an ingest reports while it works.
 #[derive(Debug, Clone)]
 pub enum IngestEvent<'a> {
@@ -87,12 +112,15 @@ pub enum IngestEvent<'a> {
     Started { input_bytes: u64 },
     /// `path` was partly ingested before: lines up to `line` are skipped.
     Resuming { path: &'a Path, line: u64 },
-    /// A commit: `docs` documents of `bytes` text bytes; `input_pos` of `input_bytes` read so far.
+    /// A commit: `docs` documents of `bytes` text bytes; `input_pos` of `input_bytes` read so far;
+    /// each stage's working seconds so far in the `seconds` the ingest has taken.
     Committed {
         docs: usize,
         bytes: u64,
         input_pos: u64,
         input_bytes: u64,
+        stages: StageSeconds,
+        seconds: f64,
     },
     /// Merging the small files the commits left.
     Compacting,
@@ -114,12 +142,44 @@ pub struct IngestSummary {
     pub store: String,
     /// The encoder build that embedded them.
     pub encoder: EncoderRecord,
-    /// Seconds the ingest took.
-    #[serde(skip)]
+    /// Seconds the ingest took, compaction included.
     pub seconds: f64,
+    /// Documents added per second.
+    pub docs_per_s: f64,
+    /// Share of the encoder's computed positions that were padding.
+    pub padding_fraction: f64,
+    /// The encoder's calls: sequences, batches, tokens, padded positions.
+    pub encoder_batches: BatchStats,
+    /// Seconds each stage worked (they overlap: their sum can exceed `seconds`).
+    pub stage_seconds: StageSeconds,
+    /// Tokenizing had a thread of its own, beside the encoder (CUDA); on the CPU the encoder's
+    /// thread tokenizes.
+    pub tokenizer_thread: bool,
 }
 
 impl Ingest {
+    /// The encoder's batching: at most `batch_size` texts and `batch_tokens` padded positions.
+    pub fn batching(&self) -> Batching {
+        Batching {
+            max_rows: self.batch_size,
+            max_tokens: self.batch_tokens,
+        }
+    }
+
+    /// Refuses settings no ingest can run with, before anything is opened or written.
+    pub fn check(&self) -> Result<()> {
+        for (name, flag, value) in [
+            ("batch_size", "--batch-size", self.batch_size),
+            ("batch_tokens", "--batch-tokens", self.batch_tokens),
+            ("commit_rows", "--commit-rows", self.commit_rows),
+        ] {
+            if value == 0 {
+                return Err(Error::setting(name, format!("{flag} must be at least 1")));
+            }
+        }
+        Ok(())
+    }
+
     /// Ingests `inputs` (files, directories of corpus files) into `store` with `encoder`.
     pub fn run(
         &self,
@@ -136,107 +196,68 @@ impl Ingest {
                 "--limit counts the whole store's documents: give it to an unsharded ingest",
             ));
         }
-        let owns = |line: u64| self.shard.owns(line as usize - 1);
-        let wanted: Vec<String> = self.sets.iter().map(|s| corpus::set_name(s)).collect();
+        self.check()?;
         let set_map = match &self.set_map {
             Some(p) => SetMap::load(p)?,
             None => SetMap::default(),
-        };
-        let fields = Fields {
-            text: self.text_field.clone(),
-            set: self.set_field.clone(),
         };
         let record = encoder.record();
         let inputs = corpus::data_files(inputs, &self.split)?;
         for note in &inputs.notes {
             on_event(IngestEvent::Chose { note });
         }
-        let mut sources = Vec::new();
-        let mut input_bytes = 0;
+        // Every file is checked and its resume point found before anything is read.
+        let mut files = Vec::new();
         for f in &inputs.files {
-            let abs = std::fs::canonicalize(f).map_err(|e| Error::io(f, e))?;
-            input_bytes += std::fs::metadata(&abs).map_err(|e| Error::io(f, e))?.len();
-            sources.push(abs);
-        }
-        on_event(IngestEvent::Started { input_bytes });
-        let source_names: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
-        let mut have = store.count_from(&source_names)?;
-        let mut batch = Batch {
-            ingest: self,
-            store,
-            encoder,
-            pending: Vec::new(),
-            pending_bytes: 0,
-            added: 0,
-            done_bytes: 0,
-            input_bytes,
-        };
-        let mut bad = Vec::new();
-        'files: for (path, source) in sources.iter().zip(&source_names) {
-            let file_name = path
+            let path = std::fs::canonicalize(f).map_err(|e| Error::io(f, e))?;
+            let bytes = std::fs::metadata(&path).map_err(|e| Error::io(f, e))?.len();
+            let source = path.display().to_string();
+            let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if let Some(other) = store.other_source_with_prefix(&format!("{file_name}:"), source)? {
-                return Err(Error::bad_file(path, format!("ids are `{file_name}:LINE` and another file of that name is already in the store: {other}")));
+            if let Some(other) = store.other_source_with_prefix(&format!("{name}:"), &source)? {
+                return Err(Error::bad_file(&path, format!("ids are `{name}:LINE` and another file of that name is already in the store: {other}")));
             }
-            let resume = store.max_line(source, self.shard)?.unwrap_or(0);
-            if resume > 0 {
-                on_event(IngestEvent::Resuming { path, line: resume });
-            }
-            let mut reader = Reader::open_with(path, &fields, resume)?;
-            let file = Source {
-                name: &file_name,
-                path: source,
-            };
-            loop {
-                if self.limit.is_some_and(|l| have + batch.pending.len() >= l) {
-                    batch.flush(&file, reader.position(), on_event)?;
-                    break 'files;
-                }
-                let Some(item) = reader.next() else { break };
-                let mut rec = match item {
-                    Ok(r) if !owns(r.line) => continue,
-                    Ok(r) => r,
-                    // Another worker's line: its owner reports it.
-                    Err(Error::BadInput { line: Some(l), .. }) if !owns(l) => continue,
-                    Err(e @ Error::BadInput { line: Some(_), .. }) if self.skip_bad => {
-                        bad.push(e.to_string());
-                        continue;
-                    }
-                    Err(e) => {
-                        // Keep everything before the bad line: a re-run resumes right there.
-                        batch.flush(&file, reader.position(), on_event)?;
-                        return Err(e);
-                    }
-                };
-                if rec.line <= resume {
-                    continue;
-                }
-                let raw = rec
-                    .set_name
-                    .take()
-                    .or_else(|| self.default_set.clone())
-                    .unwrap_or_default();
-                let set = set_map.apply(raw.clone());
-                // `--sets` names a set by its task or by the corpus's own name for it.
-                let wanted_set = |w: &String| w.eq_ignore_ascii_case(&set) || *w == raw;
-                if !wanted.is_empty() && !wanted.iter().any(wanted_set) {
-                    continue;
-                }
-                rec.set_name = Some(set);
-                batch.pending_bytes += rec.text.len();
-                batch.pending.push(rec);
-                if batch.pending.len() >= self.commit_rows || batch.pending_bytes >= COMMIT_BYTES {
-                    have += batch.pending.len();
-                    batch.flush(&file, reader.position(), on_event)?;
-                }
-            }
-            have += batch.pending.len();
-            batch.flush(&file, reader.position(), on_event)?;
-            batch.done_bytes += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            let resume = store.max_line(&source, self.shard)?.unwrap_or(0);
+            files.push(InputFile {
+                path,
+                source,
+                name,
+                resume,
+                bytes,
+            });
         }
-        let added = batch.added;
+        let input_bytes = files.iter().map(|f| f.bytes).sum();
+        on_event(IngestEvent::Started { input_bytes });
+        for f in files.iter().filter(|f| f.resume > 0) {
+            on_event(IngestEvent::Resuming {
+                path: &f.path,
+                line: f.resume,
+            });
+        }
+        let sources: Vec<String> = files.iter().map(|f| f.source.clone()).collect();
+        let filter = pipeline::Filter {
+            fields: Fields {
+                text: self.text_field.clone(),
+                set: self.set_field.clone(),
+            },
+            set_map,
+            wanted: pipeline::wanted_sets(&self.sets),
+            have: store.count_from(&sources)?,
+            ingest: self,
+        };
+        let outcome = pipeline::run(&filter, &files, store, encoder, &mut |c| {
+            on_event(IngestEvent::Committed {
+                docs: c.docs,
+                bytes: c.bytes,
+                input_pos: c.input_pos,
+                input_bytes,
+                stages: c.stages,
+                seconds: start.elapsed().as_secs_f64(),
+            })
+        })?;
+        let added = outcome.added;
         if added > 0 && self.shard.index == 0 {
             // One writer of the store's config among shards: worker 0.
             store.record_encoder(&record)?;
@@ -247,74 +268,21 @@ impl Ingest {
             on_event(IngestEvent::Compacting);
             store.compact()?;
         }
+        let seconds = start.elapsed().as_secs_f64();
         Ok(IngestSummary {
             added,
             documents: store.count()?,
-            skipped_bad: bad.len(),
-            bad_lines: bad,
+            skipped_bad: outcome.bad_lines.len(),
+            bad_lines: outcome.bad_lines,
             store: store.path().display().to_string(),
             encoder: record,
-            seconds: start.elapsed().as_secs_f64(),
+            seconds,
+            docs_per_s: added as f64 / seconds.max(1e-9),
+            padding_fraction: outcome.batches.padding_fraction(),
+            encoder_batches: outcome.batches,
+            stage_seconds: outcome.stages,
+            tokenizer_thread: outcome.tokenizer_thread,
         })
-    }
-}
-
-/// The file being read: its name (for ids) and full path (the `source` column).
-struct Source<'a> {
-    name: &'a str,
-    path: &'a str,
-}
-
-/// Records read but not yet committed, and the running totals.
-struct Batch<'a> {
-    ingest: &'a Ingest,
-    store: &'a Store,
-    encoder: &'a mut Encoder,
-    /// Records to commit, each with its set name as stored (default and map applied).
-    pending: Vec<Record>,
-    pending_bytes: usize,
-    added: usize,
-    done_bytes: u64,
-    input_bytes: u64,
-}
-
-impl Batch<'_> {
-    /// Embeds and commits the pending records; `pos` is the reader's position in the file.
-    fn flush(
-        &mut self,
-        file: &Source,
-        pos: u64,
-        on_event: &mut dyn FnMut(IngestEvent),
-    ) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let texts: Vec<&str> = self.pending.iter().map(|r| r.text.as_str()).collect();
-        let embeddings = self.encoder.embed(&texts, self.ingest.batch_size)?;
-        let docs: Vec<Document> = std::mem::take(&mut self.pending)
-            .into_iter()
-            .zip(embeddings)
-            .map(|(r, embedding)| Document {
-                id: doc_id(file.name, r.line),
-                split: self.ingest.split.clone(),
-                set_name: r.set_name.unwrap_or_default(),
-                source: file.path.to_string(),
-                line: r.line,
-                text: r.text,
-                embedding,
-            })
-            .collect();
-        let bytes: u64 = docs.iter().map(|d| d.text.len() as u64).sum();
-        self.store.add(&docs)?;
-        self.added += docs.len();
-        self.pending_bytes = 0;
-        on_event(IngestEvent::Committed {
-            docs: docs.len(),
-            bytes,
-            input_pos: self.done_bytes + pos,
-            input_bytes: self.input_bytes,
-        });
-        Ok(())
     }
 }
 
@@ -387,8 +355,13 @@ mod tests {
     fn defaults_are_the_flags_defaults() {
         let d = Ingest::default();
         assert_eq!(
-            (d.split.as_str(), d.batch_size, d.commit_rows),
-            ("train", 32, 4096)
+            (
+                d.split.as_str(),
+                d.batch_size,
+                d.batch_tokens,
+                d.commit_rows
+            ),
+            ("train", 32, 16384, 4096)
         );
         assert!(d.sets.is_empty() && d.limit.is_none() && !d.skip_bad);
     }
