@@ -168,6 +168,12 @@ impl Ingest {
 
     /// Refuses settings no ingest can run with, before anything is opened or written.
     pub fn check(&self) -> Result<()> {
+        if self.shard.count > 1 && self.limit.is_some() {
+            return Err(Error::setting(
+                "limit",
+                "--limit counts the whole store's documents: give it to an unsharded ingest",
+            ));
+        }
         for (name, flag, value) in [
             ("batch_size", "--batch-size", self.batch_size),
             ("batch_tokens", "--batch-tokens", self.batch_tokens),
@@ -190,12 +196,6 @@ impl Ingest {
     ) -> Result<IngestSummary> {
         let start = Instant::now();
         let sharded = self.shard.count > 1;
-        if sharded && self.limit.is_some() {
-            return Err(Error::setting(
-                "limit",
-                "--limit counts the whole store's documents: give it to an unsharded ingest",
-            ));
-        }
         self.check()?;
         let set_map = match &self.set_map {
             Some(p) => SetMap::load(p)?,
@@ -243,7 +243,7 @@ impl Ingest {
                 set: self.set_field.clone(),
             },
             set_map,
-            wanted: pipeline::wanted_sets(&self.sets),
+            wanted: self.sets.iter().map(|s| corpus::set_name(s)).collect(),
             have: store.count_from(&sources)?,
             ingest: self,
         };

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Instant;
 
-use crate::corpus::{self, Fields, Reader, Record, SetMap};
+use crate::corpus::{Fields, Reader, Record, SetMap};
 use crate::embed::{BatchStats, Batching, Encoder, TextTokenizer};
 use crate::error::{Error, Result};
 use crate::store::{Document, Store};
@@ -420,9 +420,4 @@ fn write(
     // The input ended early (a stage before failed): keep what was embedded.
     commit(&mut docs, input_pos)?;
     Ok(added)
-}
-
-/// Names of the corpus's sets `--sets` asks for, as stored.
-pub(super) fn wanted_sets(sets: &[String]) -> Vec<String> {
-    sets.iter().map(|s| corpus::set_name(s)).collect()
 }
