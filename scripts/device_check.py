@@ -48,6 +48,7 @@ class Check:
         self.results = {"device": self.dev, "steps": {}, "correctness": {}, "lm_speed": [],
                         "embed_speed": [], "end_to_end": {}}
         self.py = sys.executable
+        self.inputs = {}  # embed_inputs' files by number of texts
 
     def left(self):
         return self.a.budget_s - (time.monotonic() - self.start)
@@ -204,26 +205,27 @@ class Check:
         all fill the 512-token window, and `demo-whole`, texts whose token counts follow the length mix
         recorded in docs/bench/length-mix-demo-whole.json (whole documents of the demo corpus's six
         sources, scripts/bench-ingest), cycled to `docs` texts."""
+        if docs in self.inputs:  # written by an earlier step of this run
+            return self.inputs[docs]
+        files = {"full-512": self.work / f"texts-full-512-{docs}.jsonl",
+                 "demo-whole": self.work / f"texts-demo-whole-{docs}.jsonl"}
         from tokenizers import Tokenizer
         tok = Tokenizer.from_file(str(FIXTURES / "encoders" / "tiny-roberta" / "tokenizer.json"))
-        files = {}
-        full = self.work / f"texts-full-512-{docs}.jsonl"
+        full = files["full-512"]
         with open(full, "w") as f:
             for i in range(docs):
                 words = " ".join(f"w{(i * 31 + j * 7) % 997}" for j in range(600))
                 f.write(json.dumps({"text": words, "meta": {"pile_set_name": "bench"}}) + "\n")
-        files["full-512"] = full
         mix = json.loads((REPO / "docs" / "bench" / "length-mix-demo-whole.json").read_text())
         lengths = mix["token_lengths"]
-        path = self.work / f"texts-demo-whole-{docs}.jsonl"
-        with open(path, "w") as f:
+        with open(files["demo-whole"], "w") as f:
             for i in range(docs):
                 want = max(1, lengths[i % len(lengths)] - 2)  # the encoder adds <s> and </s>
                 words = " ".join(f"w{(i * 31 + j * 7) % 997}" for j in range(want + 8))
                 e = tok.encode(words, add_special_tokens=False)
                 end = e.offsets[want - 1][1] if len(e.offsets) >= want else len(words)
                 f.write(json.dumps({"text": words[:end], "meta": {"pile_set_name": "bench"}}) + "\n")
-        files["demo-whole"] = path
+        self.inputs[docs] = files
         return files
 
     def embed_speed(self):

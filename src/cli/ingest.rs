@@ -93,7 +93,7 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
             let secs = seconds.max(1e-9);
             let rate = docs as f64 / secs;
             // Each stage's working share of the wall time: the one near 100% sets the pace.
-            let (slowest, _) = stages.slowest();
+            let slowest = stages.slowest();
             let busy = format!(
                 "busy: read {:.0}% tokenize {:.0}% embed {:.0}% write {:.0}% ({slowest}-bound)",
                 100.0 * stages.read / secs,

@@ -25,7 +25,7 @@ use crate::task::Shard;
 mod pipeline;
 
 use pipeline::InputFile;
-pub use pipeline::{StageSeconds, BLOCK_ROWS};
+pub use pipeline::StageSeconds;
 
 /// Text bytes buffered before a commit regardless of `commit_rows`: bounds memory on Books3-sized
 /// documents.

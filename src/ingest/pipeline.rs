@@ -63,8 +63,8 @@ pub struct StageSeconds {
 }
 
 impl StageSeconds {
-    /// The stage that worked longest, the one that sets the pace, and its seconds.
-    pub fn slowest(&self) -> (&'static str, f64) {
+    /// The stage that worked longest, the one that sets the pace.
+    pub fn slowest(&self) -> &'static str {
         [
             ("read", self.read),
             ("tokenize", self.tokenize),
@@ -73,6 +73,7 @@ impl StageSeconds {
         ]
         .into_iter()
         .fold(("read", f64::MIN), |a, b| if b.1 > a.1 { b } else { a })
+        .0
     }
 }
 
@@ -232,7 +233,7 @@ fn read(
 ) -> Result<Vec<String>> {
     let ingest = filter.ingest;
     let owns = |line: u64| ingest.shard.owns(line as usize - 1);
-    let block_rows = BLOCK_ROWS.min(ingest.commit_rows.max(1));
+    let block_rows = BLOCK_ROWS.min(ingest.commit_rows);
     let mut bad = Vec::new();
     let mut sent = 0usize;
     let mut done_bytes = 0u64;

@@ -1,6 +1,8 @@
 //! What the store holds per document, and the record of the encoder that embedded them.
 use std::collections::HashMap;
 
+use crate::embed::{Packing, Precision};
+
 /// One corpus document as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
@@ -90,13 +92,11 @@ impl EncoderRecord {
             ort_version: get(3)?,
             // Stores written before the graph was recorded ran the padded graph of their precision.
             graph: get(4).unwrap_or_else(|| {
-                let fp16 = get(2).as_deref() == Some("fp16");
-                if fp16 {
-                    "model.fp16.onnx"
-                } else {
-                    "model.onnx"
-                }
-                .to_string()
+                let precision = match get(2).as_deref() {
+                    Some(p) if p == Precision::Fp16.name() => Precision::Fp16,
+                    _ => Precision::Fp32,
+                };
+                Packing::Padded.graph_file(precision).to_string()
             }),
         })
     }
