@@ -3,7 +3,10 @@
 clients PUT one new key at once with `If-None-Match: *`; exactly one may succeed, the rest must get
 412 Precondition Failed, and the object must hold the winner's bytes. Prints a JSON summary.
 
-    python scripts/s3_conditional_put.py ENDPOINT BUCKET [--writers 64] [--rounds 3]
+    python scripts/s3_conditional_put.py ENDPOINT BUCKET [--writers 64] [--rounds 3] [--bytes 0]
+
+`--bytes N` pads each body to N bytes: a Lance manifest is kilobytes, and a server that checks the
+condition and stores the object as two steps is wider open to a race the longer the store takes.
 """
 import argparse
 import json
@@ -26,8 +29,13 @@ def main():
     ap.add_argument("bucket")
     ap.add_argument("--writers", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--bytes", type=int, default=0)
     args = ap.parse_args()
     rounds = []
+
+    def body_of(i):
+        return f"writer {i}".encode().ljust(args.bytes, b".")
+
     for _ in range(args.rounds):
         key = f"conditional-put-{uuid.uuid4()}"
         outcomes = {}
@@ -37,7 +45,7 @@ def main():
         def put(i):
             start.wait()
             try:
-                clients[i].put_object(Bucket=args.bucket, Key=key, Body=f"writer {i}".encode(),
+                clients[i].put_object(Bucket=args.bucket, Key=key, Body=body_of(i),
                                       IfNoneMatch="*")
                 outcomes[i] = "ok"
             except botocore.exceptions.ClientError as e:
@@ -47,9 +55,9 @@ def main():
         [t.start() for t in threads]
         [t.join() for t in threads]
         winners = [i for i, o in outcomes.items() if o == "ok"]
-        body = client(args.endpoint).get_object(Bucket=args.bucket, Key=key)["Body"].read().decode()
+        body = client(args.endpoint).get_object(Bucket=args.bucket, Key=key)["Body"].read()
         rounds.append({"outcomes": dict(Counter(outcomes.values())),
-                       "winner_stored": len(winners) == 1 and body == f"writer {winners[0]}"})
+                       "winner_stored": len(winners) == 1 and body == body_of(winners[0])})
     print(json.dumps({"writers": args.writers, "rounds": rounds}))
 
 

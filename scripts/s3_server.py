@@ -48,6 +48,12 @@ class Shim:
         self.app = app
         self.latency = latency_ms / 1000.0
         self.lock = threading.Lock()
+        # moto checks a conditional PUT's precondition and then stores the object, two steps with
+        # no lock between them (moto/s3/responses.py, put_object): two `If-None-Match: *` PUTs of one
+        # key can both succeed (seen here with 2 MB bodies: scripts/s3_conditional_put.py
+        # --bytes). Two Lance writers would then both commit one version and one commit would be
+        # lost. Real S3 decides a conditional write atomically; one writer at a time here does too.
+        self.write_lock = threading.Lock()
         self.reset()
 
     def reset(self):
@@ -121,7 +127,10 @@ class Shim:
             time.sleep(self.latency)
         received = int(environ.get("CONTENT_LENGTH") or 0)
         body = self.ranged_get(environ, start_response)
-        if body is None:
+        if body is None and environ["REQUEST_METHOD"] in ("PUT", "POST", "DELETE"):
+            with self.write_lock:
+                body = list(self.app(environ, start_response))
+        elif body is None:
             body = list(self.app(environ, start_response))
         self.count(environ["REQUEST_METHOD"], received, sum(len(b) for b in body))
         return body

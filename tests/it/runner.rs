@@ -759,6 +759,15 @@ fn the_slurm_and_kubernetes_recipes_merge_to_one_workers_run() {
             .unwrap())
     };
     assert!(table1(&single).lines().count() > 2, "{}", table1(&single));
+    // The neighbours first: a difference there names the documents it comes from.
+    let ids = |db: &Path| {
+        neighbors(db, crate::util::last_run(db))
+            .into_iter()
+            .map(|(doc, (id, _))| (doc, id))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(ids(&slurm), ids(&single), "slurm");
+    assert_eq!(ids(&k8s), ids(&single), "k8s");
     assert_eq!(table1(&slurm), table1(&single));
     assert_eq!(table1(&k8s), table1(&single));
     let merged = crate::util::last_run(&slurm);
