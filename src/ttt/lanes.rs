@@ -268,7 +268,7 @@ impl LaneTrainer {
             .iter()
             .map(|s| s.is_some_and(ChunkStep::steps))
             .collect();
-        self.opt.step(&mut self.weights, &stepping);
+        self.opt.step(&mut self.weights, &stepping)?;
         Ok(LaneRound {
             steps: out,
             computed_tokens,

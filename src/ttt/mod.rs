@@ -344,7 +344,7 @@ impl Trainer {
             Chunk::Tokens(c) => c,
             Chunk::ZeroGrad => {
                 self.weights.zero_grad();
-                self.opt.step(&mut self.weights, &[true]);
+                self.opt.step(&mut self.weights, &[true])?;
                 return Ok(ChunkStep::ZeroGrad);
             }
             Chunk::Skipped => return Ok(ChunkStep::SkippedShort),
@@ -378,7 +378,7 @@ impl Trainer {
         // a non-finite loss must not reach the weights.
         let value = loss.double_value(&[]);
         let step = ChunkStep::trained(value);
-        self.opt.step(&mut self.weights, &[step.steps()]);
+        self.opt.step(&mut self.weights, &[step.steps()])?;
         Ok(step)
     }
 }
