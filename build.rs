@@ -2,7 +2,7 @@
 //! compiles the C++ shim (`csrc/`): libtorch ops tch 0.24 does not bind, against the headers of the
 //! libtorch torch-sys links (`LIBTORCH`, from `scripts/setup` via `.tttnn-env`), with torch-sys's
 //! own flags.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
@@ -17,6 +17,7 @@ fn main() {
         .unwrap_or_default();
     println!("cargo:rustc-env=TTTNN_GIT_COMMIT={commit}");
     shim();
+    cuda_graphs_shim();
 }
 
 /// The libtorch include directories torch-sys compiles its own wrapper with.
@@ -48,4 +49,86 @@ fn shim() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/fused.cpp")
         .compile("tttnn_shim");
+}
+
+/// The CUDA torch wheel's own tree behind `LIBTORCH` (scripts/setup links `LIBTORCH/include` to
+/// it): `torch/lib` with libtorch_cuda, and the CUDA runtime wheel's headers and library beside.
+struct CudaTree {
+    torch_lib: PathBuf,
+    cuda_include: PathBuf,
+    cuda_lib: PathBuf,
+}
+
+fn cuda_tree(includes: &[PathBuf]) -> Result<CudaTree, String> {
+    let include = std::fs::canonicalize(&includes[0])
+        .map_err(|e| format!("{}: {e}", includes[0].display()))?;
+    let torch = include.parent().ok_or("no torch directory")?;
+    let site = torch.parent().ok_or("no site-packages directory")?;
+    let tree = CudaTree {
+        torch_lib: torch.join("lib"),
+        cuda_include: site.join("nvidia/cu13/include"),
+        cuda_lib: site.join("nvidia/cu13/lib"),
+    };
+    for (path, what) in [
+        (tree.torch_lib.join("libtorch_cuda.so"), "libtorch_cuda.so"),
+        (tree.torch_lib.join("libc10_cuda.so"), "libc10_cuda.so"),
+        (tree.cuda_include.join("cuda_runtime_api.h"), "the CUDA runtime headers"),
+        (tree.cuda_include.join("crt/host_config.h"), "CUDA's crt headers (nvidia-cuda-crt)"),
+        (tree.cuda_lib.join("libcudart.so.13"), "libcudart.so.13"),
+    ] {
+        if !path.exists() {
+            return Err(format!("no {what} at {}", path.display()));
+        }
+    }
+    Ok(tree)
+}
+
+/// Builds `libtttnn_cuda_graphs.so` (csrc/cuda_graphs.cpp) into OUT_DIR and tells the crate where
+/// it is (`TTTNN_CUDA_GRAPHS_SHIM`), or why there is none (`TTTNN_CUDA_GRAPHS_SHIM_MISSING`): the
+/// binary loads it only for `--cuda-graphs`, so a build without it still runs everything else.
+fn cuda_graphs_shim() {
+    println!("cargo:rerun-if-changed=csrc/cuda_graphs.cpp");
+    let includes = libtorch_includes();
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let lib = out.join("libtttnn_cuda_graphs.so");
+    let built = cuda_tree(&includes).and_then(|tree| {
+        // Headers installed later (scripts/setup adds CUDA's crt/) rebuild the shim.
+        println!("cargo:rerun-if-changed={}", tree.cuda_include.display());
+        compile_cuda_graphs(&includes, &tree, &lib)
+    });
+    match built {
+        Ok(()) => println!("cargo:rustc-env=TTTNN_CUDA_GRAPHS_SHIM={}", lib.display()),
+        Err(why) => {
+            println!("cargo:warning=no CUDA graph shim in this build: {why}");
+            println!("cargo:rustc-env=TTTNN_CUDA_GRAPHS_SHIM_MISSING={why}");
+        }
+    }
+}
+
+fn compile_cuda_graphs(includes: &[PathBuf], tree: &CudaTree, lib: &Path) -> Result<(), String> {
+    let compiler = cc::Build::new().cpp(true).get_compiler();
+    let mut cmd = compiler.to_command();
+    cmd.args(["-shared", "-fPIC", "-O2", "-std=c++17", "-w"])
+        .args(["-D_GLIBCXX_USE_CXX11_ABI=1", "-DGLOG_USE_GLOG_EXPORT"]);
+    for i in includes.iter().chain([&tree.cuda_include]) {
+        cmd.arg(format!("-I{}", i.display()));
+    }
+    cmd.arg("csrc/cuda_graphs.cpp")
+        .arg("-o")
+        .arg(lib)
+        .arg(format!("-L{}", tree.torch_lib.display()))
+        .arg(format!("-L{}", tree.cuda_lib.display()))
+        .args(["-ltorch_cuda", "-lc10_cuda", "-ltorch_cpu", "-lc10", "-l:libcudart.so.13"]);
+    let output = cmd.output().map_err(|e| format!("running the C++ compiler: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "compiling csrc/cuda_graphs.cpp failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ));
+    }
+    Ok(())
 }

@@ -5,13 +5,14 @@
 //! `scripts/device-check` runs it on the GPU machine (docs/gpu.md).
 //!
 //!     cargo run --release --example bench_lm -- MODEL_DIR [--steps 5] [--max-length 1024] [--device cpu]
-//!         [--precision fp32|tf32|bf16] [--save-trained WEIGHTS.safetensors]
+//!         [--precision fp32|tf32|bf16] [--cuda-graphs off|on] [--dropout model|off]
+//!         [--save-trained WEIGHTS.safetensors]
 use std::path::PathBuf;
 use std::time::Instant;
 
 use tttnn::eval;
 use tttnn::lm::{LanguageModel, Precision};
-use tttnn::ttt::{TrainConfig, Trainer};
+use tttnn::ttt::{CudaGraphs, Dropout, TrainConfig, Trainer};
 use tttnn::Device;
 
 /// Seconds per training step and per evaluated document on one HF model directory.
@@ -31,6 +32,12 @@ struct Args {
     /// fp32 (the original), tf32 (CUDA) or bf16 (mixed precision: fp32 masters and AdamW state).
     #[arg(long, value_enum, default_value_t = Precision::Fp32)]
     precision: Precision,
+    /// Training steps as CUDA graphs (on: each step a replay of its captured graph; CUDA only).
+    #[arg(long, value_enum, default_value_t = CudaGraphs::Off)]
+    cuda_graphs: CudaGraphs,
+    /// Dropout while training (off: the graphs-vs-eager comparison needs the same masks).
+    #[arg(long, value_enum, default_value_t = Dropout::Model)]
+    dropout: Dropout,
     /// Write the fp32 weights after the training steps here (safetensors, HF names): compares devices.
     #[arg(long)]
     save_trained: Option<PathBuf>,
@@ -43,6 +50,8 @@ fn main() -> anyhow::Result<()> {
         max_length,
         device,
         precision,
+        cuda_graphs,
+        dropout,
         save_trained,
     } = clap::Parser::parse();
     let lm = LanguageModel::load(&dir, device)?;
@@ -59,6 +68,8 @@ fn main() -> anyhow::Result<()> {
             lr: 2e-5,
             max_length,
             precision,
+            cuda_graphs,
+            dropout,
             ..Default::default()
         },
     )?;
@@ -95,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             "precision": format!("{precision:?}").to_lowercase(),
             "threads": tch::get_num_threads(), "train_step_s": step_s, "eval_doc_s": eval_s, "train_step_all_s": step_times, "eval_doc_all_s": eval_times,
             "train_tflops": flops / step_s / 1e12,
+            "graphs": cuda_graphs == CudaGraphs::On, "graph_buckets": trainer.graph_stats(),
         })
     );
     Ok(())

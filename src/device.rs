@@ -18,7 +18,6 @@ pub enum Device {
 }
 
 impl Device {
-    /// The tch device, loading CUDA support first when asked for.
     /// Memory a run may plan with, in bytes: available RAM on the CPU (`MemAvailable`), the GPU's
     /// total memory on CUDA (from `nvidia-smi`); None when it cannot be read.
     pub fn memory_bytes(self) -> Option<u64> {
@@ -51,6 +50,7 @@ impl Device {
         }
     }
 
+    /// The tch device, loading CUDA support first when asked for.
     pub fn to_tch(self) -> Result<tch::Device> {
         match self {
             Device::Cpu => Ok(tch::Device::Cpu),

@@ -35,6 +35,7 @@ pub(super) fn train_config(cfg: &RunConfig, lm: &LanguageModel) -> TrainConfig {
         precision: cfg.precision,
         short_chunks: cfg.short_chunks,
         dropout: cfg.dropout,
+        cuda_graphs: cfg.cuda_graphs,
         ..Default::default()
     }
 }

@@ -47,8 +47,9 @@ struct Part<'a> {
     step: &'a Tensor,
 }
 
-/// libtorch's `_fused_adamw_` over `parts` (no gradient scale, no skip flag).
-fn fused_adamw(c: &TrainConfig, parts: &[Part]) -> Result<()> {
+/// libtorch's `_fused_adamw_` over `parts` (no gradient scale); a nonzero `found_inf` (a 0-d fp32
+/// tensor on the device) skips the whole update on the device.
+fn fused_adamw(c: &TrainConfig, parts: &[Part], found_inf: Option<&Tensor>) -> Result<()> {
     fn ptrs<'a>(parts: &[Part<'a>], f: fn(&Part<'a>) -> &'a Tensor) -> Vec<*const c_void> {
         parts.iter().map(|p| f(p).as_ptr() as *const c_void).collect()
     }
@@ -72,7 +73,7 @@ fn fused_adamw(c: &TrainConfig, parts: &[Part]) -> Result<()> {
             c.weight_decay,
             c.eps,
             std::ptr::null(),
-            std::ptr::null(),
+            found_inf.map_or(std::ptr::null(), |t| t.as_ptr() as *const c_void),
         )
     };
     if message.is_null() {
@@ -123,6 +124,7 @@ impl AdamW {
     pub fn reset(&mut self) {
         let _ = self.exp_avg.zero_();
         let _ = self.exp_avg_sq.zero_();
+        let _ = self.step_counts.zero_();
         self.steps.iter_mut().for_each(|s| *s = 0);
     }
 
@@ -130,12 +132,55 @@ impl AdamW {
     pub fn reset_lane(&mut self, lane: usize) {
         let _ = self.exp_avg.get(lane as i64).zero_();
         let _ = self.exp_avg_sq.get(lane as i64).zero_();
+        let _ = self.step_counts.get(lane as i64).zero_();
         self.steps[lane] = 0;
     }
 
     /// Each set's step count.
     pub fn steps(&self) -> &[i64] {
         &self.steps
+    }
+
+    /// The device's step counts set from the host's (after a checkpoint is loaded).
+    pub(super) fn sync_step_counts(&mut self) {
+        let counts: Vec<f32> = self.steps.iter().map(|&s| s as f32).collect();
+        let _ = self.step_counts.copy_(&Tensor::from_slice(&counts));
+    }
+
+    /// One AdamW step of a single set with everything on the device, as a CUDA graph captures it:
+    /// `clip_grad_norm_`, then the update unless `skip` (a 0-d fp32 flag: a non-finite loss, or
+    /// warm-up) or a non-finite gradient norm; the device's step count advances only when it
+    /// updates. Returns the flag it used (1 = skipped); the caller books the host's count
+    /// ([`AdamW::count_step`]) once it has read it.
+    pub(super) fn step_on_device(
+        &mut self,
+        weights: &mut FlatWeights,
+        skip: &Tensor,
+    ) -> Result<Tensor> {
+        let c = self.config;
+        tch::no_grad(|| {
+            let mut g = weights.grad_fp32();
+            let norm = g.norm();
+            clip(&c, &mut g, &norm);
+            let skipped = skip.maximum(&norm.isfinite().logical_not().to_kind(Kind::Float));
+            let step = self.step_counts.get(0);
+            let _ = step.shallow_clone().g_add_(&(1.0 - &skipped));
+            let part = Part {
+                param: &weights.master,
+                grad: &g,
+                exp_avg: &self.exp_avg,
+                exp_avg_sq: &self.exp_avg_sq,
+                step: &step,
+            };
+            fused_adamw(&c, &[part], Some(&skipped))?;
+            weights.refresh_working();
+            Ok(skipped)
+        })
+    }
+
+    /// Books on the host a step [`AdamW::step_on_device`] took.
+    pub(super) fn count_step(&mut self) {
+        self.steps[0] += 1;
     }
 
     /// `clip_grad_norm_(max_norm)` then one AdamW step of each set `s` with `stepping[s]` (one
@@ -200,7 +245,7 @@ impl AdamW {
                     step,
                 })
                 .collect();
-            fused_adamw(&c, &parts)?;
+            fused_adamw(&c, &parts, None)?;
             weights.refresh_working();
             Ok(())
         })

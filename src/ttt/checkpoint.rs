@@ -83,6 +83,7 @@ impl AdamW {
             Ok(())
         })?;
         self.steps = steps;
+        self.sync_step_counts();
         Ok(tag.int64_value(&[0]))
     }
 }

@@ -11,10 +11,12 @@ use tch::{Kind, Tensor};
 mod adamw;
 mod checkpoint;
 mod flat;
+pub mod graphs;
 mod lanes;
 
 pub use adamw::AdamW;
 pub use flat::FlatWeights;
+pub use graphs::CudaGraphs;
 pub use lanes::{LanePlan, LaneRound, LaneTrainer, MAX_AUTO_LANES};
 
 use crate::error::Result;
@@ -50,6 +52,9 @@ pub struct TrainConfig {
     #[serde(default)]
     /// Dropout while training: as the model's config sets it (the original), or off.
     pub dropout: Dropout,
+    #[serde(default)]
+    /// Steps as captured CUDA graphs, or launched kernel by kernel.
+    pub cuda_graphs: CudaGraphs,
 }
 
 impl Default for TrainConfig {
@@ -65,6 +70,7 @@ impl Default for TrainConfig {
             precision: Precision::Fp32,
             short_chunks: ShortChunks::Step,
             dropout: Dropout::Model,
+            cuda_graphs: CudaGraphs::Off,
         }
     }
 }
@@ -274,6 +280,8 @@ pub struct Trainer {
     weights: FlatWeights,
     opt: AdamW,
     config: TrainConfig,
+    /// The captured steps, with `--cuda-graphs on`.
+    graphs: Option<graphs::GraphedSteps>,
 }
 
 impl Trainer {
@@ -282,10 +290,19 @@ impl Trainer {
     pub fn new(lm: &LanguageModel, config: TrainConfig) -> Result<Self> {
         let weights = FlatWeights::new(lm, config.precision)?;
         let opt = AdamW::new(&weights, config);
+        let graphs = match config.cuda_graphs {
+            CudaGraphs::On => Some(graphs::GraphedSteps::new(
+                lm.device(),
+                config.max_length,
+                IGNORE_INDEX,
+            )?),
+            CudaGraphs::Off => None,
+        };
         Ok(Self {
             weights,
             opt,
             config,
+            graphs,
         })
     }
 
@@ -349,6 +366,9 @@ impl Trainer {
             }
             Chunk::Skipped => return Ok(ChunkStep::SkippedShort),
         };
+        if self.graphs.is_some() {
+            return self.graphed_step(lm, chunk);
+        }
         let ids = Tensor::from_slice(chunk).unsqueeze(0).to(lm.device());
         let logits = lm.forward(&ids, self.config.dropout.on())?;
         let n = chunk.len() as i64;
@@ -380,5 +400,57 @@ impl Trainer {
         let step = ChunkStep::trained(value);
         self.opt.step(&mut self.weights, &[step.steps()])?;
         Ok(step)
+    }
+
+    /// [`Trainer::step`] as a replay of its length bucket's captured graph (captured the first
+    /// time): the same loss, clipping and fused update, with the skip decided on the device. A
+    /// non-finite gradient norm skips the step here as a non-finite loss does.
+    fn graphed_step(&mut self, lm: &LanguageModel, chunk: &[i64]) -> Result<ChunkStep> {
+        let Self {
+            weights,
+            opt,
+            config,
+            graphs,
+        } = self;
+        let graphs = graphs.as_mut().expect("graphed steps have graphs");
+        let skip = graphs.skip_flag().shallow_clone();
+        let dropout = config.dropout.on();
+        let replayed = graphs.step(chunk, &mut |ids, labels, out| {
+            weights.zero_grad();
+            let logits = lm.forward(ids, dropout)?;
+            let (len, vocab) = (ids.size()[1], logits.size()[2]);
+            let loss = logits
+                .view([len, vocab])
+                .to_kind(Kind::Float)
+                .cross_entropy_loss::<Tensor>(
+                    &labels.view([len]),
+                    None,
+                    tch::Reduction::Mean,
+                    IGNORE_INDEX,
+                    0.0,
+                );
+            loss.backward();
+            let nonfinite = loss
+                .isfinite()
+                .logical_not()
+                .to_kind(Kind::Float)
+                .maximum(&skip);
+            let skipped = opt.step_on_device(weights, &nonfinite)?;
+            tch::no_grad(|| {
+                let _ = out.get(0).copy_(&loss);
+                let _ = out.get(1).copy_(&skipped);
+            });
+            Ok(())
+        })?;
+        if replayed.skipped {
+            return Ok(ChunkStep::NonFinite);
+        }
+        self.opt.count_step();
+        Ok(ChunkStep::trained(replayed.loss))
+    }
+
+    /// Captured graphs' node counts by length bucket (empty without `--cuda-graphs on`).
+    pub fn graph_stats(&self) -> Vec<graphs::BucketStats> {
+        self.graphs.as_ref().map_or_else(Vec::new, |g| g.stats())
     }
 }

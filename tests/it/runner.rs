@@ -344,6 +344,20 @@ fn bad_settings_and_a_busy_database_are_clear_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no `test` documents of set `ArXiv`"));
 
+    // CUDA graphs capture GPU work, and only the single-document step so far.
+    for (extra, want) in [
+        (&["--cuda-graphs", "on"][..], "--device cuda"),
+        (&["--cuda-graphs", "on", "--lanes", "2", "--optimizer-state", "reset"][..], "--lanes 1"),
+    ] {
+        let err = crate::util::fails(
+            run_cmd(&store, &db, &[&K3[..], extra].concat())
+                .output()
+                .unwrap(),
+            1,
+        );
+        assert!(err.contains("cuda_graphs") && err.contains(want), "{err}");
+    }
+
     // TOML settings apply; a flag beats the file.
     std::fs::write(
         &config,

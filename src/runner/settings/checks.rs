@@ -2,7 +2,7 @@
 //! setting to change.
 use super::{serde_name, Adapter, EvalAt, Lanes, Method, RunConfig};
 use crate::error::{Error, Result};
-use crate::ttt::OptimizerState;
+use crate::ttt::{CudaGraphs, OptimizerState};
 
 impl RunConfig {
     /// Checks the settings together.
@@ -68,6 +68,30 @@ impl RunConfig {
                     serde_name(&self.method)
                 ),
             ));
+        }
+        if self.cuda_graphs == CudaGraphs::On {
+            if !self.method.trains() {
+                return Err(Error::setting(
+                    "cuda_graphs",
+                    format!(
+                        "CUDA graphs capture training steps; {} does not train",
+                        serde_name(&self.method)
+                    ),
+                ));
+            }
+            if self.lanes.many() {
+                return Err(Error::setting(
+                    "cuda_graphs",
+                    "CUDA graphs capture the single-document step so far, not lanes: give \
+                     --lanes 1 or --cuda-graphs off",
+                ));
+            }
+            if self.device == crate::device::Device::Cpu {
+                return Err(Error::setting(
+                    "cuda_graphs",
+                    "--cuda-graphs on needs --device cuda (CUDA graphs capture GPU work)",
+                ));
+            }
         }
         if self.lanes.many() && self.optimizer_state == OptimizerState::Carry {
             // Refused rather than run with other semantics: under carry each document starts

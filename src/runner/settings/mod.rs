@@ -20,7 +20,7 @@ use crate::lm::{Lora, Precision};
 use crate::select::{Selection, Sift, SiftPool};
 use crate::store::SearchMode;
 use crate::task::{Shard, Task};
-use crate::ttt::{Dropout, OptimizerState, ShortChunks};
+use crate::ttt::{CudaGraphs, Dropout, OptimizerState, ShortChunks};
 use crate::Device;
 
 /// Every setting of a run: the `tttnn run` flags, the `--config` TOML keys (snake_case) and the
@@ -116,6 +116,11 @@ pub struct RunConfig {
     /// fp32 (faithful), or bf16 / tf32 (faster on GPUs; departures).
     #[arg(long, value_enum, env = "TTTNN_PRECISION", default_value_t = Precision::Fp32)]
     pub precision: Precision,
+    /// Training steps as CUDA graphs: on (each chunk length's step captured once and replayed as
+    /// one launch; --device cuda, one document at a time) or off (libtorch launches each kernel).
+    #[arg(long, value_enum, env = "TTTNN_CUDA_GRAPHS", default_value_t = CudaGraphs::Off)]
+    #[serde(default)]
+    pub cuda_graphs: CudaGraphs,
     /// Neighbour selection: nn (nearest first, the paper) or sift (greedy variance reduction).
     #[arg(long, value_enum, env = "TTTNN_SELECT", default_value_t = Selection::Nn)]
     pub select: Selection,
