@@ -72,8 +72,14 @@ fn cuda_tree(includes: &[PathBuf]) -> Result<CudaTree, String> {
     for (path, what) in [
         (tree.torch_lib.join("libtorch_cuda.so"), "libtorch_cuda.so"),
         (tree.torch_lib.join("libc10_cuda.so"), "libc10_cuda.so"),
-        (tree.cuda_include.join("cuda_runtime_api.h"), "the CUDA runtime headers"),
-        (tree.cuda_include.join("crt/host_config.h"), "CUDA's crt headers (nvidia-cuda-crt)"),
+        (
+            tree.cuda_include.join("cuda_runtime_api.h"),
+            "the CUDA runtime headers",
+        ),
+        (
+            tree.cuda_include.join("crt/host_config.h"),
+            "CUDA's crt headers (nvidia-cuda-crt)",
+        ),
         (tree.cuda_lib.join("libcudart.so.13"), "libcudart.so.13"),
     ] {
         if !path.exists() {
@@ -118,8 +124,16 @@ fn compile_cuda_graphs(includes: &[PathBuf], tree: &CudaTree, lib: &Path) -> Res
         .arg(lib)
         .arg(format!("-L{}", tree.torch_lib.display()))
         .arg(format!("-L{}", tree.cuda_lib.display()))
-        .args(["-ltorch_cuda", "-lc10_cuda", "-ltorch_cpu", "-lc10", "-l:libcudart.so.13"]);
-    let output = cmd.output().map_err(|e| format!("running the C++ compiler: {e}"))?;
+        .args([
+            "-ltorch_cuda",
+            "-lc10_cuda",
+            "-ltorch_cpu",
+            "-lc10",
+            "-l:libcudart.so.13",
+        ]);
+    let output = cmd
+        .output()
+        .map_err(|e| format!("running the C++ compiler: {e}"))?;
     if !output.status.success() {
         return Err(format!(
             "compiling csrc/cuda_graphs.cpp failed: {}",

@@ -174,6 +174,47 @@ class Check:
             r["model_name"] = name
             self.results["lm_speed"].append(r)
 
+    def graphs(self):
+        """Issue #24: captured CUDA-graph training steps against eager ones on GPT-2 124M shapes
+        (bench_lm --cuda-graphs on|off), fp32 and bf16, dropout off so both take the same steps:
+        ms per step, graph nodes, and the weights after the steps compared. On the CPU dry run, eager
+        on tiny shapes, and `--cuda-graphs on` must be refused with a message naming the setting."""
+        from safetensors.torch import load_file
+        big = self.dev == "cuda"
+        d = self.make_gpt2("gpt2-124m-random" if big else "gpt2-tiny-random",
+                           **({} if big else dict(n_layer=2, n_embd=64, n_head=4)))
+        steps = "10" if big else "2"
+        if not big:
+            p = subprocess.run([self.bin("bench_lm"), str(d), "--steps", "1", "--max-length", "32",
+                                "--cuda-graphs", "on"], capture_output=True, text=True, timeout=60)
+            self.results["correctness"]["graphs_refused_on_cpu"] = {
+                "exit": p.returncode, "message": p.stderr.strip()[:300],
+                "ok": p.returncode != 0 and "cuda_graphs" in p.stderr}
+        gates = {}
+        for precision in ["fp32", "bf16"]:
+            trained = {}
+            for graphs in (["off", "on"] if big else ["off"]):
+                f = self.work / f"graphs-{precision}-{graphs}.safetensors"
+                out = self.sh([self.bin("bench_lm"), d, "--steps", steps, "--device", self.dev,
+                               "--precision", precision, "--cuda-graphs", graphs, "--dropout", "off",
+                               "--save-trained", f], timeout=240)
+                r = json.loads(out)
+                r.update(model_name=d.name, lanes=1, adapter="full", step="graphs")
+                self.results["lm_speed"].append(r)
+                self.save()
+                trained[graphs] = load_file(str(f))
+            if "on" in trained:
+                diff = max((trained["on"][k].double() - trained["off"][k].double()).abs().max().item()
+                           for k in trained["off"])
+                # fp32: the issue's bound; bf16: its own departure, recorded (lr 2e-5 moves a weight
+                # by at most ~2e-4 over these steps, so 1e-4 still catches a wrong update).
+                gates[precision] = {"max_abs_diff": diff, "bound": 1e-6 if precision == "fp32" else 1e-4,
+                                    "ok": diff <= (1e-6 if precision == "fp32" else 1e-4)}
+        if gates:
+            self.results["correctness"]["graphs_vs_eager_weights"] = {
+                "by_precision": gates, "ok": all(g["ok"] for g in gates.values()),
+                "note": f"one warm-up and {steps} timed steps of 1,024 tokens at lr 2e-5, dropout off"}
+
     def peaks(self):
         gpu = self.results.get("gpu") or ""
         return next((v for k, v in PEAKS.items() if k in gpu), None)
@@ -511,6 +552,11 @@ class Check:
             L.append(f"| encoder fp32, {self.dev} vs cpu, max abs diff | {c['encoder_fp32']['max_abs_diff']:.2e} | 1e-4 |")
         if "weights_after_4_adamw_steps" in c:
             L.append(f"| weights after AdamW steps, max abs diff | {c['weights_after_4_adamw_steps']['max_abs_diff']:.2e} | 1e-5 |")
+        if "graphs_vs_eager_weights" in c:
+            for prec, g in c["graphs_vs_eager_weights"]["by_precision"].items():
+                L.append(f"| weights after CUDA-graph vs eager steps, {prec}, max abs diff | {g['max_abs_diff']:.2e} | {g['bound']:.0e} |")
+        if "graphs_refused_on_cpu" in c:
+            L.append(f"| --cuda-graphs on refused on the CPU (exit 1, names the setting) | exit {c['graphs_refused_on_cpu']['exit']} | 1 |")
         e = r["end_to_end"].get("fixture_curves_bf16_vs_fp32")
         if e:
             L.append(f"| run curves, bf16 mixed vs fp32 on {self.dev}, max rel diff of loglik | {e['max_rel_diff']:.2e} | departure |")
@@ -522,10 +568,13 @@ class Check:
         if e:
             L.append(f"| run curves (tiny-gpt2, k=3), max rel diff of loglik | {e['max_rel_diff']:.2e} | — |")
         if r["lm_speed"]:
-            L += ["", "| LM | impl | precision | train step (ms) | TFLOP/s | MFU | eval doc (ms) |", "|---|---|---|---|---|---|---|"]
+            L += ["", "| LM | impl | precision | graphs | train step (ms) | TFLOP/s | MFU | eval doc (ms) |",
+                  "|---|---|---|---|---|---|---|---|"]
             for x in r["lm_speed"]:
                 mfu = f"{100 * x['mfu']:.1f}%" if x.get("mfu") else "—"
-                L.append(f"| {x['model_name']} | {x['impl']} | {x['precision']} | {1e3 * x['train_step_s']:.2f} | "
+                nodes = ", ".join(f"{b['len']}: {b['nodes']} nodes" for b in x.get("graph_buckets") or [])
+                graphs = ("on" + (f" ({nodes})" if nodes else "")) if x.get("graphs") else "off"
+                L.append(f"| {x['model_name']} | {x['impl']} | {x['precision']} | {graphs} | {1e3 * x['train_step_s']:.2f} | "
                          f"{x['train_tflops']:.1f} | {mfu} | {1e3 * x['eval_doc_s']:.2f} |")
         if "encoder_packed_vs_padded_fp32" in c:
             x = c["encoder_packed_vs_padded_fp32"]
@@ -592,6 +641,7 @@ def main():
         ("eval_bpb", c.eval_bpb),
         ("encoder", c.encoder),
         ("adamw", c.adamw),
+        ("graphs", c.graphs),
         ("lm_speed_124m", lambda: c.lm_speed("gpt2-124m-random" if big else "gpt2-tiny-random", {} if big else
                                              dict(n_layer=2, n_embd=64, n_head=4), "10" if big else "2")),
         ("embed_speed", c.embed_speed),

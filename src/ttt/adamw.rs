@@ -51,7 +51,10 @@ struct Part<'a> {
 /// tensor on the device) skips the whole update on the device.
 fn fused_adamw(c: &TrainConfig, parts: &[Part], found_inf: Option<&Tensor>) -> Result<()> {
     fn ptrs<'a>(parts: &[Part<'a>], f: fn(&Part<'a>) -> &'a Tensor) -> Vec<*const c_void> {
-        parts.iter().map(|p| f(p).as_ptr() as *const c_void).collect()
+        parts
+            .iter()
+            .map(|p| f(p).as_ptr() as *const c_void)
+            .collect()
     }
     let (params, grads) = (ptrs(parts, |p| p.param), ptrs(parts, |p| p.grad));
     let exp_avgs = ptrs(parts, |p| p.exp_avg);
@@ -103,7 +106,7 @@ pub struct AdamW {
     /// Steps taken (bias correction): one count per set of weights (one, or one per lane).
     pub(super) steps: Vec<i64>,
     /// The step counts as the fused kernel reads them: `[sets]` fp32 on the weights' device.
-    step_counts: Tensor,
+    pub(super) step_counts: Tensor,
 }
 
 impl AdamW {
@@ -144,7 +147,7 @@ impl AdamW {
     /// The device's step counts set from the host's (after a checkpoint is loaded).
     pub(super) fn sync_step_counts(&mut self) {
         let counts: Vec<f32> = self.steps.iter().map(|&s| s as f32).collect();
-        let _ = self.step_counts.copy_(&Tensor::from_slice(&counts));
+        self.step_counts.copy_(&Tensor::from_slice(&counts));
     }
 
     /// One AdamW step of a single set with everything on the device, as a CUDA graph captures it:
@@ -213,7 +216,7 @@ impl AdamW {
             };
             clip(&c, &mut g, &norm);
             let counts: Vec<f32> = self.steps.iter().map(|&s| s as f32).collect();
-            let _ = self.step_counts.copy_(&Tensor::from_slice(&counts));
+            self.step_counts.copy_(&Tensor::from_slice(&counts));
             // Each stepping set is one tensor of the fused update: the whole buffers, or a lane's
             // rows of them (views: the update lands in the buffers in place).
             let pick = |t: &Tensor, l: usize| {
@@ -358,7 +361,7 @@ mod tests {
             loss(&reference, ids).backward();
             tch::no_grad(|| {
                 for (name, t) in lm.var_store().variables() {
-                    let _ = reference_vars[&name].grad().copy_(&t.grad());
+                    reference_vars[&name].grad().copy_(&t.grad());
                 }
             });
             per_tensor.step();
@@ -369,7 +372,10 @@ mod tests {
         let mut moved = 0.0f64;
         for ((name, a), (_, b)) in want.iter().zip(&got) {
             let d = (a - b).abs().max().double_value(&[]);
-            assert!(d <= 1e-6, "{name}: fused and per-tensor AdamW differ by {d}");
+            assert!(
+                d <= 1e-6,
+                "{name}: fused and per-tensor AdamW differ by {d}"
+            );
             let m = (a - flat.pretrained_of(name)).abs().max().double_value(&[]);
             moved = moved.max(m);
         }

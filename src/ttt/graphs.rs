@@ -26,7 +26,15 @@ use crate::error::{Error, Result};
 
 /// Whether training steps run as captured CUDA graphs: recorded with the run.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum CudaGraphs {
@@ -86,6 +94,15 @@ fn dlerror() -> String {
     }
 }
 
+/// A symbol's address as the function type `F` it has (the caller names it).
+///
+/// # Safety
+/// `p` must be a function of type `F`.
+unsafe fn func<F: Copy>(p: *mut c_void) -> F {
+    assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>());
+    std::mem::transmute_copy::<*mut c_void, F>(&p)
+}
+
 fn load() -> std::result::Result<Shim, String> {
     let path = shim_path()?;
     let name = CString::new(path.as_str()).map_err(|e| e.to_string())?;
@@ -107,7 +124,7 @@ fn load() -> std::result::Result<Shim, String> {
     // SAFETY: each symbol is the extern "C" function of csrc/cuda_graphs.cpp with this signature;
     // the ABI version is checked before any other is called.
     unsafe {
-        let abi: unsafe extern "C" fn() -> u32 = std::mem::transmute(sym("tttnn_graphs_abi")?);
+        let abi: unsafe extern "C" fn() -> u32 = func(sym("tttnn_graphs_abi")?);
         if abi() != ABI {
             return Err(format!(
                 "{path} speaks interface {}, this tttnn {ABI}: rebuild it",
@@ -115,15 +132,15 @@ fn load() -> std::result::Result<Shim, String> {
             ));
         }
         Ok(Shim {
-            free_message: std::mem::transmute(sym("tttnn_graphs_free_message")?),
-            pool: std::mem::transmute(sym("tttnn_graphs_pool")?),
-            side_enter: std::mem::transmute(sym("tttnn_graphs_side_stream_enter")?),
-            side_exit: std::mem::transmute(sym("tttnn_graphs_side_stream_exit")?),
-            new_graph: std::mem::transmute(sym("tttnn_graphs_new")?),
-            delete_graph: std::mem::transmute(sym("tttnn_graphs_delete")?),
-            capture_begin: std::mem::transmute(sym("tttnn_graphs_capture_begin")?),
-            capture_end: std::mem::transmute(sym("tttnn_graphs_capture_end")?),
-            replay: std::mem::transmute(sym("tttnn_graphs_replay")?),
+            free_message: func(sym("tttnn_graphs_free_message")?),
+            pool: func(sym("tttnn_graphs_pool")?),
+            side_enter: func(sym("tttnn_graphs_side_stream_enter")?),
+            side_exit: func(sym("tttnn_graphs_side_stream_exit")?),
+            new_graph: func(sym("tttnn_graphs_new")?),
+            delete_graph: func(sym("tttnn_graphs_delete")?),
+            capture_begin: func(sym("tttnn_graphs_capture_begin")?),
+            capture_end: func(sym("tttnn_graphs_capture_end")?),
+            replay: func(sym("tttnn_graphs_replay")?),
         })
     }
 }
@@ -255,6 +272,29 @@ pub struct GraphedSteps {
     ignore_index: i64,
 }
 
+/// The buckets for chunks of up to `max_length` tokens: multiples of `max_length / 4` rounded up to
+/// 64 positions (256, 512, 768, 1024 for GPT-2).
+pub(super) fn bucket_lengths(max_length: usize) -> Vec<i64> {
+    let max = max_length as i64;
+    let mut lens: Vec<i64> = (1..=4)
+        .map(|q| ((max * q / 4 + 63) / 64 * 64).min(max))
+        .collect();
+    lens.dedup();
+    lens
+}
+
+/// A bucket's `[2, len]` inputs for `chunk` (at least 2 tokens, at most `len`): the tokens
+/// right-padded with token 0, then the labels (the next token) with `ignore_index` from the chunk's
+/// last token on, so the mean loss is over the chunk's own targets.
+pub(super) fn bucket_inputs(chunk: &[i64], len: usize, ignore_index: i64) -> Vec<i64> {
+    let mut host = vec![0i64; 2 * len];
+    host[..chunk.len()].copy_from_slice(chunk);
+    let labels = &mut host[len..];
+    labels[..chunk.len() - 1].copy_from_slice(&chunk[1..]);
+    labels[chunk.len() - 1..].fill(ignore_index);
+    host
+}
+
 /// Warm-up runs of a step on the side stream before its capture (cuBLAS handles and workspaces,
 /// autograd's state: what PyTorch's whole-network capture example warms up).
 const WARMUP: usize = 3;
@@ -268,12 +308,7 @@ impl GraphedSteps {
         let mut pool = (0, 0);
         // SAFETY: both outputs are written by the shim on success.
         shim.check(unsafe { (shim.pool)(&mut pool.0, &mut pool.1) })?;
-        let max = max_length as i64;
-        let mut lens: Vec<i64> = (1..=4)
-            .map(|q| ((max * q / 4 + 63) / 64 * 64).min(max))
-            .collect();
-        lens.dedup();
-        let buckets = lens
+        let buckets = bucket_lengths(max_length)
             .into_iter()
             .map(|len| Bucket {
                 len,
@@ -325,13 +360,8 @@ impl GraphedSteps {
             )));
         };
         let len = self.buckets[i].len;
-        // Tokens right-padded with token 0; labels shifted by one, ignored from the chunk's last.
-        let mut host = vec![0i64; 2 * len as usize];
-        host[..chunk.len()].copy_from_slice(chunk);
-        let labels = &mut host[len as usize..];
-        labels[..chunk.len() - 1].copy_from_slice(&chunk[1..]);
-        labels[chunk.len() - 1..].fill(self.ignore_index);
-        let _ = self.buckets[i]
+        let host = bucket_inputs(chunk, len as usize, self.ignore_index);
+        self.buckets[i]
             .inputs
             .copy_(&Tensor::from_slice(&host).view([2, len]));
         if self.buckets[i].graph.is_none() {
@@ -373,9 +403,8 @@ impl GraphedSteps {
             nodes: 0,
         };
         // SAFETY: a new graph; capture on the current (side) stream.
-        self.shim.check(unsafe {
-            (self.shim.capture_begin)(graph.handle, self.pool.0, self.pool.1)
-        })?;
+        self.shim
+            .check(unsafe { (self.shim.capture_begin)(graph.handle, self.pool.0, self.pool.1) })?;
         let recorded = body(&ids, &labels, &out);
         // The capture is ended whatever the body did, so the stream is usable again.
         // SAFETY: a graph in capture.
@@ -395,9 +424,99 @@ mod tests {
     use super::*;
 
     #[test]
+    fn buckets_cover_max_length_and_pad_with_ignored_labels() {
+        assert_eq!(bucket_lengths(1024), [256, 512, 768, 1024]);
+        assert_eq!(bucket_lengths(2048), [512, 1024, 1536, 2048]);
+        assert_eq!(bucket_lengths(24), [24]);
+        assert_eq!(bucket_lengths(100), [64, 100]);
+        assert_eq!(
+            bucket_inputs(&[5, 6, 7], 5, -100),
+            [5, 6, 7, 0, 0, 6, 7, -100, -100, -100]
+        );
+    }
+
+    /// The captured step's body, run on the CPU without a capture, equals the eager step on chunks
+    /// padded to a longer bucket: losses, weights and step counts (host and device); with the skip
+    /// flag set (warm-up) nothing moves and no step counts.
+    #[test]
+    fn the_graph_body_equals_the_eager_step() {
+        use crate::ttt::flat::tests::tiny_gpt2;
+        use crate::ttt::{Chunk, ChunkStep, Dropout, TrainConfig, Trainer, IGNORE_INDEX};
+        // The paper's lr: the key bias's gradients are rounding noise (softmax cancels them), which
+        // AdamW scales to lr-sized steps, so at lr 1e-3 padding's other rounding shows as 1e-6.
+        let c = TrainConfig {
+            lr: 2e-5,
+            max_length: 24,
+            dropout: Dropout::Off,
+            ..Default::default()
+        };
+        let chunks: Vec<Vec<i64>> = [24i64, 17, 9]
+            .iter()
+            .enumerate()
+            .map(|(s, &n)| (0..n).map(|i| (i * 37 + s as i64 * 11) % 200 + 3).collect())
+            .collect();
+        let (eager_lm, body_lm) = (tiny_gpt2(), tiny_gpt2());
+        let mut eager = Trainer::new(&eager_lm, c).unwrap();
+        let mut body = Trainer::new(&body_lm, c).unwrap();
+        // A bucket longer than every chunk: its padding must change nothing.
+        let len = 32;
+        let inputs = |chunk: &[i64]| {
+            let t =
+                Tensor::from_slice(&bucket_inputs(chunk, len, IGNORE_INDEX)).view([2, len as i64]);
+            (t.get(0).unsqueeze(0), t.get(1).unsqueeze(0))
+        };
+        let flag = |v: f64| Tensor::from(v as f32);
+        for chunk in &chunks {
+            let ChunkStep::Trained(want) = eager
+                .step(&eager_lm, &Chunk::Tokens(chunk.clone()))
+                .unwrap()
+            else {
+                panic!("a finite chunk trains");
+            };
+            let (ids, labels) = inputs(chunk);
+            let (loss, skipped) = body
+                .device_step(&body_lm, &ids, &labels, &flag(0.0))
+                .unwrap();
+            assert_eq!(skipped.double_value(&[]), 0.0);
+            body.opt.count_step();
+            let got = loss.double_value(&[]);
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs(),
+                "loss {got} vs eager {want}"
+            );
+        }
+        let weights = |lm: &crate::lm::LanguageModel| {
+            let mut v = lm.var_store().variables().into_iter().collect::<Vec<_>>();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let compare = |what: &str| {
+            for ((name, a), (_, b)) in weights(&eager_lm).iter().zip(weights(&body_lm).iter()) {
+                let d = (a - b).abs().max().double_value(&[]);
+                assert!(d <= 1e-6, "{what}: {name} differs by {d}");
+            }
+        };
+        compare("after three steps");
+        assert_eq!(body.opt.steps(), [3]);
+        assert_eq!(body.opt.steps(), eager.opt.steps());
+        assert_eq!(body.opt.step_counts.double_value(&[0]), 3.0);
+        // Warm-up: the skip flag set, the weights and the count stay.
+        let (ids, labels) = inputs(&chunks[0]);
+        let (_, skipped) = body
+            .device_step(&body_lm, &ids, &labels, &flag(1.0))
+            .unwrap();
+        assert_eq!(skipped.double_value(&[]), 1.0);
+        compare("after a skipped step");
+        assert_eq!(body.opt.step_counts.double_value(&[0]), 3.0);
+    }
+
+    #[test]
     fn graphs_on_the_cpu_are_a_clear_error() {
         let err = check(Device::Cpu).unwrap_err().to_string();
-        assert!(err.contains("cuda_graphs") && err.contains("--device cuda"), "{err}");
+        assert!(
+            err.contains("cuda_graphs") && err.contains("--device cuda"),
+            "{err}"
+        );
         assert!(GraphedSteps::new(Device::Cpu, 1024, -100).is_err());
     }
 
@@ -410,7 +529,8 @@ mod tests {
         }
         let err = shim().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
-            err.contains("CUDA graph shim") && (err.contains("libtorch_cuda") || err.contains("built without")),
+            err.contains("CUDA graph shim")
+                && (err.contains("libtorch_cuda") || err.contains("built without")),
             "{err}"
         );
     }

@@ -403,50 +403,60 @@ impl Trainer {
     }
 
     /// [`Trainer::step`] as a replay of its length bucket's captured graph (captured the first
-    /// time): the same loss, clipping and fused update, with the skip decided on the device. A
-    /// non-finite gradient norm skips the step here as a non-finite loss does.
+    /// time): the body is [`Trainer::device_step`].
     fn graphed_step(&mut self, lm: &LanguageModel, chunk: &[i64]) -> Result<ChunkStep> {
-        let Self {
-            weights,
-            opt,
-            config,
-            graphs,
-        } = self;
-        let graphs = graphs.as_mut().expect("graphed steps have graphs");
+        let mut graphs = self.graphs.take().expect("graphed steps have graphs");
         let skip = graphs.skip_flag().shallow_clone();
-        let dropout = config.dropout.on();
         let replayed = graphs.step(chunk, &mut |ids, labels, out| {
-            weights.zero_grad();
-            let logits = lm.forward(ids, dropout)?;
-            let (len, vocab) = (ids.size()[1], logits.size()[2]);
-            let loss = logits
-                .view([len, vocab])
-                .to_kind(Kind::Float)
-                .cross_entropy_loss::<Tensor>(
-                    &labels.view([len]),
-                    None,
-                    tch::Reduction::Mean,
-                    IGNORE_INDEX,
-                    0.0,
-                );
-            loss.backward();
-            let nonfinite = loss
-                .isfinite()
-                .logical_not()
-                .to_kind(Kind::Float)
-                .maximum(&skip);
-            let skipped = opt.step_on_device(weights, &nonfinite)?;
+            let (loss, skipped) = self.device_step(lm, ids, labels, &skip)?;
             tch::no_grad(|| {
-                let _ = out.get(0).copy_(&loss);
-                let _ = out.get(1).copy_(&skipped);
+                out.get(0).copy_(&loss);
+                out.get(1).copy_(&skipped);
             });
             Ok(())
-        })?;
+        });
+        self.graphs = Some(graphs);
+        let replayed = replayed?;
         if replayed.skipped {
             return Ok(ChunkStep::NonFinite);
         }
         self.opt.count_step();
         Ok(ChunkStep::trained(replayed.loss))
+    }
+
+    /// One training step as a CUDA graph captures it, everything on the device: `[1, len]` tokens
+    /// and labels (a chunk right-padded to its bucket, the padding's labels `IGNORE_INDEX`), the
+    /// mean loss, backward, clipping and the fused update, skipped on the device when `skip` (a
+    /// 0-d fp32 flag) is set or the loss or the gradient norm is not finite. Returns the loss and
+    /// the skip flag used; the host's step count is the caller's to book.
+    fn device_step(
+        &mut self,
+        lm: &LanguageModel,
+        ids: &Tensor,
+        labels: &Tensor,
+        skip: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        self.weights.zero_grad();
+        let logits = lm.forward(ids, self.config.dropout.on())?;
+        let (len, vocab) = (ids.size()[1], logits.size()[2]);
+        let loss = logits
+            .view([len, vocab])
+            .to_kind(Kind::Float)
+            .cross_entropy_loss::<Tensor>(
+                &labels.view([len]),
+                None,
+                tch::Reduction::Mean,
+                IGNORE_INDEX,
+                0.0,
+            );
+        loss.backward();
+        let nonfinite = loss
+            .isfinite()
+            .logical_not()
+            .to_kind(Kind::Float)
+            .maximum(skip);
+        let skipped = self.opt.step_on_device(&mut self.weights, &nonfinite)?;
+        Ok((loss.detach(), skipped))
     }
 
     /// Captured graphs' node counts by length bucket (empty without `--cuda-graphs on`).

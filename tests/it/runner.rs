@@ -347,7 +347,17 @@ fn bad_settings_and_a_busy_database_are_clear_errors() {
     // CUDA graphs capture GPU work, and only the single-document step so far.
     for (extra, want) in [
         (&["--cuda-graphs", "on"][..], "--device cuda"),
-        (&["--cuda-graphs", "on", "--lanes", "2", "--optimizer-state", "reset"][..], "--lanes 1"),
+        (
+            &[
+                "--cuda-graphs",
+                "on",
+                "--lanes",
+                "2",
+                "--optimizer-state",
+                "reset",
+            ][..],
+            "--lanes 1",
+        ),
     ] {
         let err = crate::util::fails(
             run_cmd(&store, &db, &[&K3[..], extra].concat())
