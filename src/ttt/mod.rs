@@ -275,6 +275,22 @@ impl TextTraining {
     }
 }
 
+/// The mean next-token loss of `[1, n, vocab]` logits against `[1, n]` labels (`IGNORE_INDEX`
+/// where a position has no target), in fp32.
+fn mean_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
+    let (n, vocab) = (logits.size()[1], logits.size()[2]);
+    logits
+        .view([n, vocab])
+        .to_kind(Kind::Float)
+        .cross_entropy_loss::<Tensor>(
+            &labels.view([n]),
+            None,
+            tch::Reduction::Mean,
+            IGNORE_INDEX,
+            0.0,
+        )
+}
+
 /// An LM being fine-tuned: its weights in flat buffers, the optimizer, the pretrained copy.
 pub struct Trainer {
     weights: FlatWeights,
@@ -372,7 +388,6 @@ impl Trainer {
         let ids = Tensor::from_slice(chunk).unsqueeze(0).to(lm.device());
         let logits = lm.forward(&ids, self.config.dropout.on())?;
         let n = chunk.len() as i64;
-        let vocab = logits.size()[2];
         // As HF's ForCausalLMLoss: shift the labels (padding with ignore_index) rather than
         // slicing the logits, which would copy a [n, vocab] tensor every step.
         let labels = Tensor::cat(
@@ -382,16 +397,7 @@ impl Trainer {
             ],
             1,
         );
-        let loss = logits
-            .view([n, vocab])
-            .to_kind(Kind::Float)
-            .cross_entropy_loss::<Tensor>(
-                &labels.view([n]),
-                None,
-                tch::Reduction::Mean,
-                IGNORE_INDEX,
-                0.0,
-            );
+        let loss = mean_loss(&logits, &labels);
         self.weights.zero_grad();
         loss.backward();
         // The one host sync of a step, after backward is queued so the GPU is busy meanwhile:
@@ -437,18 +443,7 @@ impl Trainer {
         skip: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         self.weights.zero_grad();
-        let logits = lm.forward(ids, self.config.dropout.on())?;
-        let (len, vocab) = (ids.size()[1], logits.size()[2]);
-        let loss = logits
-            .view([len, vocab])
-            .to_kind(Kind::Float)
-            .cross_entropy_loss::<Tensor>(
-                &labels.view([len]),
-                None,
-                tch::Reduction::Mean,
-                IGNORE_INDEX,
-                0.0,
-            );
+        let loss = mean_loss(&lm.forward(ids, self.config.dropout.on())?, labels);
         loss.backward();
         let nonfinite = loss
             .isfinite()
