@@ -474,11 +474,14 @@ class Check:
         big = self.dev == "cuda"
         model = self.make_gpt2("gpt2-124m-random" if big else "gpt2-tiny-random",
                                **({} if big else dict(n_layer=2, n_embd=64, n_head=4)))
-        settings = ([("full", 1), ("full", 8), ("full", 32), ("lora", 1), ("lora", 32), ("lora", 64)] if big
-                    else [("full", 1), ("full", 4), ("lora", 1), ("lora", 4)])
+        # (adapter, lanes, CUDA graphs): graphs only where CUDA is (issue #24).
+        settings = ([("full", 1, "off"), ("full", 8, "off"), ("full", 32, "off"), ("lora", 1, "off"),
+                     ("lora", 32, "off"), ("lora", 64, "off"), ("full", 1, "on"), ("full", 8, "on"),
+                     ("full", 32, "on"), ("lora", 32, "on")] if big
+                    else [("full", 1, "off"), ("full", 4, "off"), ("lora", 1, "off"), ("lora", 4, "off")])
         rows_out = []
-        for adapter, lanes in settings:
-            db = self.work / f"lanes-{adapter}-{lanes}.duckdb"
+        for adapter, lanes, graphs in settings:
+            db = self.work / f"lanes-{adapter}-{lanes}-graphs-{graphs}.duckdb"
             if db.exists():
                 db.unlink()
             # LoRA adapters want a larger rate than full fine-tuning's 2e-5.
@@ -486,7 +489,7 @@ class Check:
             cmd = [self.bin("tttnn"), "run", "--quiet", "--lr", lr, "--val-portion", "1.0", "--split", "train",
                    "--store", store, "--encoder", enc, "--model", model, "--task", "pile_all", "--neighbors", "10",
                    "--optimizer-state", "reset", "--dropout", "off", "--lanes", str(lanes), "--device", self.dev,
-                   "--db", db]
+                   "--cuda-graphs", graphs, "--db", db]
             if adapter == "lora":
                 cmd += ["--adapter", "lora"]
             peak = [0]
@@ -512,10 +515,27 @@ class Check:
             wall = time.monotonic() - t
             docs = rows(self.sh([self.bin("tttnn"), "sql", "SELECT count(*) AS n FROM docs", "--db", db,
                                  "--format", "json"], timeout=30))[0]["n"]
-            rows_out.append({"adapter": adapter, "lanes": lanes, "docs": docs, "wall_s": wall,
-                             "docs_per_hour": 3600 * docs / wall, "peak_gpu_mib": peak[0] if big else None})
+            rows_out.append({"adapter": adapter, "lanes": lanes, "graphs": graphs == "on", "docs": docs,
+                             "wall_s": wall, "docs_per_hour": 3600 * docs / wall,
+                             "peak_gpu_mib": peak[0] if big else None})
             self.results["lanes"] = rows_out
             self.save()
+        # Issue #24's gate: a whole fixture run replayed from graphs against eager, fp32.
+        gates = {}
+        for adapter, lanes in [("full", 1), ("full", 8), ("full", 32), ("lora", 32)]:
+            dbs = [self.work / f"lanes-{adapter}-{lanes}-graphs-{g}.duckdb" for g in ("off", "on")]
+            if not all(d.exists() for d in dbs):
+                continue
+            eager, graphed = ({(r["doc_id"], r["k"]): r["loglik"] for r in rows(self.sh(
+                [self.bin("tttnn"), "sql", "SELECT doc_id, k, loglik FROM curve", "--db", d, "--format", "json"],
+                timeout=60))} for d in dbs)
+            worst = max(abs(graphed[key] - v) / max(abs(v), 1e-12) for key, v in eager.items()) \
+                if eager.keys() == graphed.keys() else float("inf")
+            gates[f"{adapter}-{lanes}"] = {"points": len(eager), "max_rel_diff": worst, "ok": worst <= 1e-5}
+        if gates:
+            self.results["correctness"]["graphs_vs_eager_curves"] = {
+                "by_run": gates, "ok": all(g["ok"] for g in gates.values()),
+                "note": "tttnn run curves, fp32, dropout off, k = 10; bound 1e-5 relative"}
 
     def neighbors(self):
         """The neighbour table by matrix products on the device (issue #26): a synthetic 384-d store
@@ -555,6 +575,9 @@ class Check:
         if "graphs_vs_eager_weights" in c:
             for prec, g in c["graphs_vs_eager_weights"]["by_precision"].items():
                 L.append(f"| weights after CUDA-graph vs eager steps, {prec}, max abs diff | {g['max_abs_diff']:.2e} | {g['bound']:.0e} |")
+        if "graphs_vs_eager_curves" in c:
+            for run, g in c["graphs_vs_eager_curves"]["by_run"].items():
+                L.append(f"| run curves, CUDA graphs vs eager, {run} lanes, max rel diff of loglik | {g['max_rel_diff']:.2e} | 1e-5 |")
         if "graphs_refused_on_cpu" in c:
             L.append(f"| --cuda-graphs on refused on the CPU (exit 1, names the setting) | exit {c['graphs_refused_on_cpu']['exit']} | 1 |")
         e = r["end_to_end"].get("fixture_curves_bf16_vs_fp32")
@@ -602,13 +625,14 @@ class Check:
                   f"{c0.get('s_per_neighbor', 0):.3f} s per neighbour, {c0.get('s_per_step', 0) or 0:.4f} s per step, "
                   f"{3600 / spd if spd else 0:.0f} documents per hour"]
         if r.get("lanes"):
-            base = {x["adapter"]: x["docs_per_hour"] for x in r["lanes"] if x["lanes"] == 1}
-            L += ["", "| lanes (GPT-2 124M shapes, k=10) | lanes | documents/hour | vs 1 lane | peak GPU MiB |",
-                  "|---|---|---|---|---|"]
+            # The reference of every row: one lane, eager (libtorch launching each kernel).
+            base = {x["adapter"]: x["docs_per_hour"] for x in r["lanes"] if x["lanes"] == 1 and not x.get("graphs")}
+            L += ["", "| lanes (GPT-2 124M shapes, k=10) | lanes | CUDA graphs | documents/hour | vs 1 lane eager | "
+                  "peak GPU MiB |", "|---|---|---|---|---|---|"]
             for x in r["lanes"]:
                 ratio = x["docs_per_hour"] / base[x["adapter"]] if base.get(x["adapter"]) else None
-                L.append(f"| {x['adapter']} | {x['lanes']} | {x['docs_per_hour']:.0f} | "
-                         f"{f'{ratio:.2f}x' if ratio else '—'} | {x['peak_gpu_mib'] or '—'} |")
+                L.append(f"| {x['adapter']} | {x['lanes']} | {'on' if x.get('graphs') else 'off'} | "
+                         f"{x['docs_per_hour']:.0f} | {f'{ratio:.2f}x' if ratio else '—'} | {x['peak_gpu_mib'] or '—'} |")
         tables = [x for x in r.get("neighbors", []) if x.get("method") == "exact by matmul"]
         if tables:
             L += ["", "| neighbour table by matmul | rows | queries | product | wall s | queries/s | GFLOP/s | "

@@ -5,6 +5,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::Result;
 use crate::lm::LanguageModel;
+use crate::ttt::graphs::ScoreBuffers;
 
 /// One evaluation window: the tokens fed to the model and how many of the last positions are scored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +172,26 @@ pub(crate) fn score_window(lm: &LanguageModel, w: &Window) -> Result<f64> {
     tch::no_grad(|| {
         let (scored, targets) = window_logits(lm, w)?;
         Ok(target_loglik(&scored, &targets))
+    })
+}
+
+/// [`score_windows_in_lanes`] (or [`score_window`], one lane) as a captured CUDA graph records it,
+/// on a bucket's static [`ScoreBuffers`] (each lane's window right-padded, its scored positions
+/// marked): each lane's Σ log p(target), summed in f64, into the buffers' `logliks`.
+pub(crate) fn score_buffers(lm: &LanguageModel, b: &ScoreBuffers) -> Result<()> {
+    tch::no_grad(|| {
+        let logits = lm.forward(&b.ids, false)?.to_kind(Kind::Float);
+        let logp = logits
+            .gather(2, &b.targets.unsqueeze(2), false)
+            .squeeze_dim(2)
+            - logits.logsumexp([-1], false);
+        let sums = (logp.to_kind(Kind::Double) * b.scored.to_kind(Kind::Double)).sum_dim_intlist(
+            &[1i64][..],
+            false,
+            Kind::Double,
+        );
+        b.logliks.shallow_clone().copy_(&sums);
+        Ok(())
     })
 }
 

@@ -110,10 +110,19 @@ impl Backend {
 
     /// Σ log p(target) of each slot's window (`None`: the slot scores nothing this round).
     pub fn score(
-        &self,
+        &mut self,
         lm: &LanguageModel,
         windows: &[Option<&Window>],
     ) -> Result<Vec<Option<f64>>> {
+        // With --cuda-graphs on, the trainer's captured forward scores.
+        let graphed = match self {
+            Backend::Single(t) => t.graphed_scores(lm, windows),
+            Backend::Lanes(l) => l.graphed_scores(lm, windows),
+            Backend::Scoring => None,
+        };
+        if let Some(scores) = graphed {
+            return scores;
+        }
         match self {
             Backend::Lanes(_) => eval::score_windows_in_lanes(lm, windows),
             Backend::Scoring | Backend::Single(_) => windows

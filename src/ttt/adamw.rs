@@ -181,9 +181,54 @@ impl AdamW {
         })
     }
 
-    /// Books on the host a step [`AdamW::step_on_device`] took.
-    pub(super) fn count_step(&mut self) {
-        self.steps[0] += 1;
+    /// Books on the host a step of set `set` that [`AdamW::step_on_device`] or
+    /// [`AdamW::step_lanes_on_device`] took.
+    pub(super) fn count_step(&mut self, set: usize) {
+        self.steps[set] += 1;
+    }
+
+    /// [`AdamW::step_on_device`] for lanes: each lane clipped by its own norm and updated unless
+    /// `skip[l]` (a `[lanes]` fp32 flag) or its norm is not finite, each with its own device step
+    /// count. Returns the `[lanes]` flags used (1 = the lane did not step).
+    pub(super) fn step_lanes_on_device(
+        &mut self,
+        weights: &mut FlatWeights,
+        skip: &Tensor,
+    ) -> Result<Tensor> {
+        let c = self.config;
+        tch::no_grad(|| {
+            let mut g = weights.grad_fp32();
+            let norm = g.norm_scalaropt_dim(2, [1], true);
+            clip(&c, &mut g, &norm);
+            let skipped = skip.maximum(
+                &norm
+                    .squeeze_dim(1)
+                    .isfinite()
+                    .logical_not()
+                    .to_kind(Kind::Float),
+            );
+            let _ = self.step_counts.g_add_(&(1.0 - &skipped));
+            // One fused update per lane: each has its own skip flag.
+            for l in 0..self.steps.len() as i64 {
+                let step = self.step_counts.get(l);
+                let (p, g, m, v) = (
+                    weights.master.get(l),
+                    g.get(l),
+                    self.exp_avg.get(l),
+                    self.exp_avg_sq.get(l),
+                );
+                let part = Part {
+                    param: &p,
+                    grad: &g,
+                    exp_avg: &m,
+                    exp_avg_sq: &v,
+                    step: &step,
+                };
+                fused_adamw(&c, &[part], Some(&skipped.get(l)))?;
+            }
+            weights.refresh_working();
+            Ok(skipped)
+        })
     }
 
     /// `clip_grad_norm_(max_norm)` then one AdamW step of each set `s` with `stepping[s]` (one

@@ -1,7 +1,8 @@
-//! CUDA graphs of whole training steps (issue #24): a step for one chunk length is captured once per
-//! run and replayed as one launch per chunk, instead of the ≈1,500 kernel launches libtorch's
-//! dispatcher makes for a GPT-2 step (on an H200 the host's launching was 21 ms of a step whose GPU
-//! work is ≈3 ms: docs/benchmarks.md).
+//! CUDA graphs of whole training steps and scoring forwards (issue #24): a step for one chunk length
+//! (one document, or a round of lanes) is captured once per run and replayed as one launch per
+//! chunk, instead of the ≈1,500 kernel launches libtorch's dispatcher makes for a GPT-2 step (on an
+//! H200 the host's launching was 21 ms of a step whose GPU work is ≈3 ms: docs/benchmarks.md);
+//! evaluation windows' forwards likewise.
 //!
 //! tch 0.24 binds no graph or stream API, so this goes through the CUDA part of the C++ shim
 //! (`csrc/cuda_graphs.cpp`, built by build.rs against the CUDA torch wheel), loaded with dlopen only
@@ -41,7 +42,7 @@ pub enum CudaGraphs {
     /// Every kernel launched by libtorch, one by one (as before #24).
     #[default]
     Off,
-    /// Each chunk length's step captured once and replayed (CUDA only; single-document runs).
+    /// Each chunk length's step captured once and replayed (CUDA only).
     On,
 }
 
@@ -233,21 +234,42 @@ impl Drop for Graph {
 
 /// One chunk length's captured step and the static buffers it reads and writes.
 struct Bucket {
-    /// Token positions (a chunk of up to this many tokens is right-padded to it).
+    /// Token positions (a lane's chunk of up to this many tokens is right-padded to it).
     len: i64,
-    /// `[2, len]` int64: the chunk's tokens, then its labels (ignored past the chunk).
+    /// `[2, lanes, len]` int64: each lane's tokens, then its labels (ignored past its chunk).
     inputs: Tensor,
-    /// `[2]` fp32 written by the step: the chunk's mean loss, and 1 where the update was skipped.
+    /// `[2, lanes]` fp32: each lane's target count (1 for a lane without one), then 1 for each
+    /// lane that does not step this round.
+    aux: Tensor,
+    /// `[2, lanes]` fp32 written by the step: each lane's mean loss, then 1 where it did not step.
     out: Tensor,
     graph: Option<Graph>,
 }
 
-/// What one replay gave: the loss, and whether the update was skipped (non-finite loss or norm).
+/// The static buffers a step's body reads and writes (views of its bucket's).
+pub struct StepBuffers {
+    /// `[lanes, len]` tokens.
+    pub ids: Tensor,
+    /// `[lanes, len]` labels, `IGNORE_INDEX` where a position has no target.
+    pub labels: Tensor,
+    /// `[lanes]` fp32 target counts (1 for a lane without targets).
+    pub targets: Tensor,
+    /// `[lanes]` fp32: 1 for a lane that does not step this round, or for all while warming up.
+    pub skip: Tensor,
+    /// `[lanes]` fp32 the body writes: each lane's mean loss.
+    pub losses: Tensor,
+    /// `[lanes]` fp32 the body writes: 1 where a lane did not step (its skip, or a non-finite
+    /// loss or gradient norm).
+    pub skipped: Tensor,
+}
+
+/// What one replay gave a lane: the loss, and whether its update was skipped.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Replayed {
-    /// The chunk's mean next-token loss.
+    /// The lane's mean next-token loss (0 for a lane without a chunk).
     pub loss: f64,
-    /// The loss or the gradient norm was NaN or infinite: no update, no step counted.
+    /// The lane did not step: it was told to skip, or its loss or gradient norm was NaN or
+    /// infinite (no update, no step counted).
     pub skipped: bool,
 }
 
@@ -258,6 +280,17 @@ pub struct BucketStats {
     pub len: i64,
     /// Nodes of its graph.
     pub nodes: u64,
+    /// A scoring forward's graph (else a training step's).
+    pub scoring: bool,
+}
+
+/// One lane's part of a round: its chunk's tokens (or none), and whether it steps.
+#[derive(Debug, Clone, Copy)]
+pub struct LaneInput<'a> {
+    /// At least two tokens, or `None` (an idle lane, or a one-token chunk's zero-gradient step).
+    pub tokens: Option<&'a [i64]>,
+    /// Whether the lane's weights take an AdamW step this round.
+    pub steps: bool,
 }
 
 /// The captured steps of one run, one graph per length bucket, all in one memory pool (they never
@@ -265,10 +298,11 @@ pub struct BucketStats {
 pub struct GraphedSteps {
     shim: &'static Shim,
     device: Device,
+    lanes: usize,
     pool: (u64, u64),
     buckets: Vec<Bucket>,
-    /// `[]` fp32: 1 while warming up (the update is skipped), 0 when capturing and replaying.
-    skip: Tensor,
+    /// The scoring forwards' buckets (the same lengths).
+    eval_buckets: Vec<EvalBucket>,
     ignore_index: i64,
 }
 
@@ -295,75 +329,152 @@ pub(super) fn bucket_inputs(chunk: &[i64], len: usize, ignore_index: i64) -> Vec
     host
 }
 
+/// A round's host-side inputs in a bucket of `len` positions: `[2, lanes, len]` tokens then labels
+/// (a lane without a chunk: token 0, every label ignored) and `[2, lanes]` target counts then skip
+/// flags.
+pub(super) fn host_inputs(
+    lanes: &[LaneInput],
+    len: usize,
+    ignore_index: i64,
+) -> (Vec<i64>, Vec<f32>) {
+    let n = lanes.len();
+    let (mut ids, mut labels) = (vec![0i64; n * len], vec![ignore_index; n * len]);
+    let (mut targets, mut skip) = (vec![1f32; n], vec![0f32; n]);
+    for (l, lane) in lanes.iter().enumerate() {
+        if let Some(c) = lane.tokens {
+            let row = bucket_inputs(c, len, ignore_index);
+            ids[l * len..(l + 1) * len].copy_from_slice(&row[..len]);
+            labels[l * len..(l + 1) * len].copy_from_slice(&row[len..]);
+            targets[l] = (c.len() - 1) as f32;
+        }
+        skip[l] = if lane.steps { 0.0 } else { 1.0 };
+    }
+    ids.extend_from_slice(&labels);
+    targets.extend_from_slice(&skip);
+    (ids, targets)
+}
+
+impl StepBuffers {
+    /// The buffers of a round on `device` without a graph: what a captured body reads, for
+    /// running it eagerly (tests on the CPU).
+    pub fn eager(lanes: &[LaneInput], len: usize, ignore_index: i64, device: Device) -> Self {
+        let n = lanes.len() as i64;
+        let (ids, aux) = host_inputs(lanes, len, ignore_index);
+        let inputs = Tensor::from_slice(&ids).view([2, n, len as i64]).to(device);
+        let aux = Tensor::from_slice(&aux).view([2, n]).to(device);
+        let out = Tensor::zeros([2, n], (Kind::Float, device));
+        StepBuffers {
+            ids: inputs.get(0),
+            labels: inputs.get(1),
+            targets: aux.get(0),
+            skip: aux.get(1),
+            losses: out.get(0),
+            skipped: out.get(1),
+        }
+    }
+}
+
 /// Warm-up runs of a step on the side stream before its capture (cuBLAS handles and workspaces,
 /// autograd's state: what PyTorch's whole-network capture example warms up).
 const WARMUP: usize = 3;
 
 impl GraphedSteps {
-    /// Buckets of `max_length / 4` multiples (rounded up to 64 positions) for chunks of up to
-    /// `max_length` tokens on `device`.
-    pub fn new(device: Device, max_length: usize, ignore_index: i64) -> Result<Self> {
+    /// Buckets of `max_length / 4` multiples (rounded up to 64 positions) for `lanes` lanes of
+    /// chunks of up to `max_length` tokens on `device`, and of `eval_length / 4` multiples for
+    /// scoring windows of up to `eval_length` (the model's context).
+    pub fn new(
+        device: Device,
+        lanes: usize,
+        max_length: usize,
+        eval_length: usize,
+        ignore_index: i64,
+    ) -> Result<Self> {
         check(device)?;
         let shim = shim()?;
         let mut pool = (0, 0);
         // SAFETY: both outputs are written by the shim on success.
         shim.check(unsafe { (shim.pool)(&mut pool.0, &mut pool.1) })?;
+        let l = lanes as i64;
+        let eval_buckets = bucket_lengths(eval_length)
+            .into_iter()
+            .map(|len| EvalBucket {
+                len,
+                inputs: Tensor::zeros([3, l, len], (Kind::Int64, device)),
+                out: Tensor::zeros([l], (Kind::Double, device)),
+                graph: None,
+            })
+            .collect();
         let buckets = bucket_lengths(max_length)
             .into_iter()
             .map(|len| Bucket {
                 len,
-                inputs: Tensor::zeros([2, len], (Kind::Int64, device)),
-                out: Tensor::zeros([2], (Kind::Float, device)),
+                inputs: Tensor::zeros([2, l, len], (Kind::Int64, device)),
+                aux: Tensor::zeros([2, l], (Kind::Float, device)),
+                out: Tensor::zeros([2, l], (Kind::Float, device)),
                 graph: None,
             })
             .collect();
         Ok(Self {
             shim,
             device,
+            lanes,
             pool,
             buckets,
-            skip: Tensor::zeros([], (Kind::Float, device)),
+            eval_buckets,
             ignore_index,
         })
     }
 
-    /// The flag a step's body passes to the update: nonzero skips it (warm-up).
-    pub fn skip_flag(&self) -> &Tensor {
-        &self.skip
-    }
-
-    /// Nodes of each bucket captured so far.
+    /// Nodes of each bucket captured so far, training steps then scoring forwards.
     pub fn stats(&self) -> Vec<BucketStats> {
-        self.buckets
-            .iter()
-            .filter_map(|b| {
-                b.graph.as_ref().map(|g| BucketStats {
-                    len: b.len,
+        let train = self.buckets.iter().map(|b| (b.len, &b.graph, false));
+        let score = self.eval_buckets.iter().map(|b| (b.len, &b.graph, true));
+        train
+            .chain(score)
+            .filter_map(|(len, graph, scoring)| {
+                graph.as_ref().map(|g| BucketStats {
+                    len,
                     nodes: g.nodes,
+                    scoring,
                 })
             })
             .collect()
     }
 
-    /// Runs the step for `chunk` (its tokens): copies it into its bucket's buffers, captures the
-    /// bucket's graph the first time (`body` records the step: given the `[1, len]` tokens and
-    /// labels and the `[2]` output to fill), then replays it and reads its output (one sync).
+    /// Token positions of the bucket a round whose longest chunk has `longest` tokens runs in.
+    pub fn bucket_len(&self, longest: usize) -> Option<i64> {
+        self.buckets
+            .iter()
+            .map(|b| b.len)
+            .find(|&len| len >= longest as i64)
+    }
+
+    /// Runs one round: copies each lane's chunk into the bucket of the longest one, captures that
+    /// bucket's graph the first time (`body` records the step on the [`StepBuffers`]), replays it
+    /// and reads each lane's loss and skip (one sync).
     pub fn step(
         &mut self,
-        chunk: &[i64],
-        body: &mut dyn FnMut(&Tensor, &Tensor, &Tensor) -> Result<()>,
-    ) -> Result<Replayed> {
-        let n = chunk.len() as i64;
-        let Some(i) = self.buckets.iter().position(|b| b.len >= n) else {
+        lanes: &[LaneInput],
+        body: &mut dyn FnMut(&StepBuffers) -> Result<()>,
+    ) -> Result<Vec<Replayed>> {
+        assert_eq!(lanes.len(), self.lanes, "one input per lane");
+        let longest = lanes
+            .iter()
+            .filter_map(|l| l.tokens.map(<[i64]>::len))
+            .max()
+            .unwrap_or(2);
+        let Some(i) = self.buckets.iter().position(|b| b.len >= longest as i64) else {
             return Err(Error::internal(format!(
-                "a chunk of {n} tokens exceeds the largest graph bucket"
+                "a chunk of {longest} tokens exceeds the largest graph bucket"
             )));
         };
-        let len = self.buckets[i].len;
-        let host = bucket_inputs(chunk, len as usize, self.ignore_index);
-        self.buckets[i]
-            .inputs
-            .copy_(&Tensor::from_slice(&host).view([2, len]));
+        let len = self.buckets[i].len as usize;
+        let n = self.lanes;
+        let (ids, aux) = host_inputs(lanes, len, self.ignore_index);
+        let b = &mut self.buckets[i];
+        b.inputs
+            .copy_(&Tensor::from_slice(&ids).view([2, n as i64, len as i64]));
+        b.aux.copy_(&Tensor::from_slice(&aux).view([2, n as i64]));
         if self.buckets[i].graph.is_none() {
             self.capture(i, body)?;
         }
@@ -371,28 +482,50 @@ impl GraphedSteps {
         let g = b.graph.as_ref().expect("captured above");
         // SAFETY: a captured, instantiated graph.
         self.shim.check(unsafe { (self.shim.replay)(g.handle) })?;
-        let out = Vec::<f32>::try_from(b.out.to_device(Device::Cpu))
-            .map_err(|e| Error::internal(format!("reading a replayed step's loss: {e}")))?;
-        Ok(Replayed {
-            loss: out[0] as f64,
-            skipped: out[1] != 0.0,
-        })
+        let out = Vec::<f32>::try_from(b.out.to_device(Device::Cpu).view([-1]))
+            .map_err(|e| Error::internal(format!("reading a replayed step's losses: {e}")))?;
+        Ok((0..n)
+            .map(|l| Replayed {
+                loss: out[l] as f64,
+                skipped: out[n + l] != 0.0,
+            })
+            .collect())
+    }
+
+    /// The bucket's buffers as the body sees them, its skip flags the round's or (warm-up) all.
+    fn buffers(&self, i: usize, warm_up: bool) -> StepBuffers {
+        let b = &self.buckets[i];
+        let skip = b.aux.get(1);
+        StepBuffers {
+            ids: b.inputs.get(0),
+            labels: b.inputs.get(1),
+            targets: b.aux.get(0),
+            // Warm-up skips every update: no weight moves before the capture.
+            skip: if warm_up { skip.ones_like() } else { skip },
+            losses: b.out.get(0),
+            skipped: b.out.get(1),
+        }
     }
 
     fn capture(
         &mut self,
         i: usize,
-        body: &mut dyn FnMut(&Tensor, &Tensor, &Tensor) -> Result<()>,
+        body: &mut dyn FnMut(&StepBuffers) -> Result<()>,
     ) -> Result<()> {
-        let b = &self.buckets[i];
-        let (ids, labels) = (b.inputs.get(0).unsqueeze(0), b.inputs.get(1).unsqueeze(0));
-        let out = b.out.shallow_clone();
+        // The buffers' views are made before the capture: a view is host-side work.
+        let (warm, buffers) = (self.buffers(i, true), self.buffers(i, false));
+        let graph = self.record(&mut |warming| body(if warming { &warm } else { &buffers }))?;
+        self.buckets[i].graph = Some(graph);
+        Ok(())
+    }
+
+    /// On a side stream: `run(true)` [`WARMUP`] times, then `run(false)` captured into a new graph
+    /// of the run's pool.
+    fn record(&self, run: &mut dyn FnMut(bool) -> Result<()>) -> Result<Graph> {
         let side = SideStream::enter(self.shim, self.device)?;
-        let _ = self.skip.fill_(1.0);
         for _ in 0..WARMUP {
-            body(&ids, &labels, &out)?;
+            run(true)?;
         }
-        let _ = self.skip.fill_(0.0);
         let mut handle = std::ptr::null_mut();
         // SAFETY: `handle` is written by the shim on success.
         self.shim
@@ -405,7 +538,7 @@ impl GraphedSteps {
         // SAFETY: a new graph; capture on the current (side) stream.
         self.shim
             .check(unsafe { (self.shim.capture_begin)(graph.handle, self.pool.0, self.pool.1) })?;
-        let recorded = body(&ids, &labels, &out);
+        let recorded = run(false);
         // The capture is ended whatever the body did, so the stream is usable again.
         // SAFETY: a graph in capture.
         let ended = self
@@ -414,8 +547,129 @@ impl GraphedSteps {
         recorded?;
         ended?;
         side.exit()?;
-        self.buckets[i].graph = Some(graph);
-        Ok(())
+        Ok(graph)
+    }
+
+    /// Scores one window per lane (`None`: the lane scores nothing this round) as a replay of the
+    /// captured forward of the bucket the longest window fits (captured the first time; `body`
+    /// records it on the [`ScoreBuffers`]); reads each lane's Σ log p(target) (one sync).
+    pub fn score(
+        &mut self,
+        windows: &[Option<WindowInput>],
+        body: &mut dyn FnMut(&ScoreBuffers) -> Result<()>,
+    ) -> Result<Vec<Option<f64>>> {
+        assert_eq!(windows.len(), self.lanes, "one window (or none) per lane");
+        let longest = windows.iter().flatten().map(|w| w.input.len()).max();
+        let Some(longest) = longest.filter(|&t| t > 0) else {
+            return Ok(vec![None; windows.len()]);
+        };
+        let Some(i) = self
+            .eval_buckets
+            .iter()
+            .position(|b| b.len >= longest as i64)
+        else {
+            return Err(Error::internal(format!(
+                "a window of {longest} tokens exceeds the largest graph bucket"
+            )));
+        };
+        let len = self.eval_buckets[i].len as usize;
+        let n = self.lanes as i64;
+        let host = score_inputs(windows, len);
+        self.eval_buckets[i]
+            .inputs
+            .copy_(&Tensor::from_slice(&host).view([3, n, len as i64]));
+        if self.eval_buckets[i].graph.is_none() {
+            let buffers = self.eval_buckets[i].buffers();
+            // A forward changes nothing: its warm-up runs are the body itself.
+            let graph = self.record(&mut |_| body(&buffers))?;
+            self.eval_buckets[i].graph = Some(graph);
+        }
+        let b = &self.eval_buckets[i];
+        let g = b.graph.as_ref().expect("captured above");
+        // SAFETY: a captured, instantiated graph.
+        self.shim.check(unsafe { (self.shim.replay)(g.handle) })?;
+        let out = Vec::<f64>::try_from(b.out.to_device(Device::Cpu))
+            .map_err(|e| Error::internal(format!("reading replayed scores: {e}")))?;
+        Ok(windows
+            .iter()
+            .zip(out)
+            .map(|(w, v)| w.as_ref().map(|_| v))
+            .collect())
+    }
+}
+
+/// One lane's window to score: the model's input and the targets of its last positions.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowInput<'a> {
+    /// Tokens fed to the model.
+    pub input: &'a [i64],
+    /// The next tokens of the input's last `targets.len()` positions.
+    pub targets: &'a [i64],
+}
+
+/// The static buffers a captured scoring forward reads and writes (views of its bucket's).
+pub struct ScoreBuffers {
+    /// `[lanes, len]` tokens, right-padded.
+    pub ids: Tensor,
+    /// `[lanes, len]` each position's target (0 where it scores nothing).
+    pub targets: Tensor,
+    /// `[lanes, len]` 1 at the positions scored, 0 elsewhere.
+    pub scored: Tensor,
+    /// `[lanes]` fp64 the body writes: each lane's Σ log p(target).
+    pub logliks: Tensor,
+}
+
+/// One window length's captured scoring forward and its static buffers.
+struct EvalBucket {
+    len: i64,
+    /// `[3, lanes, len]` int64: tokens, targets, scored mask.
+    inputs: Tensor,
+    /// `[lanes]` fp64.
+    out: Tensor,
+    graph: Option<Graph>,
+}
+
+impl EvalBucket {
+    fn buffers(&self) -> ScoreBuffers {
+        ScoreBuffers {
+            ids: self.inputs.get(0),
+            targets: self.inputs.get(1),
+            scored: self.inputs.get(2),
+            logliks: self.out.shallow_clone(),
+        }
+    }
+}
+
+/// A scoring round's host-side inputs in a bucket of `len` positions: `[3, lanes, len]` tokens
+/// (right-padded with 0), each position's target, and 1 where a position is scored.
+pub(super) fn score_inputs(windows: &[Option<WindowInput>], len: usize) -> Vec<i64> {
+    let n = windows.len();
+    let mut host = vec![0i64; 3 * n * len];
+    for (l, w) in windows.iter().enumerate() {
+        let Some(w) = w else { continue };
+        let row = l * len;
+        host[row..row + w.input.len()].copy_from_slice(w.input);
+        let first = w.input.len() - w.targets.len();
+        let (targets, scored) = (n * len + row + first, 2 * n * len + row + first);
+        host[targets..targets + w.targets.len()].copy_from_slice(w.targets);
+        host[scored..scored + w.targets.len()].fill(1);
+    }
+    host
+}
+
+impl ScoreBuffers {
+    /// The buffers of a scoring round on `device` without a graph (tests on the CPU).
+    pub fn eager(windows: &[Option<WindowInput>], len: usize, device: Device) -> Self {
+        let n = windows.len() as i64;
+        let inputs = Tensor::from_slice(&score_inputs(windows, len))
+            .view([3, n, len as i64])
+            .to(device);
+        ScoreBuffers {
+            ids: inputs.get(0),
+            targets: inputs.get(1),
+            scored: inputs.get(2),
+            logliks: Tensor::zeros([n], (Kind::Double, device)),
+        }
     }
 }
 
@@ -460,12 +714,13 @@ mod tests {
         let mut body = Trainer::new(&body_lm, c).unwrap();
         // A bucket longer than every chunk: its padding must change nothing.
         let len = 32;
-        let inputs = |chunk: &[i64]| {
-            let t =
-                Tensor::from_slice(&bucket_inputs(chunk, len, IGNORE_INDEX)).view([2, len as i64]);
-            (t.get(0).unsqueeze(0), t.get(1).unsqueeze(0))
+        let buffers = |chunk: &[i64], steps: bool| {
+            let lane = LaneInput {
+                tokens: Some(chunk),
+                steps,
+            };
+            StepBuffers::eager(&[lane], len, IGNORE_INDEX, Device::Cpu)
         };
-        let flag = |v: f64| Tensor::from(v as f32);
         for chunk in &chunks {
             let ChunkStep::Trained(want) = eager
                 .step(&eager_lm, &Chunk::Tokens(chunk.clone()))
@@ -473,13 +728,11 @@ mod tests {
             else {
                 panic!("a finite chunk trains");
             };
-            let (ids, labels) = inputs(chunk);
-            let (loss, skipped) = body
-                .device_step(&body_lm, &ids, &labels, &flag(0.0))
-                .unwrap();
-            assert_eq!(skipped.double_value(&[]), 0.0);
-            body.opt.count_step();
-            let got = loss.double_value(&[]);
+            let b = buffers(chunk, true);
+            body.device_step(&body_lm, &b).unwrap();
+            assert_eq!(b.skipped.double_value(&[0]), 0.0);
+            body.opt.count_step(0);
+            let got = b.losses.double_value(&[0]);
             assert!(
                 (got - want).abs() <= 1e-6 * want.abs(),
                 "loss {got} vs eager {want}"
@@ -501,13 +754,50 @@ mod tests {
         assert_eq!(body.opt.steps(), eager.opt.steps());
         assert_eq!(body.opt.step_counts.double_value(&[0]), 3.0);
         // Warm-up: the skip flag set, the weights and the count stay.
-        let (ids, labels) = inputs(&chunks[0]);
-        let (_, skipped) = body
-            .device_step(&body_lm, &ids, &labels, &flag(1.0))
-            .unwrap();
-        assert_eq!(skipped.double_value(&[]), 1.0);
+        let b = buffers(&chunks[0], false);
+        body.device_step(&body_lm, &b).unwrap();
+        assert_eq!(b.skipped.double_value(&[0]), 1.0);
         compare("after a skipped step");
         assert_eq!(body.opt.step_counts.double_value(&[0]), 3.0);
+    }
+
+    /// The captured scoring forward's body, run on the CPU without a capture, gives what eager
+    /// scoring gives for windows padded to a longer bucket: one lane, and lanes with an idle one.
+    #[test]
+    fn the_scoring_body_equals_eager_scoring() {
+        use crate::eval::{score_buffers, score_window, score_windows_in_lanes, Window};
+        use crate::ttt::flat::tests::tiny_gpt2;
+        let lm = tiny_gpt2();
+        let tokens: Vec<i64> = (0..40).map(|i| (i * 37) % 200 + 3).collect();
+        let window = |from: usize, to: usize, scored: usize| Window {
+            input: tokens[from..to].to_vec(),
+            targets: tokens[to + 1 - scored..to + 1].to_vec(),
+        };
+        let (a, b) = (window(0, 20, 12), window(5, 30, 25));
+        fn input(w: &Window) -> WindowInput<'_> {
+            WindowInput {
+                input: &w.input,
+                targets: &w.targets,
+            }
+        }
+        let close = |got: f64, want: f64| {
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs(),
+                "{got} vs eager {want}"
+            )
+        };
+        let one = ScoreBuffers::eager(&[Some(input(&a))], 32, Device::Cpu);
+        score_buffers(&lm, &one).unwrap();
+        close(
+            one.logliks.double_value(&[0]),
+            score_window(&lm, &a).unwrap(),
+        );
+        let three = ScoreBuffers::eager(&[Some(input(&a)), None, Some(input(&b))], 32, Device::Cpu);
+        score_buffers(&lm, &three).unwrap();
+        let want = score_windows_in_lanes(&lm, &[Some(&a), None, Some(&b)]).unwrap();
+        close(three.logliks.double_value(&[0]), want[0].unwrap());
+        close(three.logliks.double_value(&[2]), want[2].unwrap());
+        assert_eq!(three.logliks.double_value(&[1]), 0.0);
     }
 
     #[test]
@@ -517,7 +807,7 @@ mod tests {
             err.contains("cuda_graphs") && err.contains("--device cuda"),
             "{err}"
         );
-        assert!(GraphedSteps::new(Device::Cpu, 1024, -100).is_err());
+        assert!(GraphedSteps::new(Device::Cpu, 1, 1024, 1024, -100).is_err());
     }
 
     /// Without a CUDA libtorch on the loader's path (a CPU machine) the shim does not load, and

@@ -5,7 +5,8 @@
 //! gradient, its clipping and its step are exactly what training it alone gives.
 use tch::{Kind, Tensor};
 
-use super::{AdamW, Chunk, ChunkStep, FlatWeights, TrainConfig, IGNORE_INDEX};
+use super::graphs::{GraphedSteps, LaneInput, StepBuffers};
+use super::{AdamW, Chunk, ChunkStep, CudaGraphs, FlatWeights, TrainConfig, IGNORE_INDEX};
 use crate::error::{Error, Result};
 use crate::lm::LanguageModel;
 
@@ -148,6 +149,8 @@ pub struct LaneTrainer {
     weights: FlatWeights,
     opt: AdamW,
     config: TrainConfig,
+    /// The captured rounds, with `--cuda-graphs on`.
+    graphs: Option<GraphedSteps>,
 }
 
 /// What one round of the lanes did.
@@ -160,16 +163,47 @@ pub struct LaneRound {
     pub computed_tokens: usize,
 }
 
+/// Each lane's mean next-token loss (`[lanes]` fp32) from `[lanes, t, vocab]` logits, labels
+/// (`IGNORE_INDEX` where a position has no target) and each lane's target count. The sum's gradient
+/// in lane l is lane l's loss's alone, since no weight is shared between lanes.
+fn lane_losses(logits: &Tensor, labels: &Tensor, targets: &Tensor) -> Tensor {
+    let (l, t, vocab) = (logits.size()[0], logits.size()[1], logits.size()[2]);
+    logits
+        .view([l * t, vocab])
+        .to_kind(Kind::Float)
+        .cross_entropy_loss::<Tensor>(
+            &labels.view([l * t]),
+            None,
+            tch::Reduction::None,
+            IGNORE_INDEX,
+            0.0,
+        )
+        .view([l, t])
+        .sum_dim_intlist(&[1i64][..], false, Kind::Float)
+        / targets
+}
+
 impl LaneTrainer {
     /// Moves `lm`'s weights into `lanes` copies (each pretrained) and fresh AdamW states; from
     /// then on `lm` is laid out for `lanes` lanes (`lm::Layout`) and computes lane by lane.
     pub fn new(lm: &mut LanguageModel, config: TrainConfig, lanes: usize) -> Result<Self> {
         let weights = FlatWeights::with_lanes(lm, config.precision, lanes)?;
         let opt = AdamW::new(&weights, config);
+        let graphs = match config.cuda_graphs {
+            CudaGraphs::On => Some(GraphedSteps::new(
+                lm.device(),
+                lanes,
+                config.max_length,
+                lm.n_ctx,
+                IGNORE_INDEX,
+            )?),
+            CudaGraphs::Off => None,
+        };
         Ok(Self {
             weights,
             opt,
             config,
+            graphs,
         })
     }
 
@@ -200,6 +234,10 @@ impl LaneTrainer {
     pub fn step(&mut self, lm: &LanguageModel, chunks: &[Option<&Chunk>]) -> Result<LaneRound> {
         let lanes = self.lanes();
         assert_eq!(chunks.len(), lanes, "one chunk (or none) per lane");
+        let any_tokens = chunks.iter().any(|c| matches!(c, Some(Chunk::Tokens(_))));
+        if self.graphs.is_some() && any_tokens {
+            return self.graphed_step(lm, chunks);
+        }
         let mut out: Vec<Option<ChunkStep>> = vec![None; lanes];
         for (l, chunk) in chunks.iter().enumerate() {
             out[l] = match chunk {
@@ -237,22 +275,7 @@ impl LaneTrainer {
             let ids = Tensor::from_slice(&ids).view([l, t]).to(device);
             let labels = Tensor::from_slice(&labels).view([l * t]).to(device);
             let logits = lm.forward(&ids, self.config.dropout.on())?;
-            let vocab = logits.size()[2];
-            let per_token = logits
-                .view([l * t, vocab])
-                .to_kind(Kind::Float)
-                .cross_entropy_loss::<Tensor>(
-                    &labels,
-                    None,
-                    tch::Reduction::None,
-                    IGNORE_INDEX,
-                    0.0,
-                )
-                .view([l, t]);
-            // Each lane's mean over its own targets: the sum's gradient in lane l is lane l's
-            // loss's alone, since no weight is shared between lanes.
-            let losses = per_token.sum_dim_intlist(&[1i64][..], false, Kind::Float)
-                / Tensor::from_slice(&targets).to(device);
+            let losses = lane_losses(&logits, &labels, &Tensor::from_slice(&targets).to(device));
             losses.sum(Kind::Float).backward();
             // The round's one host sync, after backward is queued.
             let values =
@@ -273,6 +296,105 @@ impl LaneTrainer {
             steps: out,
             computed_tokens,
         })
+    }
+
+    /// The windows' scores from the captured scoring forward (`--cuda-graphs on`), or `None`
+    /// without graphs (the caller scores eagerly).
+    pub(crate) fn graphed_scores(
+        &mut self,
+        lm: &LanguageModel,
+        windows: &[Option<&crate::eval::Window>],
+    ) -> Option<Result<Vec<Option<f64>>>> {
+        let graphs = self.graphs.as_mut()?;
+        let inputs: Vec<Option<super::graphs::WindowInput>> = windows
+            .iter()
+            .map(|w| {
+                w.map(|w| super::graphs::WindowInput {
+                    input: &w.input,
+                    targets: &w.targets,
+                })
+            })
+            .collect();
+        Some(graphs.score(&inputs, &mut |b| crate::eval::score_buffers(lm, b)))
+    }
+
+    /// [`LaneTrainer::step`] as a replay of the captured graph of the bucket the round's longest
+    /// chunk fits (captured the first time); the body is [`LaneTrainer::device_round`]. A round
+    /// with no chunk of two or more tokens runs eagerly.
+    fn graphed_step(&mut self, lm: &LanguageModel, chunks: &[Option<&Chunk>]) -> Result<LaneRound> {
+        let inputs: Vec<LaneInput> = chunks
+            .iter()
+            .map(|c| match c {
+                Some(Chunk::Tokens(t)) => LaneInput {
+                    tokens: Some(t.as_slice()),
+                    steps: true,
+                },
+                Some(Chunk::ZeroGrad) => LaneInput {
+                    tokens: None,
+                    steps: true,
+                },
+                Some(Chunk::Skipped) | None => LaneInput {
+                    tokens: None,
+                    steps: false,
+                },
+            })
+            .collect();
+        let mut graphs = self.graphs.take().expect("graphed rounds have graphs");
+        let longest = inputs
+            .iter()
+            .filter_map(|l| l.tokens.map(<[i64]>::len))
+            .max()
+            .unwrap_or(2);
+        let bucket = graphs.bucket_len(longest).unwrap_or(longest as i64) as usize;
+        let replayed = graphs.step(&inputs, &mut |b| self.device_round(lm, b));
+        self.graphs = Some(graphs);
+        let replayed = replayed?;
+        let steps = chunks
+            .iter()
+            .zip(&replayed)
+            .enumerate()
+            .map(|(l, (c, r))| {
+                let step = match c {
+                    Some(Chunk::Tokens(_)) if r.skipped => ChunkStep::NonFinite,
+                    Some(Chunk::Tokens(_)) => ChunkStep::trained(r.loss),
+                    Some(Chunk::ZeroGrad) => ChunkStep::ZeroGrad,
+                    Some(Chunk::Skipped) => ChunkStep::SkippedShort,
+                    None => return None,
+                };
+                if step.steps() && !r.skipped {
+                    self.opt.count_step(l);
+                }
+                Some(step)
+            })
+            .collect();
+        Ok(LaneRound {
+            steps,
+            computed_tokens: self.lanes() * bucket,
+        })
+    }
+
+    /// One round as a CUDA graph captures it, everything on the device, on the round's
+    /// [`StepBuffers`] (each lane's chunk right-padded to the bucket): each lane's mean loss,
+    /// one backward, then each lane clipped and updated unless its skip flag is set or its loss
+    /// or gradient norm is not finite. Writes the losses and the skip flags used.
+    fn device_round(&mut self, lm: &LanguageModel, b: &StepBuffers) -> Result<()> {
+        self.weights.zero_grad();
+        let logits = lm.forward(&b.ids, self.config.dropout.on())?;
+        let losses = lane_losses(&logits, &b.labels, &b.targets);
+        losses.sum(Kind::Float).backward();
+        let nonfinite = losses
+            .isfinite()
+            .logical_not()
+            .to_kind(Kind::Float)
+            .maximum(&b.skip);
+        let skipped = self
+            .opt
+            .step_lanes_on_device(&mut self.weights, &nonfinite)?;
+        tch::no_grad(|| {
+            b.losses.shallow_clone().copy_(&losses);
+            b.skipped.shallow_clone().copy_(&skipped);
+        });
+        Ok(())
     }
 }
 
@@ -298,6 +420,80 @@ mod tests {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// The captured round's body, run on the CPU without a capture, equals the eager round: lanes
+    /// of different lengths padded to a longer bucket, an idle lane, a one-token chunk's
+    /// zero-gradient step; each lane's weights and step counts (host and device).
+    #[test]
+    fn the_graph_round_equals_the_eager_round() {
+        use crate::ttt::graphs::{LaneInput, StepBuffers};
+        // The paper's lr (the key bias's noise gradients, AdamW-scaled, stay small: graphs.rs).
+        let config = TrainConfig {
+            lr: 2e-5,
+            max_length: 24,
+            dropout: crate::ttt::Dropout::Off,
+            ..Default::default()
+        };
+        let chunk = |seed: i64, n: i64| -> Chunk {
+            Chunk::Tokens((0..n).map(|i| (i * 37 + seed * 11) % 200 + 3).collect())
+        };
+        let rounds: Vec<Vec<Option<Chunk>>> = vec![
+            vec![Some(chunk(1, 24)), Some(chunk(2, 9)), Some(chunk(3, 17))],
+            vec![Some(chunk(4, 5)), None, Some(chunk(5, 24))],
+            vec![Some(Chunk::ZeroGrad), Some(chunk(6, 12)), Some(chunk(7, 2))],
+        ];
+        let (mut eager_lm, mut body_lm) = (fixture("tiny-gpt2"), fixture("tiny-gpt2"));
+        let mut eager = LaneTrainer::new(&mut eager_lm, config, 3).unwrap();
+        let mut body = LaneTrainer::new(&mut body_lm, config, 3).unwrap();
+        for round in &rounds {
+            let chunks: Vec<Option<&Chunk>> = round.iter().map(Option::as_ref).collect();
+            let want = eager.step(&eager_lm, &chunks).unwrap();
+            let inputs: Vec<LaneInput> = chunks
+                .iter()
+                .map(|c| LaneInput {
+                    tokens: match c {
+                        Some(Chunk::Tokens(t)) => Some(t.as_slice()),
+                        _ => None,
+                    },
+                    steps: c.is_some(),
+                })
+                .collect();
+            let b = StepBuffers::eager(&inputs, 32, IGNORE_INDEX, Device::Cpu.to_tch().unwrap());
+            body.device_round(&body_lm, &b).unwrap();
+            let skipped = Vec::<f32>::try_from(&b.skipped).unwrap();
+            let losses = Vec::<f32>::try_from(&b.losses).unwrap();
+            for (l, step) in want.steps.iter().enumerate() {
+                assert_eq!(skipped[l] != 0.0, step.is_none(), "lane {l}");
+                if let Some(ChunkStep::Trained(loss)) = step {
+                    let d = (losses[l] as f64 - loss).abs();
+                    assert!(
+                        d <= 1e-5 * loss.abs(),
+                        "lane {l}: loss {} vs {loss}",
+                        losses[l]
+                    );
+                }
+                if skipped[l] == 0.0 {
+                    body.opt.count_step(l);
+                }
+            }
+        }
+        for lane in 0..3 {
+            let (want, got) = (
+                weights(&eager_lm, Some(lane)),
+                weights(&body_lm, Some(lane)),
+            );
+            for ((name, a), (_, b)) in want.iter().zip(&got) {
+                let d = (a - b).abs().max().double_value(&[]);
+                assert!(d <= 1e-6, "lane {lane}: {name} differs by {d}");
+            }
+        }
+        assert_eq!(body.opt.steps(), eager.opt.steps());
+        assert_eq!(body.opt.steps(), [3, 2, 3]);
+        assert_eq!(
+            Vec::<f32>::try_from(&body.opt.step_counts).unwrap(),
+            [3.0, 2.0, 3.0]
+        );
     }
 
     /// Three lanes with chunks of different lengths, one lane idle for a round and a one-token

@@ -309,7 +309,9 @@ impl Trainer {
         let graphs = match config.cuda_graphs {
             CudaGraphs::On => Some(graphs::GraphedSteps::new(
                 lm.device(),
+                1,
                 config.max_length,
+                lm.n_ctx,
                 IGNORE_INDEX,
             )?),
             CudaGraphs::Off => None,
@@ -412,46 +414,60 @@ impl Trainer {
     /// time): the body is [`Trainer::device_step`].
     fn graphed_step(&mut self, lm: &LanguageModel, chunk: &[i64]) -> Result<ChunkStep> {
         let mut graphs = self.graphs.take().expect("graphed steps have graphs");
-        let skip = graphs.skip_flag().shallow_clone();
-        let replayed = graphs.step(chunk, &mut |ids, labels, out| {
-            let (loss, skipped) = self.device_step(lm, ids, labels, &skip)?;
-            tch::no_grad(|| {
-                out.get(0).copy_(&loss);
-                out.get(1).copy_(&skipped);
-            });
-            Ok(())
-        });
+        let input = [graphs::LaneInput {
+            tokens: Some(chunk),
+            steps: true,
+        }];
+        let replayed = graphs.step(&input, &mut |b| self.device_step(lm, b));
         self.graphs = Some(graphs);
-        let replayed = replayed?;
+        let replayed = replayed?[0];
         if replayed.skipped {
             return Ok(ChunkStep::NonFinite);
         }
-        self.opt.count_step();
+        self.opt.count_step(0);
         Ok(ChunkStep::trained(replayed.loss))
     }
 
-    /// One training step as a CUDA graph captures it, everything on the device: `[1, len]` tokens
-    /// and labels (a chunk right-padded to its bucket, the padding's labels `IGNORE_INDEX`), the
-    /// mean loss, backward, clipping and the fused update, skipped on the device when `skip` (a
-    /// 0-d fp32 flag) is set or the loss or the gradient norm is not finite. Returns the loss and
-    /// the skip flag used; the host's step count is the caller's to book.
-    fn device_step(
-        &mut self,
-        lm: &LanguageModel,
-        ids: &Tensor,
-        labels: &Tensor,
-        skip: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+    /// One training step as a CUDA graph captures it, everything on the device, on one lane's
+    /// [`graphs::StepBuffers`] (a chunk right-padded to its bucket, the padding's labels ignored):
+    /// the mean loss, backward, clipping and the fused update, skipped on the device when the
+    /// buffers' skip flag is set or the loss or the gradient norm is not finite. Writes the loss
+    /// and the skip flag used; the host's step count is the caller's to book.
+    fn device_step(&mut self, lm: &LanguageModel, b: &graphs::StepBuffers) -> Result<()> {
         self.weights.zero_grad();
-        let loss = mean_loss(&lm.forward(ids, self.config.dropout.on())?, labels);
+        let loss = mean_loss(&lm.forward(&b.ids, self.config.dropout.on())?, &b.labels);
         loss.backward();
         let nonfinite = loss
             .isfinite()
             .logical_not()
             .to_kind(Kind::Float)
-            .maximum(skip);
+            .maximum(&b.skip.get(0));
         let skipped = self.opt.step_on_device(&mut self.weights, &nonfinite)?;
-        Ok((loss.detach(), skipped))
+        tch::no_grad(|| {
+            b.losses.get(0).copy_(&loss);
+            b.skipped.get(0).copy_(&skipped);
+        });
+        Ok(())
+    }
+
+    /// The windows' scores from the captured scoring forward (`--cuda-graphs on`), or `None`
+    /// without graphs (the caller scores eagerly).
+    pub(crate) fn graphed_scores(
+        &mut self,
+        lm: &LanguageModel,
+        windows: &[Option<&crate::eval::Window>],
+    ) -> Option<Result<Vec<Option<f64>>>> {
+        let graphs = self.graphs.as_mut()?;
+        let inputs: Vec<Option<graphs::WindowInput>> = windows
+            .iter()
+            .map(|w| {
+                w.map(|w| graphs::WindowInput {
+                    input: &w.input,
+                    targets: &w.targets,
+                })
+            })
+            .collect();
+        Some(graphs.score(&inputs, &mut |b| crate::eval::score_buffers(lm, b)))
     }
 
     /// Captured graphs' node counts by length bucket (empty without `--cuda-graphs on`).

@@ -344,7 +344,7 @@ fn bad_settings_and_a_busy_database_are_clear_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no `test` documents of set `ArXiv`"));
 
-    // CUDA graphs capture GPU work, and only the single-document step so far.
+    // CUDA graphs capture GPU training steps.
     for (extra, want) in [
         (&["--cuda-graphs", "on"][..], "--device cuda"),
         (
@@ -356,7 +356,11 @@ fn bad_settings_and_a_busy_database_are_clear_errors() {
                 "--optimizer-state",
                 "reset",
             ][..],
-            "--lanes 1",
+            "--device cuda",
+        ),
+        (
+            &["--cuda-graphs", "on", "--method", "in-context"][..],
+            "does not train",
         ),
     ] {
         let err = crate::util::fails(

@@ -79,13 +79,6 @@ impl RunConfig {
                     ),
                 ));
             }
-            if self.lanes.many() {
-                return Err(Error::setting(
-                    "cuda_graphs",
-                    "CUDA graphs capture the single-document step so far, not lanes: give \
-                     --lanes 1 or --cuda-graphs off",
-                ));
-            }
             if self.device == crate::device::Device::Cpu {
                 return Err(Error::setting(
                     "cuda_graphs",

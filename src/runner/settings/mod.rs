@@ -117,7 +117,7 @@ pub struct RunConfig {
     #[arg(long, value_enum, env = "TTTNN_PRECISION", default_value_t = Precision::Fp32)]
     pub precision: Precision,
     /// Training steps as CUDA graphs: on (each chunk length's step captured once and replayed as
-    /// one launch; --device cuda, one document at a time) or off (libtorch launches each kernel).
+    /// one launch; --device cuda) or off (libtorch launches each kernel).
     #[arg(long, value_enum, env = "TTTNN_CUDA_GRAPHS", default_value_t = CudaGraphs::Off)]
     #[serde(default)]
     pub cuda_graphs: CudaGraphs,
