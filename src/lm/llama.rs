@@ -281,7 +281,9 @@ pub struct Llama {
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Option<Tensor>,
-    inv_freq: Vec<f32>,
+    /// RoPE's inverse frequencies `[1, head_dim / 2]` fp32, on the model's device: made once, so a
+    /// forward copies nothing from the host (a CUDA graph cannot capture such a copy).
+    inv_freq: Tensor,
 }
 
 impl Llama {
@@ -301,7 +303,14 @@ impl Llama {
                     nn::Init::Const(0.),
                 )
             }),
-            inv_freq: cfg.inv_freq().into_iter().map(|f| f as f32).collect(),
+            inv_freq: Tensor::from_slice(
+                &cfg.inv_freq()
+                    .into_iter()
+                    .map(|f| f as f32)
+                    .collect::<Vec<_>>(),
+            )
+            .to(vs.device())
+            .unsqueeze(0),
         }
     }
 
@@ -312,7 +321,7 @@ impl Llama {
         let dev = ids.device();
         let mut xs = self.embed_tokens.forward(ids);
         let pos = Tensor::arange(t, (Kind::Float, dev)).unsqueeze(1);
-        let freqs = pos * Tensor::from_slice(&self.inv_freq).to(dev).unsqueeze(0);
+        let freqs = pos * &self.inv_freq;
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
         let kind = xs.kind();
         let (cos, sin) = (emb.cos().to_kind(kind), emb.sin().to_kind(kind));
