@@ -115,13 +115,13 @@ impl Backend {
         windows: &[Option<&Window>],
     ) -> Result<Vec<Option<f64>>> {
         // With --cuda-graphs on, the trainer's captured forward scores.
-        let graphed = match self {
-            Backend::Single(t) => t.graphed_scores(lm, windows),
-            Backend::Lanes(l) => l.graphed_scores(lm, windows),
+        let graphs = match self {
+            Backend::Single(t) => t.graphs_mut(),
+            Backend::Lanes(l) => l.graphs_mut(),
             Backend::Scoring => None,
         };
-        if let Some(scores) = graphed {
-            return scores;
+        if let Some(g) = graphs {
+            return g.score_windows(lm, windows);
         }
         match self {
             Backend::Lanes(_) => eval::score_windows_in_lanes(lm, windows),

@@ -550,6 +550,25 @@ impl GraphedSteps {
         Ok(graph)
     }
 
+    /// `windows` scored by `lm` through [`GraphedSteps::score`], the body
+    /// [`crate::eval::score_buffers`].
+    pub(crate) fn score_windows(
+        &mut self,
+        lm: &crate::lm::LanguageModel,
+        windows: &[Option<&crate::eval::Window>],
+    ) -> Result<Vec<Option<f64>>> {
+        let inputs: Vec<Option<WindowInput>> = windows
+            .iter()
+            .map(|w| {
+                w.map(|w| WindowInput {
+                    input: &w.input,
+                    targets: &w.targets,
+                })
+            })
+            .collect();
+        self.score(&inputs, &mut |b| crate::eval::score_buffers(lm, b))
+    }
+
     /// Scores one window per lane (`None`: the lane scores nothing this round) as a replay of the
     /// captured forward of the bucket the longest window fits (captured the first time; `body`
     /// records it on the [`ScoreBuffers`]); reads each lane's Σ log p(target) (one sync).

@@ -298,24 +298,9 @@ impl LaneTrainer {
         })
     }
 
-    /// The windows' scores from the captured scoring forward (`--cuda-graphs on`), or `None`
-    /// without graphs (the caller scores eagerly).
-    pub(crate) fn graphed_scores(
-        &mut self,
-        lm: &LanguageModel,
-        windows: &[Option<&crate::eval::Window>],
-    ) -> Option<Result<Vec<Option<f64>>>> {
-        let graphs = self.graphs.as_mut()?;
-        let inputs: Vec<Option<super::graphs::WindowInput>> = windows
-            .iter()
-            .map(|w| {
-                w.map(|w| super::graphs::WindowInput {
-                    input: &w.input,
-                    targets: &w.targets,
-                })
-            })
-            .collect();
-        Some(graphs.score(&inputs, &mut |b| crate::eval::score_buffers(lm, b)))
+    /// The captured steps and scoring forwards, with `--cuda-graphs on`.
+    pub(crate) fn graphs_mut(&mut self) -> Option<&mut super::graphs::GraphedSteps> {
+        self.graphs.as_mut()
     }
 
     /// [`LaneTrainer::step`] as a replay of the captured graph of the bucket the round's longest
