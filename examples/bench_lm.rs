@@ -107,6 +107,7 @@ fn main() -> anyhow::Result<()> {
             "threads": tch::get_num_threads(), "train_step_s": step_s, "eval_doc_s": eval_s, "train_step_all_s": step_times, "eval_doc_all_s": eval_times,
             "train_tflops": flops / step_s / 1e12,
             "graphs": cuda_graphs == CudaGraphs::On, "graph_buckets": trainer.graph_stats(),
+            "replays": trainer.replay_stats(),
         })
     );
     Ok(())

@@ -599,7 +599,11 @@ class Check:
                   "|---|---|---|---|---|---|---|---|"]
             for x in r["lm_speed"]:
                 mfu = f"{100 * x['mfu']:.1f}%" if x.get("mfu") else "—"
-                nodes = ", ".join(f"{b['len']}: {b['nodes']} nodes" for b in x.get("graph_buckets") or [])
+                nodes = ", ".join(f"{'score ' if b.get('scoring') else ''}{b['len']}: {b['nodes']} nodes"
+                                  for b in x.get("graph_buckets") or [])
+                rep = x.get("replays") or {}
+                if rep.get("replays"):
+                    nodes += f"; {rep['host_us_per_replay']:.0f} µs host per replay"
                 graphs = ("on" + (f" ({nodes})" if nodes else "")) if x.get("graphs") else "off"
                 L.append(f"| {x['model_name']} | {x['impl']} | {x['precision']} | {graphs} | {1e3 * x['train_step_s']:.2f} | "
                          f"{x['train_tflops']:.1f} | {mfu} | {1e3 * x['eval_doc_s']:.2f} |")

@@ -304,6 +304,19 @@ pub struct GraphedSteps {
     /// The scoring forwards' buckets (the same lengths).
     eval_buckets: Vec<EvalBucket>,
     ignore_index: i64,
+    /// Training replays so far, and the host's time on them: inputs built and copied, the
+    /// launch (not the capture, not the wait for the GPU).
+    replays: u64,
+    replay_host: std::time::Duration,
+}
+
+/// The host's cost of replaying training steps, for benchmarks and the device check.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ReplayStats {
+    /// Training steps replayed from a graph captured before them.
+    pub replays: u64,
+    /// Mean host time per replay (µs): inputs built and copied, and the launch.
+    pub host_us_per_replay: f64,
 }
 
 /// The buckets for chunks of up to `max_length` tokens: multiples of `max_length / 4` rounded up to
@@ -422,6 +435,8 @@ impl GraphedSteps {
             buckets,
             eval_buckets,
             ignore_index,
+            replays: 0,
+            replay_host: std::time::Duration::ZERO,
         })
     }
 
@@ -439,6 +454,14 @@ impl GraphedSteps {
                 })
             })
             .collect()
+    }
+
+    /// The host's cost of the training replays so far.
+    pub fn replay_stats(&self) -> ReplayStats {
+        ReplayStats {
+            replays: self.replays,
+            host_us_per_replay: self.replay_host.as_secs_f64() * 1e6 / self.replays.max(1) as f64,
+        }
     }
 
     /// Token positions of the bucket a round whose longest chunk has `longest` tokens runs in.
@@ -468,6 +491,8 @@ impl GraphedSteps {
                 "a chunk of {longest} tokens exceeds the largest graph bucket"
             )));
         };
+        let started = std::time::Instant::now();
+        let captured = self.buckets[i].graph.is_some();
         let len = self.buckets[i].len as usize;
         let n = self.lanes;
         let (ids, aux) = host_inputs(lanes, len, self.ignore_index);
@@ -475,13 +500,17 @@ impl GraphedSteps {
         b.inputs
             .copy_(&Tensor::from_slice(&ids).view([2, n as i64, len as i64]));
         b.aux.copy_(&Tensor::from_slice(&aux).view([2, n as i64]));
-        if self.buckets[i].graph.is_none() {
+        if !captured {
             self.capture(i, body)?;
         }
         let b = &self.buckets[i];
         let g = b.graph.as_ref().expect("captured above");
         // SAFETY: a captured, instantiated graph.
         self.shim.check(unsafe { (self.shim.replay)(g.handle) })?;
+        if captured {
+            self.replays += 1;
+            self.replay_host += started.elapsed();
+        }
         let out = Vec::<f32>::try_from(b.out.to_device(Device::Cpu).view([-1]))
             .map_err(|e| Error::internal(format!("reading a replayed step's losses: {e}")))?;
         Ok((0..n)

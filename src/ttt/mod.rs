@@ -455,6 +455,11 @@ impl Trainer {
         self.graphs.as_mut()
     }
 
+    /// The host's cost of the replayed training steps (`None` without `--cuda-graphs on`).
+    pub fn replay_stats(&self) -> Option<graphs::ReplayStats> {
+        self.graphs.as_ref().map(|g| g.replay_stats())
+    }
+
     /// Captured graphs' node counts by length bucket (empty without `--cuda-graphs on`).
     pub fn graph_stats(&self) -> Vec<graphs::BucketStats> {
         self.graphs.as_ref().map_or_else(Vec::new, |g| g.stats())
