@@ -4,6 +4,7 @@
 // on a CUDA device: the tttnn binary itself links the CPU libtorch and runs where no CUDA exists.
 // Errors cross into Rust as malloc'd messages (freed with tttnn_graphs_free_message), never as
 // C++ exceptions unwinding through Rust frames.
+#include <ATen/Context.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -52,9 +53,16 @@ struct SideStream {
 extern "C" {
 
 // The interface version Rust checks after dlopen: a stale shim is refused, not misused.
-uint32_t tttnn_graphs_abi() { return 1; }
+uint32_t tttnn_graphs_abi() { return 2; }
 
 void tttnn_graphs_free_message(char* m) { std::free(m); }
+
+// Leaves cuDNN out of scaled_dot_product_attention's choice for the rest of the process: its
+// attention has had CUDA-graph capture bugs, while flash and memory-efficient attention keep their
+// RNG state on the device and capture cleanly (PyTorch's own advice for captured attention).
+char* tttnn_graphs_sdpa_without_cudnn() {
+  return guarded("setSDPUseCuDNN", [] { at::globalContext().setSDPUseCuDNN(false); });
+}
 
 // A new memory pool id that graphs captured with it share (graphs that never run at once may).
 char* tttnn_graphs_pool(uint64_t* first, uint64_t* second) {

@@ -47,13 +47,14 @@ pub enum CudaGraphs {
 }
 
 /// The interface version of `csrc/cuda_graphs.cpp` this code speaks.
-const ABI: u32 = 1;
+const ABI: u32 = 2;
 
 type Message = *mut c_char;
 
 /// The shim's functions, resolved once per process.
 struct Shim {
     free_message: unsafe extern "C" fn(Message),
+    sdpa_without_cudnn: unsafe extern "C" fn() -> Message,
     pool: unsafe extern "C" fn(*mut u64, *mut u64) -> Message,
     side_enter: unsafe extern "C" fn(i8, *mut *mut c_void) -> Message,
     side_exit: unsafe extern "C" fn(*mut c_void) -> Message,
@@ -134,6 +135,7 @@ fn load() -> std::result::Result<Shim, String> {
         }
         Ok(Shim {
             free_message: func(sym("tttnn_graphs_free_message")?),
+            sdpa_without_cudnn: func(sym("tttnn_graphs_sdpa_without_cudnn")?),
             pool: func(sym("tttnn_graphs_pool")?),
             side_enter: func(sym("tttnn_graphs_side_stream_enter")?),
             side_exit: func(sym("tttnn_graphs_side_stream_exit")?),
@@ -404,6 +406,9 @@ impl GraphedSteps {
     ) -> Result<Self> {
         check(device)?;
         let shim = shim()?;
+        // Captured attention is flash or memory-efficient, not cuDNN's (csrc/cuda_graphs.cpp).
+        // SAFETY: a plain call into the shim.
+        shim.check(unsafe { (shim.sdpa_without_cudnn)() })?;
         let mut pool = (0, 0);
         // SAFETY: both outputs are written by the shim on success.
         shim.check(unsafe { (shim.pool)(&mut pool.0, &mut pool.1) })?;
