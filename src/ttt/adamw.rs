@@ -6,9 +6,9 @@
 //! (`checkpoint.rs`): a resumed run goes on with the state the original carries across documents
 //! (docs/spec.md §2).
 //!
-//! Measured on this project's 2-core CPU over GPT-2 124M's 124M weights (docs/benchmarks.md): the
-//! fused update takes 0.18 s where the nine whole-buffer kernels it replaces took 1.4 s, and the
-//! weights agree to 1.4e-9.
+//! Measured on this project's 2-core CPU over GPT-2 124M's 124M weights (`examples/bench_adamw`,
+//! docs/benchmarks.md): the fused update takes 0.245 s where the nine whole-buffer kernels it
+//! replaced took 1.17 s; the weights agree with torch's per-tensor formulas to 1.2e-7 (the test).
 use std::ffi::{c_char, c_void, CStr};
 
 use tch::{Kind, Tensor};
@@ -90,11 +90,26 @@ fn fused_adamw(c: &TrainConfig, parts: &[Part], found_inf: Option<&Tensor>) -> R
     Err(Error::internal(format!("libtorch's fused AdamW: {text}")))
 }
 
-/// `clip_grad_norm_` of `g` by its `norm` in place (coefficient clamped at 1; one norm, or one per
-/// lane row).
-fn clip(c: &TrainConfig, g: &mut Tensor, norm: &Tensor) {
-    let coef = ((norm + 1e-6).reciprocal() * c.clip_norm).clamp_max(1.0);
+/// The fp32 gradients after `clip_grad_norm_`, and the norm they were clipped by: the 2-norm of all
+/// gradients (`[]`), or of each lane's own (`[lanes, 1]`); the coefficient is clamped at 1.
+fn clipped_grads(c: &TrainConfig, weights: &FlatWeights) -> (Tensor, Tensor) {
+    let mut g = weights.grad_fp32();
+    let norm = match weights.layout() {
+        Layout::Single => g.norm(),
+        Layout::Lanes(_) => g.norm_scalaropt_dim(2, [1], true),
+    };
+    let coef = ((&norm + 1e-6).reciprocal() * c.clip_norm).clamp_max(1.0);
     let _ = g.g_mul_(&coef);
+    (g, norm)
+}
+
+/// Set `set`'s part of a buffer: the whole buffer for one set, else the lane's row (a view: an
+/// update lands in the buffer in place).
+fn part_of(weights: &FlatWeights, t: &Tensor, set: usize) -> Tensor {
+    match weights.layout() {
+        Layout::Single => t.shallow_clone(),
+        Layout::Lanes(_) => t.get(set as i64),
+    }
 }
 
 /// `torch.optim.AdamW(lr, eps=1e-8, fused=True)` (decoupled weight decay, bias correction) after
@@ -144,17 +159,19 @@ impl AdamW {
         &self.steps
     }
 
-    /// The device's step counts set from the host's (after a checkpoint is loaded).
+    /// The device's step counts set from the host's (before an eager step, after a checkpoint is
+    /// loaded).
     pub(super) fn sync_step_counts(&mut self) {
         let counts: Vec<f32> = self.steps.iter().map(|&s| s as f32).collect();
         self.step_counts.copy_(&Tensor::from_slice(&counts));
     }
 
-    /// One AdamW step of a single set with everything on the device, as a CUDA graph captures it:
-    /// `clip_grad_norm_`, then the update unless `skip` (a 0-d fp32 flag: a non-finite loss, or
-    /// warm-up) or a non-finite gradient norm; the device's step count advances only when it
-    /// updates. Returns the flag it used (1 = skipped); the caller books the host's count
-    /// ([`AdamW::count_step`]) once it has read it.
+    /// One AdamW step of every set with everything on the device, as a CUDA graph captures it:
+    /// `clip_grad_norm_`, then each set's update unless `skip[s]` (a `[sets]` fp32 flag: a
+    /// non-finite loss, a lane that sits the round out, or warm-up) or its gradient norm is not
+    /// finite; a set's device step count advances only when it updates. One fused update per set,
+    /// each with its own flag. Returns the `[sets]` flags used (1 = skipped); the caller books the
+    /// host's counts ([`AdamW::count_step`]) once it has read them.
     pub(super) fn step_on_device(
         &mut self,
         weights: &mut FlatWeights,
@@ -162,61 +179,22 @@ impl AdamW {
     ) -> Result<Tensor> {
         let c = self.config;
         tch::no_grad(|| {
-            let mut g = weights.grad_fp32();
-            let norm = g.norm();
-            clip(&c, &mut g, &norm);
-            let skipped = skip.maximum(&norm.isfinite().logical_not().to_kind(Kind::Float));
-            let step = self.step_counts.get(0);
-            let _ = step.shallow_clone().g_add_(&(1.0 - &skipped));
-            let part = Part {
-                param: &weights.master,
-                grad: &g,
-                exp_avg: &self.exp_avg,
-                exp_avg_sq: &self.exp_avg_sq,
-                step: &step,
-            };
-            fused_adamw(&c, &[part], Some(&skipped))?;
-            weights.refresh_working();
-            Ok(skipped)
-        })
-    }
-
-    /// Books on the host a step of set `set` that [`AdamW::step_on_device`] or
-    /// [`AdamW::step_lanes_on_device`] took.
-    pub(super) fn count_step(&mut self, set: usize) {
-        self.steps[set] += 1;
-    }
-
-    /// [`AdamW::step_on_device`] for lanes: each lane clipped by its own norm and updated unless
-    /// `skip[l]` (a `[lanes]` fp32 flag) or its norm is not finite, each with its own device step
-    /// count. Returns the `[lanes]` flags used (1 = the lane did not step).
-    pub(super) fn step_lanes_on_device(
-        &mut self,
-        weights: &mut FlatWeights,
-        skip: &Tensor,
-    ) -> Result<Tensor> {
-        let c = self.config;
-        tch::no_grad(|| {
-            let mut g = weights.grad_fp32();
-            let norm = g.norm_scalaropt_dim(2, [1], true);
-            clip(&c, &mut g, &norm);
-            let skipped = skip.maximum(
-                &norm
-                    .squeeze_dim(1)
-                    .isfinite()
-                    .logical_not()
-                    .to_kind(Kind::Float),
-            );
+            let (g, norm) = clipped_grads(&c, weights);
+            let nonfinite = norm
+                .reshape([-1])
+                .isfinite()
+                .logical_not()
+                .to_kind(Kind::Float);
+            let skipped = skip.maximum(&nonfinite);
             let _ = self.step_counts.g_add_(&(1.0 - &skipped));
-            // One fused update per lane: each has its own skip flag.
-            for l in 0..self.steps.len() as i64 {
-                let step = self.step_counts.get(l);
+            for set in 0..self.steps.len() {
                 let (p, g, m, v) = (
-                    weights.master.get(l),
-                    g.get(l),
-                    self.exp_avg.get(l),
-                    self.exp_avg_sq.get(l),
+                    part_of(weights, &weights.master, set),
+                    part_of(weights, &g, set),
+                    part_of(weights, &self.exp_avg, set),
+                    part_of(weights, &self.exp_avg_sq, set),
                 );
+                let step = self.step_counts.get(set as i64);
                 let part = Part {
                     param: &p,
                     grad: &g,
@@ -224,11 +202,16 @@ impl AdamW {
                     exp_avg_sq: &v,
                     step: &step,
                 };
-                fused_adamw(&c, &[part], Some(&skipped.get(l)))?;
+                fused_adamw(&c, &[part], Some(&skipped.get(set as i64)))?;
             }
             weights.refresh_working();
             Ok(skipped)
         })
+    }
+
+    /// Books on the host a step of set `set` that [`AdamW::step_on_device`] took.
+    pub(super) fn count_step(&mut self, set: usize) {
+        self.steps[set] += 1;
     }
 
     /// `clip_grad_norm_(max_norm)` then one AdamW step of each set `s` with `stepping[s]` (one
@@ -249,36 +232,19 @@ impl AdamW {
         for &l in &rows {
             self.steps[l] += 1;
         }
+        self.sync_step_counts();
         let c = self.config;
         tch::no_grad(|| {
-            let mut g = weights.grad_fp32();
-            let single = weights.layout() == Layout::Single;
-            // clip_grad_norm_: the 2-norm of all gradients, or of each lane's own.
-            let norm = if single {
-                g.norm()
-            } else {
-                g.norm_scalaropt_dim(2, [1], true)
-            };
-            clip(&c, &mut g, &norm);
-            let counts: Vec<f32> = self.steps.iter().map(|&s| s as f32).collect();
-            self.step_counts.copy_(&Tensor::from_slice(&counts));
-            // Each stepping set is one tensor of the fused update: the whole buffers, or a lane's
-            // rows of them (views: the update lands in the buffers in place).
-            let pick = |t: &Tensor, l: usize| {
-                if single {
-                    t.shallow_clone()
-                } else {
-                    t.get(l as i64)
-                }
-            };
+            let (g, _) = clipped_grads(&c, weights);
+            // Each stepping set is one tensor of the fused update.
             let views: Vec<[Tensor; 5]> = rows
                 .iter()
                 .map(|&l| {
                     [
-                        pick(&weights.master, l),
-                        pick(&g, l),
-                        pick(&self.exp_avg, l),
-                        pick(&self.exp_avg_sq, l),
+                        part_of(weights, &weights.master, l),
+                        part_of(weights, &g, l),
+                        part_of(weights, &self.exp_avg, l),
+                        part_of(weights, &self.exp_avg_sq, l),
                         self.step_counts.get(l as i64),
                     ]
                 })

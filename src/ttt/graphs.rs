@@ -23,7 +23,9 @@ use std::sync::OnceLock;
 
 use tch::{Device, Kind, Tensor};
 
+use super::{lane_losses, AdamW, Chunk, FlatWeights, TrainConfig, IGNORE_INDEX};
 use crate::error::{Error, Result};
+use crate::lm::LanguageModel;
 
 /// Whether training steps run as captured CUDA graphs: recorded with the run.
 #[derive(
@@ -295,6 +297,65 @@ pub struct LaneInput<'a> {
     pub steps: bool,
 }
 
+impl<'a> LaneInput<'a> {
+    /// A lane's part of a round from its chunk (`None`: the lane sits the round out): a
+    /// one-token chunk's zero-gradient step steps without tokens; a skipped one does not step.
+    pub fn of(chunk: Option<&'a Chunk>) -> Self {
+        match chunk {
+            Some(Chunk::Tokens(t)) => LaneInput {
+                tokens: Some(t.as_slice()),
+                steps: true,
+            },
+            Some(Chunk::ZeroGrad) => LaneInput {
+                tokens: None,
+                steps: true,
+            },
+            Some(Chunk::Skipped) | None => LaneInput {
+                tokens: None,
+                steps: false,
+            },
+        }
+    }
+}
+
+/// What one replayed round gave: each lane's loss and skip, and the bucket it ran in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayedRound {
+    /// One per lane.
+    pub lanes: Vec<Replayed>,
+    /// Token positions of the bucket (every lane's computed positions).
+    pub bucket_len: usize,
+}
+
+/// A training step's body as a CUDA graph captures it, everything on the device, on a round's
+/// [`StepBuffers`] (each lane's chunk right-padded to the bucket, the padding's labels ignored):
+/// each lane's mean loss, one backward, then clipping and the fused update of each set, skipped on
+/// the device where the buffers' skip flag is set or a loss or gradient norm is not finite. Writes
+/// the losses and the skip flags used; the host's step counts are the caller's to book. One body
+/// for one document (`[1, len]` buffers, one set of weights) and for lanes.
+pub(super) fn train_body(
+    weights: &mut FlatWeights,
+    opt: &mut AdamW,
+    dropout: bool,
+    lm: &LanguageModel,
+    b: &StepBuffers,
+) -> Result<()> {
+    weights.zero_grad();
+    let losses = lane_losses(&lm.forward(&b.ids, dropout)?, &b.labels, &b.targets);
+    losses.sum(Kind::Float).backward();
+    let nonfinite = losses
+        .isfinite()
+        .logical_not()
+        .to_kind(Kind::Float)
+        .maximum(&b.skip);
+    let skipped = opt.step_on_device(weights, &nonfinite)?;
+    tch::no_grad(|| {
+        b.losses.shallow_clone().copy_(&losses);
+        b.skipped.shallow_clone().copy_(&skipped);
+    });
+    Ok(())
+}
+
 /// The captured steps of one run, one graph per length bucket, all in one memory pool (they never
 /// run at once).
 pub struct GraphedSteps {
@@ -394,6 +455,26 @@ impl StepBuffers {
 const WARMUP: usize = 3;
 
 impl GraphedSteps {
+    /// The captured steps a trainer of `lanes` lanes (1: one document) of `lm` under `config`
+    /// has: `None` with `--cuda-graphs off`.
+    pub(super) fn for_config(
+        config: &TrainConfig,
+        lm: &LanguageModel,
+        lanes: usize,
+    ) -> Result<Option<Self>> {
+        match config.cuda_graphs {
+            CudaGraphs::On => Self::new(
+                lm.device(),
+                lanes,
+                config.max_length,
+                lm.n_ctx,
+                IGNORE_INDEX,
+            )
+            .map(Some),
+            CudaGraphs::Off => Ok(None),
+        }
+    }
+
     /// Buckets of `max_length / 4` multiples (rounded up to 64 positions) for `lanes` lanes of
     /// chunks of up to `max_length` tokens on `device`, and of `eval_length / 4` multiples for
     /// scoring windows of up to `eval_length` (the model's context).
@@ -469,14 +550,6 @@ impl GraphedSteps {
         }
     }
 
-    /// Token positions of the bucket a round whose longest chunk has `longest` tokens runs in.
-    pub fn bucket_len(&self, longest: usize) -> Option<i64> {
-        self.buckets
-            .iter()
-            .map(|b| b.len)
-            .find(|&len| len >= longest as i64)
-    }
-
     /// Runs one round: copies each lane's chunk into the bucket of the longest one, captures that
     /// bucket's graph the first time (`body` records the step on the [`StepBuffers`]), replays it
     /// and reads each lane's loss and skip (one sync).
@@ -484,7 +557,7 @@ impl GraphedSteps {
         &mut self,
         lanes: &[LaneInput],
         body: &mut dyn FnMut(&StepBuffers) -> Result<()>,
-    ) -> Result<Vec<Replayed>> {
+    ) -> Result<ReplayedRound> {
         assert_eq!(lanes.len(), self.lanes, "one input per lane");
         let longest = lanes
             .iter()
@@ -518,12 +591,15 @@ impl GraphedSteps {
         }
         let out = Vec::<f32>::try_from(b.out.to_device(Device::Cpu).view([-1]))
             .map_err(|e| Error::internal(format!("reading a replayed step's losses: {e}")))?;
-        Ok((0..n)
-            .map(|l| Replayed {
-                loss: out[l] as f64,
-                skipped: out[n + l] != 0.0,
-            })
-            .collect())
+        Ok(ReplayedRound {
+            lanes: (0..n)
+                .map(|l| Replayed {
+                    loss: out[l] as f64,
+                    skipped: out[n + l] != 0.0,
+                })
+                .collect(),
+            bucket_len: len,
+        })
     }
 
     /// The bucket's buffers as the body sees them, its skip flags the round's or (warm-up) all.

@@ -5,8 +5,8 @@
 //! gradient, its clipping and its step are exactly what training it alone gives.
 use tch::{Kind, Tensor};
 
-use super::graphs::{GraphedSteps, LaneInput, StepBuffers};
-use super::{AdamW, Chunk, ChunkStep, CudaGraphs, FlatWeights, TrainConfig, IGNORE_INDEX};
+use super::graphs::{host_inputs, GraphedSteps, LaneInput, StepBuffers};
+use super::{lane_losses, AdamW, Chunk, ChunkStep, FlatWeights, TrainConfig, IGNORE_INDEX};
 use crate::error::{Error, Result};
 use crate::lm::LanguageModel;
 
@@ -163,42 +163,13 @@ pub struct LaneRound {
     pub computed_tokens: usize,
 }
 
-/// Each lane's mean next-token loss (`[lanes]` fp32) from `[lanes, t, vocab]` logits, labels
-/// (`IGNORE_INDEX` where a position has no target) and each lane's target count. The sum's gradient
-/// in lane l is lane l's loss's alone, since no weight is shared between lanes.
-fn lane_losses(logits: &Tensor, labels: &Tensor, targets: &Tensor) -> Tensor {
-    let (l, t, vocab) = (logits.size()[0], logits.size()[1], logits.size()[2]);
-    logits
-        .view([l * t, vocab])
-        .to_kind(Kind::Float)
-        .cross_entropy_loss::<Tensor>(
-            &labels.view([l * t]),
-            None,
-            tch::Reduction::None,
-            IGNORE_INDEX,
-            0.0,
-        )
-        .view([l, t])
-        .sum_dim_intlist(&[1i64][..], false, Kind::Float)
-        / targets
-}
-
 impl LaneTrainer {
     /// Moves `lm`'s weights into `lanes` copies (each pretrained) and fresh AdamW states; from
     /// then on `lm` is laid out for `lanes` lanes (`lm::Layout`) and computes lane by lane.
     pub fn new(lm: &mut LanguageModel, config: TrainConfig, lanes: usize) -> Result<Self> {
         let weights = FlatWeights::with_lanes(lm, config.precision, lanes)?;
         let opt = AdamW::new(&weights, config);
-        let graphs = match config.cuda_graphs {
-            CudaGraphs::On => Some(GraphedSteps::new(
-                lm.device(),
-                lanes,
-                config.max_length,
-                lm.n_ctx,
-                IGNORE_INDEX,
-            )?),
-            CudaGraphs::Off => None,
-        };
+        let graphs = GraphedSteps::for_config(&config, lm, lanes)?;
         Ok(Self {
             weights,
             opt,
@@ -258,24 +229,15 @@ impl LaneTrainer {
         if let Some(t) = longest {
             let device = lm.device();
             computed_tokens = lanes * t;
-            // Padding is any valid token: its positions come after the lane's own (causal
-            // attention), and their labels are ignored.
-            let mut ids = vec![0i64; lanes * t];
-            let mut labels = vec![IGNORE_INDEX; lanes * t];
-            let mut targets = vec![1f32; lanes];
-            for (l, chunk) in chunks.iter().enumerate() {
-                let Some(c) = tokens(chunk) else {
-                    continue;
-                };
-                ids[l * t..l * t + c.len()].copy_from_slice(c);
-                labels[l * t..l * t + c.len() - 1].copy_from_slice(&c[1..]);
-                targets[l] = (c.len() - 1) as f32;
-            }
+            // The captured round's padding (token 0 after each lane's own positions, causal
+            // attention keeping it out; its labels ignored), to the longest chunk only.
+            let inputs: Vec<LaneInput> = chunks.iter().map(|c| LaneInput::of(*c)).collect();
+            let (ids, aux) = host_inputs(&inputs, t, IGNORE_INDEX);
             let (l, t) = (lanes as i64, t as i64);
-            let ids = Tensor::from_slice(&ids).view([l, t]).to(device);
-            let labels = Tensor::from_slice(&labels).view([l * t]).to(device);
-            let logits = lm.forward(&ids, self.config.dropout.on())?;
-            let losses = lane_losses(&logits, &labels, &Tensor::from_slice(&targets).to(device));
+            let ids = Tensor::from_slice(&ids).view([2, l, t]).to(device);
+            let targets = Tensor::from_slice(&aux[..lanes]).to(device);
+            let logits = lm.forward(&ids.get(0), self.config.dropout.on())?;
+            let losses = lane_losses(&logits, &ids.get(1), &targets);
             losses.sum(Kind::Float).backward();
             // The round's one host sync, after backward is queued.
             let values =
@@ -307,36 +269,14 @@ impl LaneTrainer {
     /// chunk fits (captured the first time); the body is [`LaneTrainer::device_round`]. A round
     /// with no chunk of two or more tokens runs eagerly.
     fn graphed_step(&mut self, lm: &LanguageModel, chunks: &[Option<&Chunk>]) -> Result<LaneRound> {
-        let inputs: Vec<LaneInput> = chunks
-            .iter()
-            .map(|c| match c {
-                Some(Chunk::Tokens(t)) => LaneInput {
-                    tokens: Some(t.as_slice()),
-                    steps: true,
-                },
-                Some(Chunk::ZeroGrad) => LaneInput {
-                    tokens: None,
-                    steps: true,
-                },
-                Some(Chunk::Skipped) | None => LaneInput {
-                    tokens: None,
-                    steps: false,
-                },
-            })
-            .collect();
+        let inputs: Vec<LaneInput> = chunks.iter().map(|c| LaneInput::of(*c)).collect();
         let mut graphs = self.graphs.take().expect("graphed rounds have graphs");
-        let longest = inputs
-            .iter()
-            .filter_map(|l| l.tokens.map(<[i64]>::len))
-            .max()
-            .unwrap_or(2);
-        let bucket = graphs.bucket_len(longest).unwrap_or(longest as i64) as usize;
         let replayed = graphs.step(&inputs, &mut |b| self.device_round(lm, b));
         self.graphs = Some(graphs);
         let replayed = replayed?;
         let steps = chunks
             .iter()
-            .zip(&replayed)
+            .zip(&replayed.lanes)
             .enumerate()
             .map(|(l, (c, r))| {
                 let step = match c {
@@ -354,32 +294,14 @@ impl LaneTrainer {
             .collect();
         Ok(LaneRound {
             steps,
-            computed_tokens: self.lanes() * bucket,
+            computed_tokens: self.lanes() * replayed.bucket_len,
         })
     }
 
-    /// One round as a CUDA graph captures it, everything on the device, on the round's
-    /// [`StepBuffers`] (each lane's chunk right-padded to the bucket): each lane's mean loss,
-    /// one backward, then each lane clipped and updated unless its skip flag is set or its loss
-    /// or gradient norm is not finite. Writes the losses and the skip flags used.
+    /// The captured round's body ([`super::graphs::train_body`]) on the round's [`StepBuffers`].
     fn device_round(&mut self, lm: &LanguageModel, b: &StepBuffers) -> Result<()> {
-        self.weights.zero_grad();
-        let logits = lm.forward(&b.ids, self.config.dropout.on())?;
-        let losses = lane_losses(&logits, &b.labels, &b.targets);
-        losses.sum(Kind::Float).backward();
-        let nonfinite = losses
-            .isfinite()
-            .logical_not()
-            .to_kind(Kind::Float)
-            .maximum(&b.skip);
-        let skipped = self
-            .opt
-            .step_lanes_on_device(&mut self.weights, &nonfinite)?;
-        tch::no_grad(|| {
-            b.losses.shallow_clone().copy_(&losses);
-            b.skipped.shallow_clone().copy_(&skipped);
-        });
-        Ok(())
+        let dropout = self.config.dropout.on();
+        super::graphs::train_body(&mut self.weights, &mut self.opt, dropout, lm, b)
     }
 }
 
@@ -434,16 +356,7 @@ mod tests {
         for round in &rounds {
             let chunks: Vec<Option<&Chunk>> = round.iter().map(Option::as_ref).collect();
             let want = eager.step(&eager_lm, &chunks).unwrap();
-            let inputs: Vec<LaneInput> = chunks
-                .iter()
-                .map(|c| LaneInput {
-                    tokens: match c {
-                        Some(Chunk::Tokens(t)) => Some(t.as_slice()),
-                        _ => None,
-                    },
-                    steps: c.is_some(),
-                })
-                .collect();
+            let inputs: Vec<LaneInput> = chunks.iter().map(|c| LaneInput::of(*c)).collect();
             let b = StepBuffers::eager(&inputs, 32, IGNORE_INDEX, Device::Cpu.to_tch().unwrap());
             body.device_round(&body_lm, &b).unwrap();
             let skipped = Vec::<f32>::try_from(&b.skipped).unwrap();

@@ -291,6 +291,26 @@ fn mean_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
         )
 }
 
+/// Each lane's mean next-token loss (`[lanes]` fp32) from `[lanes, t, vocab]` logits, labels
+/// (`IGNORE_INDEX` where a position has no target) and each lane's target count. The sum's gradient
+/// in lane l is lane l's loss's alone, since no weight is shared between lanes.
+fn lane_losses(logits: &Tensor, labels: &Tensor, targets: &Tensor) -> Tensor {
+    let (l, t, vocab) = (logits.size()[0], logits.size()[1], logits.size()[2]);
+    logits
+        .view([l * t, vocab])
+        .to_kind(Kind::Float)
+        .cross_entropy_loss::<Tensor>(
+            &labels.view([l * t]),
+            None,
+            tch::Reduction::None,
+            IGNORE_INDEX,
+            0.0,
+        )
+        .view([l, t])
+        .sum_dim_intlist(&[1i64][..], false, Kind::Float)
+        / targets
+}
+
 /// An LM being fine-tuned: its weights in flat buffers, the optimizer, the pretrained copy.
 pub struct Trainer {
     weights: FlatWeights,
@@ -306,21 +326,11 @@ impl Trainer {
     pub fn new(lm: &LanguageModel, config: TrainConfig) -> Result<Self> {
         let weights = FlatWeights::new(lm, config.precision)?;
         let opt = AdamW::new(&weights, config);
-        let graphs = match config.cuda_graphs {
-            CudaGraphs::On => Some(graphs::GraphedSteps::new(
-                lm.device(),
-                1,
-                config.max_length,
-                lm.n_ctx,
-                IGNORE_INDEX,
-            )?),
-            CudaGraphs::Off => None,
-        };
         Ok(Self {
             weights,
             opt,
             config,
-            graphs,
+            graphs: graphs::GraphedSteps::for_config(&config, lm, 1)?,
         })
     }
 
@@ -420,7 +430,7 @@ impl Trainer {
         }];
         let replayed = graphs.step(&input, &mut |b| self.device_step(lm, b));
         self.graphs = Some(graphs);
-        let replayed = replayed?[0];
+        let replayed = replayed?.lanes[0];
         if replayed.skipped {
             return Ok(ChunkStep::NonFinite);
         }
@@ -428,26 +438,11 @@ impl Trainer {
         Ok(ChunkStep::trained(replayed.loss))
     }
 
-    /// One training step as a CUDA graph captures it, everything on the device, on one lane's
-    /// [`graphs::StepBuffers`] (a chunk right-padded to its bucket, the padding's labels ignored):
-    /// the mean loss, backward, clipping and the fused update, skipped on the device when the
-    /// buffers' skip flag is set or the loss or the gradient norm is not finite. Writes the loss
-    /// and the skip flag used; the host's step count is the caller's to book.
+    /// The captured step's body ([`graphs::train_body`]) on one document's
+    /// [`graphs::StepBuffers`].
     fn device_step(&mut self, lm: &LanguageModel, b: &graphs::StepBuffers) -> Result<()> {
-        self.weights.zero_grad();
-        let loss = mean_loss(&lm.forward(&b.ids, self.config.dropout.on())?, &b.labels);
-        loss.backward();
-        let nonfinite = loss
-            .isfinite()
-            .logical_not()
-            .to_kind(Kind::Float)
-            .maximum(&b.skip.get(0));
-        let skipped = self.opt.step_on_device(&mut self.weights, &nonfinite)?;
-        tch::no_grad(|| {
-            b.losses.get(0).copy_(&loss);
-            b.skipped.get(0).copy_(&skipped);
-        });
-        Ok(())
+        let dropout = self.config.dropout.on();
+        graphs::train_body(&mut self.weights, &mut self.opt, dropout, lm, b)
     }
 
     /// The captured steps and scoring forwards, with `--cuda-graphs on`.
