@@ -84,6 +84,11 @@ pub fn measure(
         for &nprobes in &args.nprobes {
             for &ef in &efs {
                 for &refine in &args.refine {
+                    // An HNSW search refuses an ef below k x refine (Store::retrieve's check).
+                    if ef.is_some_and(|e| e < k * refine.max(1) as usize) {
+                        eprintln!("skipping ef {ef:?} with refine {refine}: ef < k x refine");
+                        continue;
+                    }
                     let mode = SearchMode::new(Some(nprobes), refine, ef);
                     let (mut ms, found) = run(store, queries, k, mode)?;
                     let recall = recall(&found, truth);

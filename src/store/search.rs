@@ -102,6 +102,24 @@ enum Filter {
     After,
 }
 
+/// Lance's HNSW search returns at most `ef` candidates and refuses an `ef` below what it is asked
+/// for: `limit` results, times `refine_factor` when they are re-ranked (`limit` is k, plus one when
+/// the query document is left out). Checked here so the error names the setting.
+fn check_ef(ef: usize, limit: usize, refine_factor: Option<u32>) -> Result<()> {
+    let wanted = limit * refine_factor.map_or(1, |r| r as usize);
+    if ef < wanted {
+        return Err(Error::setting(
+            "ef",
+            format!(
+                "{ef} is below the {wanted} candidates an HNSW search is asked for here \
+                 ({limit} results{}): give --ef {wanted} or more",
+                refine_factor.map_or(String::new(), |r| format!(" x refine_factor {r}"))
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Store {
     /// The search a user gets by default: the index when the store has one (probing `nprobes`,
     /// re-ranking `refine_factor`·k), exact search when it has none or `exact` is asked for.
@@ -300,6 +318,7 @@ impl Store {
             } => {
                 let mut q = query.nprobes(nprobes).map_err(|e| self.err(e))?;
                 if let Some(ef) = ef {
+                    check_ef(ef, limit, refine_factor)?;
                     q = q.ef(ef);
                 }
                 match refine_factor {
@@ -342,5 +361,21 @@ impl Store {
             out.sort_by(|a, b| a.distance.total_cmp(&b.distance));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_ef;
+
+    #[test]
+    fn an_ef_below_the_candidates_asked_for_names_ef() {
+        assert!(check_ef(50, 50, None).is_ok());
+        assert!(check_ef(100, 50, Some(2)).is_ok());
+        // ef 50 at k 50 and refine 2: what Lance refused with "ef must be greater than or equal to k".
+        let e = check_ef(50, 50, Some(2)).unwrap_err().to_string();
+        assert!(e.contains("ef") && e.contains("--ef 100"), "{e}");
+        // The query document left out: k + 1 results.
+        assert!(check_ef(50, 51, None).is_err());
     }
 }
