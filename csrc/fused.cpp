@@ -61,4 +61,21 @@ char* tttnn_fused_adamw(at::Tensor* const* params, at::Tensor* const* grads,
   }
 }
 
+// `host` (a CPU tensor) as a new tensor on CUDA device `device`, copied without a host sync: staged
+// in pinned memory and copied with non_blocking, so the host goes on queueing work while earlier
+// steps run (a copy from pageable memory waits for the stream: libtorch's copy synchronizes after
+// it). libtorch's pinned allocator keeps the staging block until the copy has run. Writes the new
+// tensor (to be freed as any tch tensor) to `out`; returns null, or the error message.
+char* tttnn_upload(const at::Tensor* host, int device, at::Tensor** out) {
+  try {
+    at::Device cuda(at::kCUDA, static_cast<c10::DeviceIndex>(device));
+    *out = new at::Tensor(host->pin_memory().to(cuda, host->scalar_type(), /*non_blocking=*/true));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(e.what());
+  } catch (...) {
+    return message("unknown C++ exception in an upload to CUDA");
+  }
+}
+
 }  // extern "C"

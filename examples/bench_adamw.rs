@@ -74,10 +74,12 @@ fn main() -> anyhow::Result<()> {
     let logits = lm.forward(&ids, false)?;
     logits.mean(Kind::Float).backward();
     let mut opt = AdamW::new(&weights, config);
+    // No set skipped: the flags the engine's steps pass on the device.
+    let step_all = Tensor::zeros([1], (Kind::Float, tch::Device::Cpu));
     let mut fused = Vec::new();
     for s in 0..=steps {
         let t = Instant::now();
-        opt.step(&mut weights, &[true])?;
+        let _ = opt.step(&mut weights, &step_all)?;
         if s > 0 {
             fused.push(t.elapsed().as_secs_f64());
         }

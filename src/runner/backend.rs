@@ -136,19 +136,7 @@ impl Backend {
     pub fn train(&mut self, lm: &LanguageModel, chunks: &[Option<&Chunk>]) -> Result<LaneRound> {
         match self {
             Backend::Lanes(lanes) => lanes.step(lm, chunks),
-            Backend::Single(trainer) => {
-                let [chunk] = chunks else {
-                    unreachable!("the single backend has one slot")
-                };
-                let steps = match chunk {
-                    Some(c) => vec![Some(trainer.step(lm, c)?)],
-                    None => vec![None],
-                };
-                Ok(LaneRound {
-                    steps,
-                    computed_tokens: chunk.map_or(0, |c| c.len()),
-                })
-            }
+            Backend::Single(trainer) => trainer.round(lm, chunks),
             Backend::Scoring => Err(Error::internal("a method without training planned a chunk")),
         }
     }

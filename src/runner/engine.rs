@@ -91,7 +91,7 @@ impl<'a> Engine<'a> {
             for l in 0..slots.len() {
                 loop {
                     if let Some(work) = &mut slots[l] {
-                        if !matches!(work.next(on_event), Next::Done) {
+                        if !matches!(work.next(on_event)?, Next::Done) {
                             break;
                         }
                         let ended = slots[l].take().expect("the slot has a document");
@@ -188,8 +188,8 @@ impl<'a> Engine<'a> {
         {
             let nexts: Vec<Next> = slots
                 .iter_mut()
-                .map(|s| s.as_mut().map_or(Next::Done, |w| w.next(on_event)))
-                .collect();
+                .map(|s| s.as_mut().map_or(Ok(Next::Done), |w| w.next(on_event)))
+                .collect::<Result<_>>()?;
             let windows: Vec<_> = nexts.iter().map(Next::window).collect();
             let chunks: Vec<_> = nexts.iter().map(Next::chunk).collect();
             for (l, n) in nexts.iter().enumerate() {
@@ -224,8 +224,8 @@ impl<'a> Engine<'a> {
                     continue;
                 }
             }
-            if let Some((round, share, training)) = &trained {
-                if let Some(step) = round.steps[l] {
+            if let Some((round, share, training)) = &mut trained {
+                if let Some(step) = round.steps[l].take() {
                     let computed = round.computed_tokens as f64 / *training as f64;
                     work.trained(step, *share, computed);
                 }

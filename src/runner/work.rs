@@ -25,7 +25,7 @@ use crate::error::Result;
 use crate::eval::{self, DocScore, NGrams, Window};
 use crate::lm::LanguageModel;
 use crate::records::NeighborRecord;
-use crate::ttt::{self, Chunk, ChunkStep, TextTraining, TrainConfig};
+use crate::ttt::{self, Chunk, StepLog, StepOutcome, TrainConfig};
 
 /// One unit of a document's work, in the order a run of one document at a time does it.
 #[derive(Debug)]
@@ -87,10 +87,11 @@ enum Scorer {
     Interpolate(Interpolate),
 }
 
-/// A training pass under way: its record and what its chunks got.
+/// A training pass: its record and what its chunks got (their losses on the device until the
+/// pass is booked).
 struct Pass {
     record: NeighborRecord,
-    trained: TextTraining,
+    trained: StepLog,
     train_s: f64,
 }
 
@@ -106,6 +107,9 @@ pub(super) struct DocWork<'p> {
     scorer: Option<Scorer>,
     /// The pass under way, and the one scored after it until its score is in.
     pass: Option<Pass>,
+    /// Passes done and not scored, booked (their losses read from the device) at the next
+    /// evaluation point or at the document's end, so no step waits for the device.
+    unread: Vec<Pass>,
     /// The score being summed over windows, and its seconds.
     loglik: f64,
     eval_s: f64,
@@ -221,16 +225,22 @@ impl<'p> DocWork<'p> {
             outcome,
             scorer,
             pass: None,
+            unread: Vec::new(),
             loglik: 0.0,
             eval_s: 0.0,
         })
     }
 
-    /// Does the bookkeeping at the front of the work until a step is next; returns it.
-    pub fn next(&mut self, on_event: &mut dyn FnMut(Event)) -> Next<'_> {
+    /// Does the bookkeeping at the front of the work until a step is next; returns it. Passes'
+    /// losses are read from the device here, at evaluation points and at the end (one host sync
+    /// each), never between steps.
+    pub fn next(&mut self, on_event: &mut dyn FnMut(Event)) -> Result<Next<'_>> {
         loop {
             match self.work.front() {
-                None => return Next::Done,
+                None => {
+                    self.book_unread(on_event)?;
+                    return Ok(Next::Done);
+                }
                 Some(Work::Chunk(_) | Work::Window(_) | Work::Neighbor { .. }) => break,
                 Some(_) => {}
             }
@@ -238,23 +248,20 @@ impl<'p> DocWork<'p> {
                 Some(Work::StartPass { record, tokens }) => {
                     self.pass = Some(Pass {
                         record,
-                        trained: TextTraining::new(tokens),
+                        trained: StepLog::new(tokens),
                         train_s: 0.0,
                     });
                 }
                 Some(Work::EndPass { scored }) => {
-                    let pass = self.pass.as_mut().expect("a pass is under way");
-                    let trained = std::mem::take(&mut pass.trained).finish();
-                    self.outcome
-                        .book_training(&mut pass.record, &trained, pass.train_s);
                     if !scored {
                         let pass = self.pass.take().expect("a pass is under way");
-                        self.report(pass.record, None, on_event);
+                        self.unread.push(pass);
                     }
                 }
                 Some(Work::EndScore) => {
                     let (loglik, eval_s) = (self.loglik, self.eval_s);
                     (self.loglik, self.eval_s) = (0.0, 0.0);
+                    self.book_unread(on_event)?;
                     match self.pass.take() {
                         None => {
                             // k = 0: the base model's score.
@@ -262,20 +269,43 @@ impl<'p> DocWork<'p> {
                             self.outcome.curve.push((0, loglik));
                             self.outcome.eval_s += eval_s;
                         }
-                        Some(mut pass) => {
-                            let bpb = self.outcome.book_score(&mut pass.record, loglik, eval_s);
-                            self.report(pass.record, Some(bpb), on_event);
+                        Some(pass) => {
+                            let mut record = self.book_pass(pass)?;
+                            let bpb = self.outcome.book_score(&mut record, loglik, eval_s);
+                            self.report(record, Some(bpb), on_event);
                         }
                     }
                 }
                 _ => unreachable!("steps break out above"),
             }
         }
-        match self.work.front() {
+        Ok(match self.work.front() {
             Some(Work::Chunk(c)) => Next::Chunk(c),
             Some(Work::Window(i)) => Next::Window(&self.windows[*i]),
             _ => Next::Neighbor,
+        })
+    }
+
+    /// Books a pass's training into its record and the document's totals, its losses read from
+    /// the device.
+    fn book_pass(&mut self, pass: Pass) -> Result<NeighborRecord> {
+        let Pass {
+            mut record,
+            trained,
+            train_s,
+        } = pass;
+        let trained = trained.finish()?;
+        self.outcome.book_training(&mut record, &trained, train_s);
+        Ok(record)
+    }
+
+    /// Books and reports the passes done and not scored, in order.
+    fn book_unread(&mut self, on_event: &mut dyn FnMut(Event)) -> Result<()> {
+        for pass in std::mem::take(&mut self.unread) {
+            let record = self.book_pass(pass)?;
+            self.report(record, None, on_event);
         }
+        Ok(())
     }
 
     /// The mean length of the chunks this document has still to train on (None: none left):
@@ -298,7 +328,7 @@ impl<'p> DocWork<'p> {
 
     /// Books what the chunk that was next got, in `train_s` seconds and `computed_tokens` token
     /// positions (its share of the step, padding included).
-    pub fn trained(&mut self, step: ChunkStep, train_s: f64, computed_tokens: f64) {
+    pub fn trained(&mut self, step: StepOutcome, train_s: f64, computed_tokens: f64) {
         let Some(Work::Chunk(chunk)) = self.work.pop_front() else {
             unreachable!("a chunk was next");
         };

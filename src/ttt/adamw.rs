@@ -19,6 +19,7 @@ use crate::lm::Layout;
 
 extern "C" {
     fn tttnn_shim_free(message: *mut c_char);
+    fn tttnn_upload(host: *const c_void, device: i32, out: *mut *mut c_void) -> *mut c_char;
     #[allow(clippy::too_many_arguments)]
     fn tttnn_fused_adamw(
         params: *const *const c_void,
@@ -79,6 +80,12 @@ fn fused_adamw(c: &TrainConfig, parts: &[Part], found_inf: Option<&Tensor>) -> R
             found_inf.map_or(std::ptr::null(), |t| t.as_ptr() as *const c_void),
         )
     };
+    shim_result(message, "libtorch's fused AdamW")
+}
+
+/// A shim call's result: null is success, else the shim's message (freed here) as an internal
+/// error about `what`.
+fn shim_result(message: *mut c_char, what: &str) -> Result<()> {
     if message.is_null() {
         return Ok(());
     }
@@ -87,7 +94,24 @@ fn fused_adamw(c: &TrainConfig, parts: &[Part], found_inf: Option<&Tensor>) -> R
         .to_string_lossy()
         .into_owned();
     unsafe { tttnn_shim_free(message) };
-    Err(Error::internal(format!("libtorch's fused AdamW: {text}")))
+    Err(Error::internal(format!("{what}: {text}")))
+}
+
+/// `host` (a CPU tensor) on `device` without a host sync, for a step's inputs: on CUDA staged in
+/// pinned memory and copied non-blocking (`csrc/fused.cpp`), so the host goes on queueing steps
+/// while earlier ones run, where a plain copy from pageable memory waits for the GPU; on the CPU
+/// `host` itself.
+pub(super) fn upload(host: Tensor, device: tch::Device) -> Result<Tensor> {
+    let tch::Device::Cuda(index) = device else {
+        return Ok(host);
+    };
+    let mut out: *mut c_void = std::ptr::null_mut();
+    // SAFETY: `host` is a live tch tensor; on success the shim writes a `new` tensor to `out`,
+    // which the returned Tensor owns (freed as every tch tensor is).
+    let message = unsafe { tttnn_upload(host.as_ptr() as *const c_void, index as i32, &mut out) };
+    shim_result(message, "a step's inputs to CUDA")?;
+    // SAFETY: a tensor the shim allocated for us, owned from here on.
+    Ok(unsafe { Tensor::from_ptr(out as *mut _) })
 }
 
 /// The fp32 gradients after `clip_grad_norm_`, and the norm they were clipped by: the 2-norm of all
@@ -118,9 +142,10 @@ pub struct AdamW {
     pub(super) config: TrainConfig,
     pub(super) exp_avg: Tensor,
     pub(super) exp_avg_sq: Tensor,
-    /// Steps taken (bias correction): one count per set of weights (one, or one per lane).
-    pub(super) steps: Vec<i64>,
-    /// The step counts as the fused kernel reads them: `[sets]` fp32 on the weights' device.
+    /// Steps taken (bias correction), one count per set of weights (one, or one per lane): `[sets]`
+    /// fp32 on the weights' device, as the fused kernel reads them. The device's count is the only
+    /// one: a step skipped on the device (a non-finite loss or gradient norm) does not count, and
+    /// the host learns it only when it reads the counts ([`AdamW::steps`]).
     pub(super) step_counts: Tensor,
 }
 
@@ -133,7 +158,6 @@ impl AdamW {
             config,
             exp_avg: Tensor::zeros(&size[..], opts),
             exp_avg_sq: Tensor::zeros(&size[..], opts),
-            steps: vec![0; weights.lanes()],
             step_counts: Tensor::zeros([weights.lanes() as i64], opts),
         }
     }
@@ -143,7 +167,6 @@ impl AdamW {
         let _ = self.exp_avg.zero_();
         let _ = self.exp_avg_sq.zero_();
         let _ = self.step_counts.zero_();
-        self.steps.iter_mut().for_each(|s| *s = 0);
     }
 
     /// Zero moments and step count of lane `lane` (of a laned layout).
@@ -151,32 +174,33 @@ impl AdamW {
         let _ = self.exp_avg.get(lane as i64).zero_();
         let _ = self.exp_avg_sq.get(lane as i64).zero_();
         let _ = self.step_counts.get(lane as i64).zero_();
-        self.steps[lane] = 0;
     }
 
-    /// Each set's step count.
-    pub fn steps(&self) -> &[i64] {
-        &self.steps
+    /// Sets of weights it steps (one, or one per lane).
+    pub fn sets(&self) -> usize {
+        self.step_counts.size()[0] as usize
     }
 
-    /// The device's step counts set from the host's (before an eager step, after a checkpoint is
-    /// loaded).
-    pub(super) fn sync_step_counts(&mut self) {
-        let counts: Vec<f32> = self.steps.iter().map(|&s| s as f32).collect();
-        self.step_counts.copy_(&Tensor::from_slice(&counts));
+    /// Each set's step count, read from the device (a host sync: for checkpoints and tests, not
+    /// for every step).
+    pub fn steps(&self) -> Result<Vec<i64>> {
+        let counts = self
+            .step_counts
+            .to_kind(Kind::Int64)
+            .to_device(tch::Device::Cpu);
+        Vec::<i64>::try_from(counts).map_err(|e| Error::torch("reading AdamW's step counts", e))
     }
 
-    /// One AdamW step of every set with everything on the device, as a CUDA graph captures it:
-    /// `clip_grad_norm_`, then each set's update unless `skip[s]` (a `[sets]` fp32 flag: a
-    /// non-finite loss, a lane that sits the round out, or warm-up) or its gradient norm is not
-    /// finite; a set's device step count advances only when it updates. One fused update per set,
-    /// each with its own flag. Returns the `[sets]` flags used (1 = skipped); the caller books the
-    /// host's counts ([`AdamW::count_step`]) once it has read them.
-    pub(super) fn step_on_device(
-        &mut self,
-        weights: &mut FlatWeights,
-        skip: &Tensor,
-    ) -> Result<Tensor> {
+    /// One AdamW step of every set with everything on the device, as a CUDA graph captures it and
+    /// as every eager step runs too (no host sync): `clip_grad_norm_`, then each set's update
+    /// unless `skip[s]` (a `[sets]` fp32 flag on the device: a non-finite loss, a lane that sits
+    /// the round out, or warm-up) or its gradient norm is not finite; a set's step count advances
+    /// only when it updates. One fused update per set, each with its own flag. Returns the
+    /// `[sets]` flags used (1 = skipped).
+    ///
+    /// The single layout clips by one global norm; with lanes each row gets its own norm and step
+    /// count, so each lane's update is the single one on that lane alone (to rounding).
+    pub fn step(&mut self, weights: &mut FlatWeights, skip: &Tensor) -> Result<Tensor> {
         let c = self.config;
         tch::no_grad(|| {
             let (g, norm) = clipped_grads(&c, weights);
@@ -187,7 +211,7 @@ impl AdamW {
                 .to_kind(Kind::Float);
             let skipped = skip.maximum(&nonfinite);
             let _ = self.step_counts.g_add_(&(1.0 - &skipped));
-            for set in 0..self.steps.len() {
+            for set in 0..self.sets() {
                 let (p, g, m, v) = (
                     part_of(weights, &weights.master, set),
                     part_of(weights, &g, set),
@@ -206,62 +230,6 @@ impl AdamW {
             }
             weights.refresh_working();
             Ok(skipped)
-        })
-    }
-
-    /// Books on the host a step of set `set` that [`AdamW::step_on_device`] took.
-    pub(super) fn count_step(&mut self, set: usize) {
-        self.steps[set] += 1;
-    }
-
-    /// `clip_grad_norm_(max_norm)` then one AdamW step of each set `s` with `stepping[s]` (one
-    /// entry per set: `[true]` steps a single set); the others are left exactly as they are.
-    ///
-    /// The single layout clips by one global norm; with lanes each row gets its own norm and step
-    /// count, so each lane's update is the single one on that lane alone (to rounding).
-    pub fn step(&mut self, weights: &mut FlatWeights, stepping: &[bool]) -> Result<()> {
-        assert_eq!(
-            stepping.len(),
-            self.steps.len(),
-            "one flag per set of weights"
-        );
-        let rows: Vec<usize> = (0..stepping.len()).filter(|&l| stepping[l]).collect();
-        if rows.is_empty() {
-            return Ok(());
-        }
-        for &l in &rows {
-            self.steps[l] += 1;
-        }
-        self.sync_step_counts();
-        let c = self.config;
-        tch::no_grad(|| {
-            let (g, _) = clipped_grads(&c, weights);
-            // Each stepping set is one tensor of the fused update.
-            let views: Vec<[Tensor; 5]> = rows
-                .iter()
-                .map(|&l| {
-                    [
-                        part_of(weights, &weights.master, l),
-                        part_of(weights, &g, l),
-                        part_of(weights, &self.exp_avg, l),
-                        part_of(weights, &self.exp_avg_sq, l),
-                        self.step_counts.get(l as i64),
-                    ]
-                })
-                .collect();
-            let parts: Vec<Part> = views
-                .iter()
-                .map(|[param, grad, exp_avg, exp_avg_sq, step]| Part {
-                    param,
-                    grad,
-                    exp_avg,
-                    exp_avg_sq,
-                    step,
-                })
-                .collect();
-            fused_adamw(&c, &parts, None)?;
-            weights.refresh_working();
-            Ok(())
         })
     }
 }
@@ -376,7 +344,12 @@ mod tests {
                 }
             });
             per_tensor.step();
-            opt.step(&mut flat, &[true]).unwrap();
+            let _ = opt
+                .step(
+                    &mut flat,
+                    &Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)),
+                )
+                .unwrap();
         }
         let (want, got) = (weights(&reference), weights(&lm));
         assert_eq!(want.len(), got.len());

@@ -23,7 +23,7 @@ impl AdamW {
                 named.push((format!("{prefix}.{}", s.name), t));
             }
         }
-        named.push(("step".into(), Tensor::from_slice(&self.steps)));
+        named.push(("step".into(), Tensor::from_slice(&self.steps()?)));
         named.push(("tag".into(), Tensor::from_slice(&[tag])));
         let tmp = path.with_extension("tmp");
         Tensor::write_safetensors(&named, &tmp)
@@ -48,13 +48,13 @@ impl AdamW {
         let tag = take("tag".into())?;
         let steps = Vec::<i64>::try_from(step.to_kind(Kind::Int64).reshape([-1]))
             .map_err(|e| Error::bad_file(path, format!("unreadable step counts: {e}")))?;
-        if steps.len() != self.steps.len() {
+        if steps.len() != self.sets() {
             return Err(Error::bad_file(
                 path,
                 format!(
                     "optimizer state saved for {} set(s) of weights (lanes), this run has {}",
                     steps.len(),
-                    self.steps.len()
+                    self.sets()
                 ),
             ));
         }
@@ -82,8 +82,8 @@ impl AdamW {
             }
             Ok(())
         })?;
-        self.steps = steps;
-        self.sync_step_counts();
+        let counts: Vec<f32> = steps.iter().map(|&s| s as f32).collect();
+        self.step_counts.copy_(&Tensor::from_slice(&counts));
         Ok(tag.int64_value(&[0]))
     }
 }

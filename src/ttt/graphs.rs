@@ -15,7 +15,9 @@
 //! - no host scalars that change: the step counts the bias correction reads live on the device
 //!   ([`super::AdamW`]'s `step_counts`), incremented inside the graph unless the step is skipped;
 //! - no host sync inside: a non-finite loss or gradient norm skips the update on the device (fused
-//!   AdamW's `found_inf`), and the loss and the skip flag are read after the replay;
+//!   AdamW's `found_inf`); the loss and the skip flag are copied out of the bucket on the device
+//!   after the replay and read with the rest of their pass's steps, once per evaluation point
+//!   (the eager step takes the same body, so it needs no sync either);
 //! - a side stream (capture refuses the default stream), warmed up there before capture with the
 //!   update skipped, so warm-up changes no weight.
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -23,6 +25,7 @@ use std::sync::OnceLock;
 
 use tch::{Device, Kind, Tensor};
 
+use super::adamw::upload;
 use super::{lane_losses, AdamW, Chunk, FlatWeights, TrainConfig, IGNORE_INDEX};
 use crate::error::{Error, Result};
 use crate::lm::LanguageModel;
@@ -245,7 +248,7 @@ struct Bucket {
     /// `[2, lanes]` fp32: each lane's target count (1 for a lane without one), then 1 for each
     /// lane that does not step this round.
     aux: Tensor,
-    /// `[2, lanes]` fp32 written by the step: each lane's mean loss, then 1 where it did not step.
+    /// `[2, lanes]` fp32 written by the step (the [`StepBuffers`]' `out`).
     out: Tensor,
     graph: Option<Graph>,
 }
@@ -260,21 +263,10 @@ pub struct StepBuffers {
     pub targets: Tensor,
     /// `[lanes]` fp32: 1 for a lane that does not step this round, or for all while warming up.
     pub skip: Tensor,
-    /// `[lanes]` fp32 the body writes: each lane's mean loss.
-    pub losses: Tensor,
-    /// `[lanes]` fp32 the body writes: 1 where a lane did not step (its skip, or a non-finite
-    /// loss or gradient norm).
-    pub skipped: Tensor,
-}
-
-/// What one replay gave a lane: the loss, and whether its update was skipped.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Replayed {
-    /// The lane's mean next-token loss (0 for a lane without a chunk).
-    pub loss: f64,
-    /// The lane did not step: it was told to skip, or its loss or gradient norm was NaN or
-    /// infinite (no update, no step counted).
-    pub skipped: bool,
+    /// `[2, lanes]` fp32 the body writes: each lane's mean loss (0 for a lane without a chunk),
+    /// then 1 where a lane did not step (its skip, or a non-finite loss or gradient norm: no
+    /// update, no step counted).
+    pub out: Tensor,
 }
 
 /// Capture statistics of one bucket, for benchmarks and the device check.
@@ -318,11 +310,13 @@ impl<'a> LaneInput<'a> {
     }
 }
 
-/// What one replayed round gave: each lane's loss and skip, and the bucket it ran in.
-#[derive(Debug, Clone, PartialEq)]
+/// What one replayed round gave, still on the device: each lane's loss and skip, and the bucket
+/// it ran in.
+#[derive(Debug)]
 pub struct ReplayedRound {
-    /// One per lane.
-    pub lanes: Vec<Replayed>,
+    /// `[2, lanes]` fp32: the bucket's [`StepBuffers`] `out`, copied on the device after the
+    /// replay (the next replay overwrites the bucket's).
+    pub out: Tensor,
     /// Token positions of the bucket (every lane's computed positions).
     pub bucket_len: usize,
 }
@@ -348,10 +342,10 @@ pub(super) fn train_body(
         .logical_not()
         .to_kind(Kind::Float)
         .maximum(&b.skip);
-    let skipped = opt.step_on_device(weights, &nonfinite)?;
+    let skipped = opt.step(weights, &nonfinite)?;
     tch::no_grad(|| {
-        b.losses.shallow_clone().copy_(&losses);
-        b.skipped.shallow_clone().copy_(&skipped);
+        b.out.get(0).copy_(&losses);
+        b.out.get(1).copy_(&skipped);
     });
     Ok(())
 }
@@ -431,22 +425,25 @@ pub(super) fn host_inputs(
 }
 
 impl StepBuffers {
-    /// The buffers of a round on `device` without a graph: what a captured body reads, for
-    /// running it eagerly (tests on the CPU).
-    pub fn eager(lanes: &[LaneInput], len: usize, ignore_index: i64, device: Device) -> Self {
+    /// The buffers of a round on `device` without a graph, `len` positions (the longest chunk's,
+    /// or a bucket's): what an eager step runs the body on, and what a captured one reads.
+    pub fn eager(
+        lanes: &[LaneInput],
+        len: usize,
+        ignore_index: i64,
+        device: Device,
+    ) -> Result<Self> {
         let n = lanes.len() as i64;
         let (ids, aux) = host_inputs(lanes, len, ignore_index);
-        let inputs = Tensor::from_slice(&ids).view([2, n, len as i64]).to(device);
-        let aux = Tensor::from_slice(&aux).view([2, n]).to(device);
-        let out = Tensor::zeros([2, n], (Kind::Float, device));
-        StepBuffers {
+        let inputs = upload(Tensor::from_slice(&ids), device)?.view([2, n, len as i64]);
+        let aux = upload(Tensor::from_slice(&aux), device)?.view([2, n]);
+        Ok(StepBuffers {
             ids: inputs.get(0),
             labels: inputs.get(1),
             targets: aux.get(0),
             skip: aux.get(1),
-            losses: out.get(0),
-            skipped: out.get(1),
-        }
+            out: Tensor::zeros([2, n], (Kind::Float, device)),
+        })
     }
 }
 
@@ -552,7 +549,7 @@ impl GraphedSteps {
 
     /// Runs one round: copies each lane's chunk into the bucket of the longest one, captures that
     /// bucket's graph the first time (`body` records the step on the [`StepBuffers`]), replays it
-    /// and reads each lane's loss and skip (one sync).
+    /// and copies each lane's loss and skip out of the bucket, on the device (no sync).
     pub fn step(
         &mut self,
         lanes: &[LaneInput],
@@ -574,10 +571,12 @@ impl GraphedSteps {
         let len = self.buckets[i].len as usize;
         let n = self.lanes;
         let (ids, aux) = host_inputs(lanes, len, self.ignore_index);
+        let ids = upload(Tensor::from_slice(&ids), self.device)?;
+        let aux = upload(Tensor::from_slice(&aux), self.device)?;
         let b = &mut self.buckets[i];
-        b.inputs
-            .copy_(&Tensor::from_slice(&ids).view([2, n as i64, len as i64]));
-        b.aux.copy_(&Tensor::from_slice(&aux).view([2, n as i64]));
+        // Device to device: queued, no sync.
+        b.inputs.copy_(&ids.view([2, n as i64, len as i64]));
+        b.aux.copy_(&aux.view([2, n as i64]));
         if !captured {
             self.capture(i, body)?;
         }
@@ -589,15 +588,8 @@ impl GraphedSteps {
             self.replays += 1;
             self.replay_host += started.elapsed();
         }
-        let out = Vec::<f32>::try_from(b.out.to_device(Device::Cpu).view([-1]))
-            .map_err(|e| Error::internal(format!("reading a replayed step's losses: {e}")))?;
         Ok(ReplayedRound {
-            lanes: (0..n)
-                .map(|l| Replayed {
-                    loss: out[l] as f64,
-                    skipped: out[n + l] != 0.0,
-                })
-                .collect(),
+            out: b.out.copy(),
             bucket_len: len,
         })
     }
@@ -612,8 +604,7 @@ impl GraphedSteps {
             targets: b.aux.get(0),
             // Warm-up skips every update: no weight moves before the capture.
             skip: if warm_up { skip.ones_like() } else { skip },
-            losses: b.out.get(0),
-            skipped: b.out.get(1),
+            out: b.out.shallow_clone(),
         }
     }
 
@@ -848,20 +839,17 @@ mod tests {
                 tokens: Some(chunk),
                 steps,
             };
-            StepBuffers::eager(&[lane], len, IGNORE_INDEX, Device::Cpu)
+            StepBuffers::eager(&[lane], len, IGNORE_INDEX, Device::Cpu).unwrap()
         };
         for chunk in &chunks {
-            let ChunkStep::Trained(want) = eager
-                .step(&eager_lm, &Chunk::Tokens(chunk.clone()))
-                .unwrap()
-            else {
+            let step = eager.step(&eager_lm, &Chunk::Tokens(chunk.clone()));
+            let ChunkStep::Trained(want) = step.unwrap().read() else {
                 panic!("a finite chunk trains");
             };
             let b = buffers(chunk, true);
-            body.device_step(&body_lm, &b).unwrap();
-            assert_eq!(b.skipped.double_value(&[0]), 0.0);
-            body.opt.count_step(0);
-            let got = b.losses.double_value(&[0]);
+            train_body(&mut body.weights, &mut body.opt, false, &body_lm, &b).unwrap();
+            assert_eq!(b.out.double_value(&[1, 0]), 0.0);
+            let got = b.out.double_value(&[0, 0]);
             assert!(
                 (got - want).abs() <= 1e-6 * want.abs(),
                 "loss {got} vs eager {want}"
@@ -879,15 +867,14 @@ mod tests {
             }
         };
         compare("after three steps");
-        assert_eq!(body.opt.steps(), [3]);
-        assert_eq!(body.opt.steps(), eager.opt.steps());
-        assert_eq!(body.opt.step_counts.double_value(&[0]), 3.0);
+        assert_eq!(body.opt.steps().unwrap(), [3]);
+        assert_eq!(eager.opt.steps().unwrap(), [3]);
         // Warm-up: the skip flag set, the weights and the count stay.
         let b = buffers(&chunks[0], false);
-        body.device_step(&body_lm, &b).unwrap();
-        assert_eq!(b.skipped.double_value(&[0]), 1.0);
+        train_body(&mut body.weights, &mut body.opt, false, &body_lm, &b).unwrap();
+        assert_eq!(b.out.double_value(&[1, 0]), 1.0);
         compare("after a skipped step");
-        assert_eq!(body.opt.step_counts.double_value(&[0]), 3.0);
+        assert_eq!(body.opt.steps().unwrap(), [3]);
     }
 
     /// The captured scoring forward's body, run on the CPU without a capture, gives what eager

@@ -3,10 +3,8 @@
 //! every lane that has a chunk one AdamW step on it, in one batched forward and backward: the
 //! chunks are padded to the longest and each lane's loss is the mean over its own targets, so its
 //! gradient, its clipping and its step are exactly what training it alone gives.
-use tch::{Kind, Tensor};
-
-use super::graphs::{host_inputs, GraphedSteps, LaneInput, StepBuffers};
-use super::{lane_losses, AdamW, Chunk, ChunkStep, FlatWeights, TrainConfig, IGNORE_INDEX};
+use super::graphs::GraphedSteps;
+use super::{AdamW, Chunk, FlatWeights, StepOutcome, TrainConfig};
 use crate::error::{Error, Result};
 use crate::lm::LanguageModel;
 
@@ -153,11 +151,11 @@ pub struct LaneTrainer {
     graphs: Option<GraphedSteps>,
 }
 
-/// What one round of the lanes did.
-#[derive(Debug, Clone, PartialEq)]
+/// What one round of the lanes did (of the single trainer: one lane), its losses on the device.
+#[derive(Debug)]
 pub struct LaneRound {
     /// What each lane's chunk got (`None`: the lane sat the round out).
-    pub steps: Vec<Option<ChunkStep>>,
+    pub steps: Vec<Option<StepOutcome>>,
     /// Token positions the round's forward and backward computed: every lane, idle or not,
     /// padded to the longest chunk (0 when no chunk had a loss).
     pub computed_tokens: usize,
@@ -201,107 +199,23 @@ impl LaneTrainer {
 
     /// One round: lane `l` gets `chunks[l]` (one chunk, or `None` to sit the round out), the
     /// chunks with a loss in one batched forward and backward, then one AdamW step per stepping
-    /// lane.
+    /// lane; the losses stay on the device.
     pub fn step(&mut self, lm: &LanguageModel, chunks: &[Option<&Chunk>]) -> Result<LaneRound> {
-        let lanes = self.lanes();
-        assert_eq!(chunks.len(), lanes, "one chunk (or none) per lane");
-        let any_tokens = chunks.iter().any(|c| matches!(c, Some(Chunk::Tokens(_))));
-        if self.graphs.is_some() && any_tokens {
-            return self.graphed_step(lm, chunks);
-        }
-        let mut out: Vec<Option<ChunkStep>> = vec![None; lanes];
-        for (l, chunk) in chunks.iter().enumerate() {
-            out[l] = match chunk {
-                Some(Chunk::ZeroGrad) => Some(ChunkStep::ZeroGrad),
-                Some(Chunk::Skipped) => Some(ChunkStep::SkippedShort),
-                _ => None,
-            };
-        }
-        fn tokens<'c>(c: &Option<&'c Chunk>) -> Option<&'c [i64]> {
-            match c {
-                Some(Chunk::Tokens(t)) => Some(t.as_slice()),
-                _ => None,
-            }
-        }
-        self.weights.zero_grad();
-        let longest = chunks.iter().filter_map(tokens).map(<[i64]>::len).max();
-        let mut computed_tokens = 0;
-        if let Some(t) = longest {
-            let device = lm.device();
-            computed_tokens = lanes * t;
-            // The captured round's padding (token 0 after each lane's own positions, causal
-            // attention keeping it out; its labels ignored), to the longest chunk only.
-            let inputs: Vec<LaneInput> = chunks.iter().map(|c| LaneInput::of(*c)).collect();
-            let (ids, aux) = host_inputs(&inputs, t, IGNORE_INDEX);
-            let (l, t) = (lanes as i64, t as i64);
-            let ids = Tensor::from_slice(&ids).view([2, l, t]).to(device);
-            let targets = Tensor::from_slice(&aux[..lanes]).to(device);
-            let logits = lm.forward(&ids.get(0), self.config.dropout.on())?;
-            let losses = lane_losses(&logits, &ids.get(1), &targets);
-            losses.sum(Kind::Float).backward();
-            // The round's one host sync, after backward is queued.
-            let values =
-                Vec::<f64>::try_from(losses.to_kind(Kind::Double).to_device(tch::Device::Cpu))
-                    .map_err(|e| Error::torch("reading the lanes' losses", e))?;
-            for (l, chunk) in chunks.iter().enumerate() {
-                if tokens(chunk).is_some() {
-                    out[l] = Some(ChunkStep::trained(values[l]));
-                }
-            }
-        }
-        let stepping: Vec<bool> = out
-            .iter()
-            .map(|s| s.is_some_and(ChunkStep::steps))
-            .collect();
-        self.opt.step(&mut self.weights, &stepping)?;
-        Ok(LaneRound {
-            steps: out,
-            computed_tokens,
-        })
+        assert_eq!(chunks.len(), self.lanes(), "one chunk (or none) per lane");
+        let graphs = self.graphs.as_mut();
+        super::train_round(
+            &mut self.weights,
+            &mut self.opt,
+            &self.config,
+            graphs,
+            lm,
+            chunks,
+        )
     }
 
     /// The captured steps and scoring forwards, with `--cuda-graphs on`.
     pub(crate) fn graphs_mut(&mut self) -> Option<&mut super::graphs::GraphedSteps> {
         self.graphs.as_mut()
-    }
-
-    /// [`LaneTrainer::step`] as a replay of the captured graph of the bucket the round's longest
-    /// chunk fits (captured the first time); the body is [`LaneTrainer::device_round`]. A round
-    /// with no chunk of two or more tokens runs eagerly.
-    fn graphed_step(&mut self, lm: &LanguageModel, chunks: &[Option<&Chunk>]) -> Result<LaneRound> {
-        let inputs: Vec<LaneInput> = chunks.iter().map(|c| LaneInput::of(*c)).collect();
-        let mut graphs = self.graphs.take().expect("graphed rounds have graphs");
-        let replayed = graphs.step(&inputs, &mut |b| self.device_round(lm, b));
-        self.graphs = Some(graphs);
-        let replayed = replayed?;
-        let steps = chunks
-            .iter()
-            .zip(&replayed.lanes)
-            .enumerate()
-            .map(|(l, (c, r))| {
-                let step = match c {
-                    Some(Chunk::Tokens(_)) if r.skipped => ChunkStep::NonFinite,
-                    Some(Chunk::Tokens(_)) => ChunkStep::trained(r.loss),
-                    Some(Chunk::ZeroGrad) => ChunkStep::ZeroGrad,
-                    Some(Chunk::Skipped) => ChunkStep::SkippedShort,
-                    None => return None,
-                };
-                if step.steps() && !r.skipped {
-                    self.opt.count_step(l);
-                }
-                Some(step)
-            })
-            .collect();
-        Ok(LaneRound {
-            steps,
-            computed_tokens: self.lanes() * replayed.bucket_len,
-        })
-    }
-
-    /// The captured round's body ([`super::graphs::train_body`]) on the round's [`StepBuffers`].
-    fn device_round(&mut self, lm: &LanguageModel, b: &StepBuffers) -> Result<()> {
-        let dropout = self.config.dropout.on();
-        super::graphs::train_body(&mut self.weights, &mut self.opt, dropout, lm, b)
     }
 }
 
@@ -310,6 +224,7 @@ mod tests {
     use super::*;
     use crate::ttt::Trainer;
     use crate::Device;
+    use tch::{Kind, Tensor};
 
     fn fixture(name: &str) -> LanguageModel {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -334,7 +249,8 @@ mod tests {
     /// zero-gradient step; each lane's weights and step counts (host and device).
     #[test]
     fn the_graph_round_equals_the_eager_round() {
-        use crate::ttt::graphs::{LaneInput, StepBuffers};
+        use crate::ttt::graphs::{train_body, LaneInput, StepBuffers};
+        use crate::ttt::{ChunkStep, StepOutcome, IGNORE_INDEX};
         // The paper's lr (the key bias's noise gradients, AdamW-scaled, stay small: graphs.rs).
         let config = TrainConfig {
             lr: 2e-5,
@@ -357,11 +273,13 @@ mod tests {
             let chunks: Vec<Option<&Chunk>> = round.iter().map(Option::as_ref).collect();
             let want = eager.step(&eager_lm, &chunks).unwrap();
             let inputs: Vec<LaneInput> = chunks.iter().map(|c| LaneInput::of(*c)).collect();
-            let b = StepBuffers::eager(&inputs, 32, IGNORE_INDEX, Device::Cpu.to_tch().unwrap());
-            body.device_round(&body_lm, &b).unwrap();
-            let skipped = Vec::<f32>::try_from(&b.skipped).unwrap();
-            let losses = Vec::<f32>::try_from(&b.losses).unwrap();
-            for (l, step) in want.steps.iter().enumerate() {
+            let device = Device::Cpu.to_tch().unwrap();
+            let b = StepBuffers::eager(&inputs, 32, IGNORE_INDEX, device).unwrap();
+            train_body(&mut body.weights, &mut body.opt, false, &body_lm, &b).unwrap();
+            let skipped = Vec::<f32>::try_from(b.out.get(1)).unwrap();
+            let losses = Vec::<f32>::try_from(b.out.get(0)).unwrap();
+            for (l, step) in want.steps.into_iter().enumerate() {
+                let step = step.map(StepOutcome::read);
                 assert_eq!(skipped[l] != 0.0, step.is_none(), "lane {l}");
                 if let Some(ChunkStep::Trained(loss)) = step {
                     let d = (losses[l] as f64 - loss).abs();
@@ -370,9 +288,6 @@ mod tests {
                         "lane {l}: loss {} vs {loss}",
                         losses[l]
                     );
-                }
-                if skipped[l] == 0.0 {
-                    body.opt.count_step(l);
                 }
             }
         }
@@ -386,8 +301,8 @@ mod tests {
                 assert!(d <= 1e-6, "lane {lane}: {name} differs by {d}");
             }
         }
-        assert_eq!(body.opt.steps(), eager.opt.steps());
-        assert_eq!(body.opt.steps(), [3, 2, 3]);
+        assert_eq!(body.opt.steps().unwrap(), eager.opt.steps().unwrap());
+        assert_eq!(body.opt.steps().unwrap(), [3, 2, 3]);
         assert_eq!(
             Vec::<f32>::try_from(&body.opt.step_counts).unwrap(),
             [3.0, 2.0, 3.0]
@@ -487,7 +402,7 @@ mod tests {
         let mut fresh_lm = fixture("tiny-gpt2");
         let mut fresh = LaneTrainer::new(&mut fresh_lm, config, 2).unwrap();
         assert_eq!(fresh.load_optimizer(&path).unwrap(), 41);
-        assert_eq!(fresh.opt.steps(), [2, 1]);
+        assert_eq!(fresh.opt.steps().unwrap(), [2, 1]);
         assert_eq!(
             (&fresh.opt.exp_avg - &lanes.opt.exp_avg)
                 .abs()

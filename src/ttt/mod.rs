@@ -161,7 +161,7 @@ pub struct TextTraining {
     pub zero_grad_steps: usize,
     /// Chunks of one token skipped (`ShortChunks::Skip`).
     pub skipped_short: usize,
-    /// Chunks whose loss was NaN or infinite: skipped, never applied.
+    /// Chunks whose loss (or gradient norm) was NaN or infinite: skipped, never applied.
     pub skipped_nonfinite: usize,
     /// Mean loss over the steps taken.
     pub mean_loss: f64,
@@ -236,6 +236,156 @@ impl ChunkStep {
     }
 }
 
+/// What a chunk got, as its step leaves it: known on the host, or a loss still on the device.
+#[derive(Debug)]
+pub enum StepOutcome {
+    /// Known without the device: a one-token chunk's zero-gradient step, or its skip.
+    Known(ChunkStep),
+    /// A chunk with a loss: lane `lane` of its round's `[2, lanes]` fp32 output on the device
+    /// (the mean loss, then 1 where the update was skipped on the device).
+    OnDevice { out: Tensor, lane: i64 },
+}
+
+#[cfg(test)]
+impl StepOutcome {
+    /// What this one step got, read at once (a host sync; [`StepLog`] reads a text's steps together).
+    pub(crate) fn read(self) -> ChunkStep {
+        let mut log = StepLog::new(0);
+        log.add(self);
+        let t = log.finish().expect("a step's outcome reads back");
+        match (t.steps, t.zero_grad_steps, t.skipped_nonfinite) {
+            (1, 1, _) => ChunkStep::ZeroGrad,
+            (1, 0, _) => ChunkStep::Trained(t.mean_loss),
+            (0, _, 1) => ChunkStep::NonFinite,
+            _ => ChunkStep::SkippedShort,
+        }
+    }
+}
+
+/// The steps of one text as they are taken; their losses stay on the device until
+/// [`StepLog::finish`] reads them all at once, so a text's steps queue on a GPU without a host
+/// sync between them.
+#[derive(Debug, Default)]
+pub struct StepLog {
+    tokens: usize,
+    steps: Vec<StepOutcome>,
+}
+
+impl StepLog {
+    /// No step yet on a text of `tokens` tokens.
+    pub fn new(tokens: usize) -> Self {
+        Self {
+            tokens,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Books one chunk's step.
+    pub fn add(&mut self, step: StepOutcome) {
+        self.steps.push(step);
+    }
+
+    /// What the text's training did, its losses read from the device in one host sync (none
+    /// when no chunk had a loss).
+    pub fn finish(self) -> Result<TextTraining> {
+        let on_device: Vec<Tensor> = self
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                StepOutcome::OnDevice { out, lane } => Some(out.select(1, *lane)),
+                StepOutcome::Known(_) => None,
+            })
+            .collect();
+        let values = if on_device.is_empty() {
+            Vec::new()
+        } else {
+            let host = Tensor::stack(&on_device, 0).to_device(tch::Device::Cpu);
+            Vec::<f32>::try_from(host.view([-1]))
+                .map_err(|e| crate::error::Error::torch("reading a text's step losses", e))?
+        };
+        let mut read = values.chunks_exact(2);
+        let mut out = TextTraining::new(self.tokens);
+        for step in self.steps {
+            out.add(match step {
+                StepOutcome::Known(c) => c,
+                StepOutcome::OnDevice { .. } => match read.next() {
+                    Some(&[_, skipped]) if skipped != 0.0 => ChunkStep::NonFinite,
+                    Some(&[loss, _]) => ChunkStep::trained(loss as f64),
+                    _ => unreachable!("one [loss, skipped] pair per step on the device"),
+                },
+            });
+        }
+        Ok(out.finish())
+    }
+}
+
+/// One training step of each set of `weights` on its chunk (`None`: the set sits the round out),
+/// for both trainers (one set, or one per lane): the chunks with a loss in one forward and
+/// backward ([`graphs::train_body`], replayed from its length bucket's graph when the steps are
+/// `captured`, else run on buffers of the round's longest chunk), then one AdamW step per stepping set,
+/// a non-finite loss or gradient norm skipped on the device. Nothing is read back: the losses stay
+/// on the device in the returned round.
+fn train_round(
+    weights: &mut FlatWeights,
+    opt: &mut AdamW,
+    config: &TrainConfig,
+    captured: Option<&mut graphs::GraphedSteps>,
+    lm: &LanguageModel,
+    chunks: &[Option<&Chunk>],
+) -> Result<LaneRound> {
+    let inputs: Vec<graphs::LaneInput> = chunks.iter().map(|c| graphs::LaneInput::of(*c)).collect();
+    let dropout = config.dropout.on();
+    let longest = inputs
+        .iter()
+        .filter_map(|i| i.tokens.map(<[i64]>::len))
+        .max();
+    let (out, computed_tokens) = match (longest, captured) {
+        // No chunk with a loss: the zero-gradient steps of one-token chunks, if any.
+        (None, _) => {
+            if inputs.iter().any(|i| i.steps) {
+                let skip: Vec<f32> = inputs.iter().map(|i| f32::from(!i.steps)).collect();
+                weights.zero_grad();
+                let skip = adamw::upload(Tensor::from_slice(&skip), lm.device())?;
+                // A zero gradient is finite: every stepping set steps, no flag to read.
+                let _ = opt.step(weights, &skip)?;
+            }
+            (None, 0)
+        }
+        (Some(_), Some(captured)) => {
+            let r = captured.step(&inputs, &mut |b| {
+                graphs::train_body(weights, opt, dropout, lm, b)
+            })?;
+            (Some(r.out), chunks.len() * r.bucket_len)
+        }
+        (Some(len), None) => {
+            let b = graphs::StepBuffers::eager(&inputs, len, IGNORE_INDEX, lm.device())?;
+            graphs::train_body(weights, opt, dropout, lm, &b)?;
+            (Some(b.out), chunks.len() * len)
+        }
+    };
+    let steps = chunks
+        .iter()
+        .enumerate()
+        .map(|(l, c)| {
+            Some(match c.as_ref()? {
+                Chunk::Tokens(_) => StepOutcome::OnDevice {
+                    out: out
+                        .as_ref()
+                        .expect("a chunk with tokens ran")
+                        .shallow_clone(),
+                    lane: l as i64,
+                },
+                Chunk::ZeroGrad => StepOutcome::Known(ChunkStep::ZeroGrad),
+                Chunk::Skipped => StepOutcome::Known(ChunkStep::SkippedShort),
+            })
+        })
+        .collect();
+    Ok(LaneRound {
+        steps,
+        computed_tokens,
+    })
+}
+
 impl TextTraining {
     /// Nothing trained yet on a text of `tokens` tokens.
     pub fn new(tokens: usize) -> Self {
@@ -273,22 +423,6 @@ impl TextTraining {
         };
         self
     }
-}
-
-/// The mean next-token loss of `[1, n, vocab]` logits against `[1, n]` labels (`IGNORE_INDEX`
-/// where a position has no target), in fp32.
-fn mean_loss(logits: &Tensor, labels: &Tensor) -> Tensor {
-    let (n, vocab) = (logits.size()[1], logits.size()[2]);
-    logits
-        .view([n, vocab])
-        .to_kind(Kind::Float)
-        .cross_entropy_loss::<Tensor>(
-            &labels.view([n]),
-            None,
-            tch::Reduction::Mean,
-            IGNORE_INDEX,
-            0.0,
-        )
 }
 
 /// Each lane's mean next-token loss (`[lanes]` fp32) from `[lanes, t, vocab]` logits, labels
@@ -373,76 +507,40 @@ impl Trainer {
         self.train_on_tokens(lm, &tokens)
     }
 
-    /// One AdamW step per `max_length` chunk of `tokens`, in order.
+    /// One AdamW step per `max_length` chunk of `tokens`, in order; the losses are read once, at
+    /// the end.
     pub fn train_on_tokens(&mut self, lm: &LanguageModel, tokens: &[i64]) -> Result<TextTraining> {
-        let mut out = TextTraining::new(tokens.len());
+        let mut log = StepLog::new(tokens.len());
         for chunk in chunks(tokens, &self.config) {
-            out.add(self.step(lm, &chunk)?);
+            log.add(self.step(lm, &chunk)?);
         }
-        Ok(out.finish())
+        log.finish()
     }
 
     /// What `chunk` gets: one AdamW step on its mean next-token loss (batch 1, train mode), a
-    /// zero-gradient step, or none.
-    pub fn step(&mut self, lm: &LanguageModel, chunk: &Chunk) -> Result<ChunkStep> {
-        let chunk = match chunk {
-            Chunk::Tokens(c) => c,
-            Chunk::ZeroGrad => {
-                self.weights.zero_grad();
-                self.opt.step(&mut self.weights, &[true])?;
-                return Ok(ChunkStep::ZeroGrad);
-            }
-            Chunk::Skipped => return Ok(ChunkStep::SkippedShort),
-        };
-        if self.graphs.is_some() {
-            return self.graphed_step(lm, chunk);
-        }
-        let ids = Tensor::from_slice(chunk).unsqueeze(0).to(lm.device());
-        let logits = lm.forward(&ids, self.config.dropout.on())?;
-        let n = chunk.len() as i64;
-        // As HF's ForCausalLMLoss: shift the labels (padding with ignore_index) rather than
-        // slicing the logits, which would copy a [n, vocab] tensor every step.
-        let labels = Tensor::cat(
-            &[
-                ids.narrow(1, 1, n - 1),
-                Tensor::full([1, 1], IGNORE_INDEX, (Kind::Int64, lm.device())),
-            ],
-            1,
-        );
-        let loss = mean_loss(&logits, &labels);
-        self.weights.zero_grad();
-        loss.backward();
-        // The one host sync of a step, after backward is queued so the GPU is busy meanwhile:
-        // a non-finite loss must not reach the weights.
-        let value = loss.double_value(&[]);
-        let step = ChunkStep::trained(value);
-        self.opt.step(&mut self.weights, &[step.steps()])?;
-        Ok(step)
+    /// zero-gradient step, or none; its loss stays on the device.
+    pub fn step(&mut self, lm: &LanguageModel, chunk: &Chunk) -> Result<StepOutcome> {
+        let round = self.round(lm, &[Some(chunk)])?;
+        Ok(round
+            .steps
+            .into_iter()
+            .next()
+            .flatten()
+            .expect("one chunk, one outcome"))
     }
 
-    /// [`Trainer::step`] as a replay of its length bucket's captured graph (captured the first
-    /// time): the body is [`Trainer::device_step`].
-    fn graphed_step(&mut self, lm: &LanguageModel, chunk: &[i64]) -> Result<ChunkStep> {
-        let mut graphs = self.graphs.take().expect("graphed steps have graphs");
-        let input = [graphs::LaneInput {
-            tokens: Some(chunk),
-            steps: true,
-        }];
-        let replayed = graphs.step(&input, &mut |b| self.device_step(lm, b));
-        self.graphs = Some(graphs);
-        let replayed = replayed?.lanes[0];
-        if replayed.skipped {
-            return Ok(ChunkStep::NonFinite);
-        }
-        self.opt.count_step(0);
-        Ok(ChunkStep::trained(replayed.loss))
-    }
-
-    /// The captured step's body ([`graphs::train_body`]) on one document's
-    /// [`graphs::StepBuffers`].
-    fn device_step(&mut self, lm: &LanguageModel, b: &graphs::StepBuffers) -> Result<()> {
-        let dropout = self.config.dropout.on();
-        graphs::train_body(&mut self.weights, &mut self.opt, dropout, lm, b)
+    /// [`Trainer::step`] as a round of one slot (`None`: nothing to train), as the engine's
+    /// backend calls it.
+    pub fn round(&mut self, lm: &LanguageModel, chunks: &[Option<&Chunk>]) -> Result<LaneRound> {
+        let graphs = self.graphs.as_mut();
+        train_round(
+            &mut self.weights,
+            &mut self.opt,
+            &self.config,
+            graphs,
+            lm,
+            chunks,
+        )
     }
 
     /// The captured steps and scoring forwards, with `--cuda-graphs on`.
@@ -458,5 +556,87 @@ impl Trainer {
     /// Captured graphs' node counts by length bucket (empty without `--cuda-graphs on`).
     pub fn graph_stats(&self) -> Vec<graphs::BucketStats> {
         self.graphs.as_ref().map_or_else(Vec::new, |g| g.stats())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ttt::flat::tests::tiny_gpt2;
+
+    fn config() -> TrainConfig {
+        TrainConfig {
+            lr: 1e-3,
+            max_length: 24,
+            dropout: Dropout::Off,
+            ..Default::default()
+        }
+    }
+
+    /// A text's steps leave their losses on the device (no read between steps); its log reads
+    /// them at once and books what eager reading of each step would have: a one-token chunk's
+    /// zero-gradient step known on the host, the losses and their mean.
+    #[test]
+    fn a_texts_losses_stay_on_the_device_until_its_log_is_read() {
+        let tokens: Vec<i64> = (0..49).map(|i| (i * 37) % 200 + 3).collect();
+        let cut = chunks(&tokens, &config());
+        assert_eq!(cut.len(), 3);
+        assert_eq!(cut[2], Chunk::ZeroGrad);
+        let lm = tiny_gpt2();
+        let mut trainer = Trainer::new(&lm, config()).unwrap();
+        let mut log = StepLog::new(tokens.len());
+        let mut each = Vec::new();
+        for chunk in &cut {
+            let step = trainer.step(&lm, chunk).unwrap();
+            match (&step, chunk) {
+                (StepOutcome::OnDevice { out, .. }, Chunk::Tokens(_)) => {
+                    each.push(out.double_value(&[0, 0]));
+                }
+                (StepOutcome::Known(ChunkStep::ZeroGrad), Chunk::ZeroGrad) => {}
+                other => panic!("unexpected outcome {other:?}"),
+            }
+            log.add(step);
+        }
+        let t = log.finish().unwrap();
+        assert_eq!(
+            (t.tokens, t.chunks, t.steps, t.zero_grad_steps),
+            (49, 3, 3, 1)
+        );
+        let mean = each.iter().sum::<f64>() / 2.0;
+        assert!(
+            (t.mean_loss - mean).abs() <= 1e-12,
+            "{} vs {mean}",
+            t.mean_loss
+        );
+        assert_eq!(trainer.opt.steps().unwrap(), [3]);
+    }
+
+    /// A NaN loss skips the step on the device, as eager reading skipped it: the weights and the
+    /// step count stay, and the text's training counts the chunk as non-finite.
+    #[test]
+    fn a_nonfinite_loss_skips_its_step_on_the_device() {
+        let lm = tiny_gpt2();
+        let mut trainer = Trainer::new(&lm, config()).unwrap();
+        // One NaN weight (the flat buffer's first, used at every position): the loss is NaN.
+        tch::no_grad(|| {
+            let _ = trainer.weights.master.get(0).fill_(f64::NAN);
+        });
+        trainer.weights.refresh_working();
+        let before = trainer.weights.master.narrow(0, 1, 1000).copy();
+        let tokens: Vec<i64> = (0..24).map(|i| (i * 37) % 200 + 3).collect();
+        let t = trainer.train_on_tokens(&lm, &tokens).unwrap();
+        assert_eq!((t.chunks, t.steps, t.skipped_nonfinite), (1, 0, 1));
+        assert!(t.mean_loss.is_nan(), "no step had a loss");
+        let after = trainer.weights.master.narrow(0, 1, 1000);
+        assert_eq!(
+            after.ne_tensor(&before).sum(Kind::Int64).int64_value(&[]),
+            0
+        );
+        assert_eq!(trainer.opt.steps().unwrap(), [0]);
+        // The pretrained weights again: the same chunk steps.
+        trainer.reset_weights();
+        let t = trainer.train_on_tokens(&lm, &tokens).unwrap();
+        assert_eq!((t.steps, t.skipped_nonfinite), (1, 0));
+        assert_eq!(trainer.opt.steps().unwrap(), [1]);
     }
 }
