@@ -23,6 +23,25 @@ pub mod ttt;
 pub use device::Device;
 pub use error::{Error, Result};
 
+/// Sets the environment tttnn's libraries read once per process, where the user has not set it:
+/// MKL's reproducible GEMMs for libtorch on the CPU (`MKL_DYNAMIC=FALSE`: by default MKL may run a
+/// GEMM on fewer threads than asked when it judges the machine busy, and so sum in another order;
+/// `MKL_CBWR=AUTO`: MKL picks kernels by the buffers' alignment, which differs between processes,
+/// unless its conditional numerical reproducibility mode is on), and Lance's exact row-to-partition
+/// assignment in IVF builds ([`store::ASSIGNMENT_ENV`]). Call it first in `main`, before any
+/// thread starts (the environment is not thread-safe).
+pub fn set_library_env() {
+    for (var, value) in [
+        ("MKL_DYNAMIC", "FALSE"),
+        ("MKL_CBWR", "AUTO"),
+        (store::ASSIGNMENT_ENV, "disabled"),
+    ] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, value);
+        }
+    }
+}
+
 /// tttnn's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -9,18 +9,8 @@ use cli::ui::{Printer, Verbosity};
 use cli::Cli;
 
 fn main() -> ExitCode {
-    // libtorch's CPU BLAS is MKL, which by default may run a GEMM on fewer threads than asked
-    // when it judges the machine busy (MKL_DYNAMIC), and so sum in another order: the same forward
-    // pass then differs in the last bits from one call to the next. Runs must not depend on load.
-    // MKL also picks its kernels' code paths by the buffers' memory alignment, which differs from
-    // one process to the next; its conditional numerical reproducibility mode (`MKL_CBWR=AUTO`:
-    // the best path for this CPU, whatever the alignment) makes two runs of one computation equal.
-    // Set before libtorch first runs, single-threaded; a user's own setting wins.
-    for (var, value) in [("MKL_DYNAMIC", "FALSE"), ("MKL_CBWR", "AUTO")] {
-        if std::env::var_os(var).is_none() {
-            std::env::set_var(var, value);
-        }
-    }
+    // Before libtorch or Lance first runs, single-threaded; a user's own setting wins.
+    tttnn::set_library_env();
     // Usage errors are bad input (exit 1), not clap's default 2, which means an internal error here.
     let usage = |e: clap::Error| {
         let code = if e.use_stderr() { 1 } else { 0 };

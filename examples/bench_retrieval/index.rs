@@ -66,14 +66,15 @@ pub fn measure(
             let t = Instant::now();
             store.create_index(p)?;
             let (build_s, rss) = (t.elapsed().as_secs_f64(), peak_rss_gib());
+            let assignment = tttnn::store::partition_assignment();
             eprintln!(
-                "{name} index: {} partitions, {} sub-vectors, {} bits, built in {build_s:.1} s, peak RSS {rss:.2} GiB",
+                "{name} index: {} partitions, {} sub-vectors, {} bits, rows assigned {assignment}ly, built in {build_s:.1} s, peak RSS {rss:.2} GiB",
                 p.partitions, p.sub_vectors, p.bits,
             );
             record(
                 json!({"method": format!("{name} build"), "partitions": p.partitions,
-                "sub_vectors": p.sub_vectors, "bits": p.bits, "build_s": build_s,
-                "peak_rss_gib": rss}),
+                "sub_vectors": p.sub_vectors, "bits": p.bits, "assignment": assignment,
+                "build_s": build_s, "peak_rss_gib": rss}),
             );
         }
         reset_peak_rss();

@@ -296,6 +296,9 @@ fn run(
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the tttnn binary: Lance's exact partition assignment unless the caller set its variable
+    // (LANCE_USE_HNSW_SPEEDUP_INDEXING=enabled measures Lance's graph assignment).
+    tttnn::set_library_env();
     let args: Args = clap::Parser::parse();
     let (store, all_queries, what) = match &args.store {
         Some(path) => real(&args, path)?,

@@ -70,11 +70,12 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
         IndexKind::IvfRq => format!("{} bits per dimension", params.bits),
         IndexKind::IvfHnswSq => "8-bit scalar quantisation".to_string(),
     };
+    let assignment = tttnn::store::partition_assignment();
     p.say(format!(
-        "index: {} over {rows} rows: {} partitions, {codes}",
+        "index: {} over {rows} rows: {} partitions, {codes}, rows assigned to partitions {assignment}ly",
         kind.name(),
         params.partitions
     ));
     store.create_index(params)?;
-    p.out(serde_json::json!({"kind": kind, "rows": rows, "partitions": params.partitions, "sub_vectors": params.sub_vectors, "bits": params.bits, "seconds": t.elapsed().as_secs_f64()}))
+    p.out(serde_json::json!({"kind": kind, "rows": rows, "partitions": params.partitions, "sub_vectors": params.sub_vectors, "bits": params.bits, "assignment": assignment, "seconds": t.elapsed().as_secs_f64()}))
 }

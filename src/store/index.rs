@@ -45,6 +45,26 @@ pub struct IndexParams {
     pub bits: u32,
 }
 
+/// The variable Lance 14 reads, once per process, to choose how an IVF build assigns each row to
+/// a partition. Unset ("auto"), an index with partitions × dimension ≥ 1,000,000 (3,162 × 384 at
+/// 10M rows) assigns rows through an HNSW graph over the centroids searched at ef 15
+/// (lance-index `vector/utils.rs`, `vector/ivf/transform.rs`): some rows land in a partition that
+/// is not their nearest, and no `nprobes` finds them, since a search ranks the centroids exactly.
+/// Measured at 10M × 384 (docs/benchmarks.md): 0.78 of the true neighbours in the 40 nearest
+/// partitions against 0.95 with nearest-centroid assignment. "disabled" assigns exactly.
+pub const ASSIGNMENT_ENV: &str = "LANCE_USE_HNSW_SPEEDUP_INDEXING";
+
+/// How this process's IVF builds assign rows to partitions, as [`ASSIGNMENT_ENV`] says:
+/// "exact" (tttnn's setting, [`crate::set_library_env`]), or "approximate" where a user asked
+/// for Lance's graph assignment ("enabled", or any other value: Lance's auto, approximate past
+/// 1,000,000 partitions × dimension).
+pub fn partition_assignment() -> &'static str {
+    match std::env::var(ASSIGNMENT_ENV).as_deref() {
+        Ok("disabled") => "exact",
+        _ => "approximate",
+    }
+}
+
 /// Vectors Lance's IVF training fits each centroid on (`IvfBuildParams::sample_rate`).
 const LANCE_SAMPLE_RATE: usize = 256;
 

@@ -29,7 +29,7 @@ use lancedb::Table;
 pub use document::{DocRef, Document, EncoderRecord, StoredText};
 pub(crate) use exact_batch::flat_search_order;
 pub use exact_batch::{BatchNeighbor, BatchQuery, BatchSearch, BatchStats, Product, Slice};
-pub use index::{IndexKind, IndexParams};
+pub use index::{partition_assignment, IndexKind, IndexParams, ASSIGNMENT_ENV};
 pub use neighbor_table::{NeighborTable, TableNeighbor};
 pub use search::{Neighbor, Retrieval, SearchMode, DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR};
 
