@@ -230,9 +230,14 @@ impl ChunkStep {
         }
     }
 
-    /// Whether the optimizer steps for it.
-    pub fn steps(self) -> bool {
-        matches!(self, ChunkStep::Trained(_) | ChunkStep::ZeroGrad)
+    /// A chunk with a loss as its step left it on the device: its loss, and whether the update
+    /// was skipped there (a non-finite loss or gradient norm).
+    fn from_device(loss: f32, skipped: f32) -> Self {
+        if skipped != 0.0 {
+            ChunkStep::NonFinite
+        } else {
+            ChunkStep::trained(loss as f64)
+        }
     }
 }
 
@@ -250,14 +255,12 @@ pub enum StepOutcome {
 impl StepOutcome {
     /// What this one step got, read at once (a host sync; [`StepLog`] reads a text's steps together).
     pub(crate) fn read(self) -> ChunkStep {
-        let mut log = StepLog::new(0);
-        log.add(self);
-        let t = log.finish().expect("a step's outcome reads back");
-        match (t.steps, t.zero_grad_steps, t.skipped_nonfinite) {
-            (1, 1, _) => ChunkStep::ZeroGrad,
-            (1, 0, _) => ChunkStep::Trained(t.mean_loss),
-            (0, _, 1) => ChunkStep::NonFinite,
-            _ => ChunkStep::SkippedShort,
+        match self {
+            StepOutcome::Known(c) => c,
+            StepOutcome::OnDevice { out, lane } => ChunkStep::from_device(
+                out.double_value(&[0, lane]) as f32,
+                out.double_value(&[1, lane]) as f32,
+            ),
         }
     }
 }
@@ -309,8 +312,7 @@ impl StepLog {
             out.add(match step {
                 StepOutcome::Known(c) => c,
                 StepOutcome::OnDevice { .. } => match read.next() {
-                    Some(&[_, skipped]) if skipped != 0.0 => ChunkStep::NonFinite,
-                    Some(&[loss, _]) => ChunkStep::trained(loss as f64),
+                    Some(&[loss, skipped]) => ChunkStep::from_device(loss, skipped),
                     _ => unreachable!("one [loss, skipped] pair per step on the device"),
                 },
             });
@@ -333,6 +335,11 @@ fn train_round(
     lm: &LanguageModel,
     chunks: &[Option<&Chunk>],
 ) -> Result<LaneRound> {
+    assert_eq!(
+        chunks.len(),
+        opt.sets(),
+        "one chunk (or none) per set of weights"
+    );
     let inputs: Vec<graphs::LaneInput> = chunks.iter().map(|c| graphs::LaneInput::of(*c)).collect();
     let dropout = config.dropout.on();
     let longest = inputs
