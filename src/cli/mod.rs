@@ -41,7 +41,7 @@ pub enum Command {
     Smoke(smoke::Args),
     /// Ingest Pile JSONL(.zst) into the LanceDB corpus store with encoder embeddings; resumable.
     Ingest(ingest::Args),
-    /// Build the store's vector index (IVF-PQ), or drop it for exact search (flat).
+    /// Build the store's vector index (IVF-RQ by default), or drop it for exact search (flat).
     Index(index::Args),
     /// Nearest neighbours of a text or a stored document.
     Search(search::Args),

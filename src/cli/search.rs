@@ -22,7 +22,7 @@ pub struct Args {
     /// IVF partitions to probe when an index exists.
     #[arg(long, default_value_t = store::DEFAULT_NPROBES)]
     pub nprobes: usize,
-    /// Re-rank refine_factor·k IVF-PQ candidates by exact distance; 0: none (PQ distances).
+    /// Re-rank refine_factor·k indexed candidates by exact distance; 0: none (the codes' distances).
     #[arg(long, default_value_t = store::DEFAULT_REFINE_FACTOR)]
     pub refine_factor: u32,
     /// IVF-HNSW-SQ index: candidates visited per partition (Lance's default when unset).

@@ -30,6 +30,15 @@ impl IndexKind {
             IndexKind::IvfHnswSq => "IVF-HNSW-SQ",
         }
     }
+
+    /// Bits of its codes unless told: 1 per dimension for RaBitQ (Lance's default), 8 for PQ
+    /// codes and for HNSW-SQ's scalar quantisation.
+    pub fn default_bits(self) -> u32 {
+        match self {
+            IndexKind::IvfRq => 1,
+            IndexKind::IvfPq | IndexKind::IvfHnswSq => 8,
+        }
+    }
 }
 
 /// Vector index parameters.
@@ -105,10 +114,7 @@ impl IndexParams {
             kind,
             partitions: partitions as u32,
             sub_vectors: (dim / 8).max(1) as u32,
-            bits: match kind {
-                IndexKind::IvfRq => 1,
-                _ => 8,
-            },
+            bits: kind.default_bits(),
         })
     }
 
@@ -129,7 +135,7 @@ impl IndexParams {
                 kind,
                 partitions,
                 sub_vectors,
-                bits: 8,
+                bits: kind.default_bits(),
             },
             _ => Self::sized_for(kind, rows, dim)?,
         };
@@ -252,6 +258,9 @@ mod tests {
         assert_eq!((p.partitions, p.sub_vectors, p.bits), (7, 48, 4));
         let p = IndexParams::resolve(PQ, 10, 30, Some(2), Some(3), None).unwrap();
         assert_eq!((p.partitions, p.sub_vectors, p.bits), (2, 3, 8));
+        // Each kind's own code width when both sizes are given (RaBitQ's is 1, not PQ's 8).
+        let p = IndexParams::resolve(IndexKind::IvfRq, 10, 30, Some(2), Some(3), None).unwrap();
+        assert_eq!(p.bits, 1);
         let e = IndexParams::resolve(PQ, 10_000, 384, None, Some(7), None).unwrap_err();
         assert!(e.to_string().contains("does not divide"), "{e}");
         let e = IndexParams::resolve(PQ, 10_000, 384, None, None, Some(6)).unwrap_err();

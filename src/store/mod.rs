@@ -1,5 +1,5 @@
 //! The corpus store: documents, their embeddings and vector indexes in one LanceDB dataset, and
-//! nearest-neighbour retrieval over it (exact, as the paper's Faiss `IndexFlatL2`, or IVF-PQ).
+//! nearest-neighbour retrieval over it (exact, as the paper's Faiss `IndexFlatL2`, or an IVF index).
 //!
 //! `Store` is synchronous: it owns the tokio runtime LanceDB needs, as LanceDB's own Python sync
 //! API does, so the rest of the library (and its callers) never see an `async fn`. The type is one,

@@ -138,7 +138,7 @@ fn ingest_then_search_finds_each_document_itself() {
 }
 
 #[test]
-fn exact_and_ivf_pq_agree() {
+fn exact_and_ivf_agree() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let file = dir.path().join("docs.jsonl.zst");
@@ -150,39 +150,54 @@ fn exact_and_ivf_pq_agree() {
     )
     .unwrap();
     ok(ingest(&store, &[&file], &["--commit-rows", "250"]));
-    let out = tttnn()
-        .args(["index", "--store"])
-        .arg(&store)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let idx: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
-    // 599 rows: Lance trains 599/256 partitions, so that is what is asked for (no warning).
-    assert_eq!(
-        (idx["partitions"].as_u64(), idx["sub_vectors"].as_u64()),
-        (Some(2), Some(4))
-    );
-    assert!(!stderr.contains("requested IVF partitions"), "{stderr}");
-    for id in [
-        "docs.jsonl.zst:1",
-        "docs.jsonl.zst:250",
-        "docs.jsonl.zst:599",
+    // The default kind (IVF-RQ, 1 bit per dimension), then IVF-PQ sized from the data.
+    for (kind, expected) in [
+        (&[][..], serde_json::json!(["ivf-rq", 2, null, 1])),
+        (
+            &["--kind", "ivf-pq"][..],
+            serde_json::json!(["ivf-pq", 2, 4, 8]),
+        ),
     ] {
-        let ids_of = |extra: &[&str]| -> Vec<String> {
-            search(&store, &[&["-k", "10", "--doc-id", id], extra].concat())
-                .iter()
-                .map(|h| h["id"].as_str().unwrap().to_string())
-                .collect()
-        };
-        let exact = ids_of(&["--exact"]);
-        // Explicit settings, and the defaults (nprobes 40, refine 5) that an indexed store gets.
-        for ivf in [
-            ids_of(&["--nprobes", "24", "--refine-factor", "20"]),
-            ids_of(&[]),
+        let out = tttnn()
+            .args(["index", "--store"])
+            .arg(&store)
+            .args(kind)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let idx: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
+        // 599 rows: Lance trains 599/256 partitions, so that is what is asked for (no warning).
+        assert_eq!(
+            serde_json::json!([
+                idx["kind"],
+                idx["partitions"],
+                idx["sub_vectors"],
+                idx["bits"]
+            ]),
+            expected
+        );
+        assert!(!stderr.contains("requested IVF partitions"), "{stderr}");
+        for id in [
+            "docs.jsonl.zst:1",
+            "docs.jsonl.zst:250",
+            "docs.jsonl.zst:599",
         ] {
-            let overlap = exact.iter().filter(|i| ivf.contains(i)).count();
-            assert!(overlap >= 9, "{id}: exact {exact:?} vs IVF-PQ {ivf:?}");
-            assert_eq!(exact[0], ivf[0]);
+            let ids_of = |extra: &[&str]| -> Vec<String> {
+                search(&store, &[&["-k", "10", "--doc-id", id], extra].concat())
+                    .iter()
+                    .map(|h| h["id"].as_str().unwrap().to_string())
+                    .collect()
+            };
+            let exact = ids_of(&["--exact"]);
+            // Explicit settings, and the defaults (nprobes 80, refine 5) an indexed store gets.
+            for ivf in [
+                ids_of(&["--nprobes", "24", "--refine-factor", "20"]),
+                ids_of(&[]),
+            ] {
+                let overlap = exact.iter().filter(|i| ivf.contains(i)).count();
+                assert!(overlap >= 9, "{id}: exact {exact:?} vs {kind:?} {ivf:?}");
+                assert_eq!(exact[0], ivf[0]);
+            }
         }
     }
     // `--kind flat` drops the ANN index; search is exact again.
