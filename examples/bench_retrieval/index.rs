@@ -59,6 +59,7 @@ pub fn measure(
     let reuse = specs.len() == 1 && !args.rebuild_index && !store.vector_indexes()?.is_empty();
     for p in specs {
         let name = p.kind.name();
+        let sub_vectors = p.pq_sub_vectors();
         if reuse {
             eprintln!("searching the store's existing index as {name}");
         } else {
@@ -68,12 +69,12 @@ pub fn measure(
             let (build_s, rss) = (t.elapsed().as_secs_f64(), peak_rss_gib());
             let assignment = tttnn::store::partition_assignment();
             eprintln!(
-                "{name} index: {} partitions, {} sub-vectors, {} bits, rows assigned {assignment}ly, built in {build_s:.1} s, peak RSS {rss:.2} GiB",
-                p.partitions, p.sub_vectors, p.bits,
+                "{name} index: {} partitions, {}, rows assigned {assignment}ly, built in {build_s:.1} s, peak RSS {rss:.2} GiB",
+                p.partitions, p.codes(),
             );
             record(
                 json!({"method": format!("{name} build"), "partitions": p.partitions,
-                "sub_vectors": p.sub_vectors, "bits": p.bits, "assignment": assignment,
+                "sub_vectors": sub_vectors, "bits": p.bits, "assignment": assignment,
                 "build_s": build_s, "peak_rss_gib": rss}),
             );
         }
@@ -99,7 +100,7 @@ pub fn measure(
                     let a = percentile(&mut ms, 0.5);
                     let b = percentile(&mut ms, 0.99);
                     record(json!({"method": name, "queries": queries.len(),
-                        "partitions": p.partitions, "sub_vectors": p.sub_vectors, "bits": p.bits,
+                        "partitions": p.partitions, "sub_vectors": sub_vectors, "bits": p.bits,
                         "nprobes": nprobes, "ef": ef, "refine": refine, "p50_ms": a, "p99_ms": b,
                         "recall_at_k": recall, "speedup_vs_per_query": exact_p50 / a}));
                     let dash = |x: String| if x == "0" { "-".to_string() } else { x };

@@ -66,17 +66,13 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
         args.sub_vectors,
         args.bits,
     )?;
-    let codes = match kind {
-        IndexKind::IvfPq => format!("{} sub-vectors, {} bits", params.sub_vectors, params.bits),
-        IndexKind::IvfRq => format!("{} bits per dimension", params.bits),
-        IndexKind::IvfHnswSq => "8-bit scalar quantisation".to_string(),
-    };
     let assignment = tttnn::store::partition_assignment();
     p.say(format!(
-        "index: {} over {rows} rows: {} partitions, {codes}, rows assigned to partitions {assignment}ly",
+        "index: {} over {rows} rows: {} partitions, {}, rows assigned to partitions {assignment}ly",
         kind.name(),
-        params.partitions
+        params.partitions,
+        params.codes()
     ));
     store.create_index(params)?;
-    p.out(serde_json::json!({"kind": kind, "rows": rows, "partitions": params.partitions, "sub_vectors": (kind == IndexKind::IvfPq).then_some(params.sub_vectors), "bits": params.bits, "assignment": assignment, "seconds": t.elapsed().as_secs_f64()}))
+    p.out(serde_json::json!({"kind": kind, "rows": rows, "partitions": params.partitions, "sub_vectors": params.pq_sub_vectors(), "bits": params.bits, "assignment": assignment, "seconds": t.elapsed().as_secs_f64()}))
 }

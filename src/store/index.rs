@@ -158,6 +158,24 @@ impl IndexParams {
         }
         Ok(p)
     }
+
+    /// Its codes in words, for messages: "48 sub-vectors, 8 bits", "1 bit per dimension".
+    pub fn codes(&self) -> String {
+        match self.kind {
+            IndexKind::IvfPq => format!("{} sub-vectors, {} bits", self.sub_vectors, self.bits),
+            IndexKind::IvfRq => format!(
+                "{} bit{} per dimension",
+                self.bits,
+                if self.bits == 1 { "" } else { "s" }
+            ),
+            IndexKind::IvfHnswSq => "8-bit scalar quantisation".to_string(),
+        }
+    }
+
+    /// PQ's sub-vectors, none for the other kinds (what records and reports say).
+    pub fn pq_sub_vectors(&self) -> Option<u32> {
+        (self.kind == IndexKind::IvfPq).then_some(self.sub_vectors)
+    }
 }
 
 impl Store {
@@ -265,5 +283,19 @@ mod tests {
         assert!(e.to_string().contains("does not divide"), "{e}");
         let e = IndexParams::resolve(PQ, 10_000, 384, None, None, Some(6)).unwrap_err();
         assert!(e.to_string().contains("4 or 8"), "{e}");
+    }
+
+    #[test]
+    fn codes_are_described_per_kind() {
+        let pq = IndexParams::sized_for(PQ, 100_000, 384).unwrap();
+        assert_eq!(pq.codes(), "48 sub-vectors, 8 bits");
+        assert_eq!(pq.pq_sub_vectors(), Some(48));
+        let rq = IndexParams::sized_for(IndexKind::IvfRq, 100_000, 384).unwrap();
+        assert_eq!(rq.codes(), "1 bit per dimension");
+        // RaBitQ has no sub-vectors: reports say none rather than PQ's dim/8.
+        assert_eq!(rq.pq_sub_vectors(), None);
+        let rq4 =
+            IndexParams::resolve(IndexKind::IvfRq, 100_000, 384, None, None, Some(4)).unwrap();
+        assert_eq!(rq4.codes(), "4 bits per dimension");
     }
 }
