@@ -10,6 +10,7 @@ Writes results.json (every figure) and table.md under --out, and prints the tabl
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,8 +57,8 @@ class Check:
     def bin(self, name):
         return str(Path(self.a.bin) / name)
 
-    def sh(self, cmd, timeout=120, ok_codes=(0,), env=None):
-        """Runs cmd; returns stdout; raises with the stderr tail on a bad exit."""
+    def sh(self, cmd, timeout=120, ok_codes=(0,), env=None, stderr=False):
+        """Runs cmd; returns stdout (with stderr: both); raises with the stderr tail on a bad exit."""
         t = time.monotonic()
         p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
                            timeout=min(timeout, max(self.left(), 5)), env=env)
@@ -65,7 +66,7 @@ class Check:
         print(f"  $ {' '.join(str(c) for c in cmd)[:160]}  [{took:.1f}s, exit {p.returncode}]", file=sys.stderr)
         if p.returncode not in ok_codes:
             raise RuntimeError(f"exit {p.returncode}: {p.stderr[-1500:]}")
-        return p.stdout
+        return (p.stdout, p.stderr) if stderr else p.stdout
 
     def step(self, name, fn, min_left=20):
         if self.left() < min_left:
@@ -486,7 +487,8 @@ class Check:
                 db.unlink()
             # LoRA adapters want a larger rate than full fine-tuning's 2e-5.
             lr = "1e-4" if adapter == "lora" else "2e-5"
-            cmd = [self.bin("tttnn"), "run", "--quiet", "--lr", lr, "--val-portion", "1.0", "--split", "train",
+            # Not --quiet: stderr's "memory plan:" line is the plan to set against the peak measured.
+            cmd = [self.bin("tttnn"), "run", "--lr", lr, "--val-portion", "1.0", "--split", "train",
                    "--store", store, "--encoder", enc, "--model", model, "--task", "pile_all", "--neighbors", "10",
                    "--optimizer-state", "reset", "--dropout", "off", "--lanes", str(lanes), "--device", self.dev,
                    "--cuda-graphs", graphs, "--db", db]
@@ -513,15 +515,18 @@ class Check:
                 poller.start()
             t = time.monotonic()
             try:
-                self.sh(cmd, timeout=300)
+                _, err = self.sh(cmd, timeout=300, stderr=True)
             finally:
                 stop.set()
+            planned = re.search(r"memory plan: \d+ lanes need ([\d.]+) (GiB|MiB)", err)
+            planned_mib = (float(planned.group(1)) * (1024 if planned.group(2) == "GiB" else 1)
+                           if planned else None)
             wall = time.monotonic() - t
             docs = rows(self.sh([self.bin("tttnn"), "sql", "SELECT count(*) AS n FROM docs", "--db", db,
                                  "--format", "json"], timeout=30))[0]["n"]
             rows_out.append({"adapter": adapter, "lanes": lanes, "graphs": graphs == "on", "docs": docs,
                              "wall_s": wall, "docs_per_hour": 3600 * docs / wall,
-                             "peak_gpu_mib": peak[0] if big else None})
+                             "peak_gpu_mib": peak[0] if big else None, "planned_mib": planned_mib})
             self.results["lanes"] = rows_out
             self.save()
         # Issue #24's gate: a whole fixture run replayed from graphs against eager, fp32.
@@ -638,11 +643,12 @@ class Check:
             # The reference of every row: one lane, eager (libtorch launching each kernel).
             base = {x["adapter"]: x["docs_per_hour"] for x in r["lanes"] if x["lanes"] == 1 and not x.get("graphs")}
             L += ["", "| lanes (GPT-2 124M shapes, k=10) | lanes | CUDA graphs | documents/hour | vs 1 lane eager | "
-                  "peak GPU MiB |", "|---|---|---|---|---|---|"]
+                  "peak GPU MiB | memory plan MiB |", "|---|---|---|---|---|---|---|"]
             for x in r["lanes"]:
                 ratio = x["docs_per_hour"] / base[x["adapter"]] if base.get(x["adapter"]) else None
+                plan = f"{x['planned_mib']:.0f}" if x.get("planned_mib") else "—"
                 L.append(f"| {x['adapter']} | {x['lanes']} | {'on' if x.get('graphs') else 'off'} | "
-                         f"{x['docs_per_hour']:.0f} | {f'{ratio:.2f}x' if ratio else '—'} | {x['peak_gpu_mib'] or '—'} |")
+                         f"{x['docs_per_hour']:.0f} | {f'{ratio:.2f}x' if ratio else '—'} | {x['peak_gpu_mib'] or '—'} | {plan} |")
         tables = [x for x in r.get("neighbors", []) if x.get("method") == "exact by matmul"]
         if tables:
             L += ["", "| neighbour table by matmul | rows | queries | product | wall s | queries/s | GFLOP/s | "

@@ -25,6 +25,11 @@ pub struct LanePlan {
     /// fp32, no attention scores as SDPA's fused kernels keep none) and the logits in the
     /// compute type plus their fp32 copy and gradient. An estimate; the state is exact.
     pub lane_activation_bytes: u64,
+    /// Bytes each lane's captured steps add (`--cuda-graphs on`; 0 when off): the graphs' pool
+    /// keeps the largest bucket's activations for the whole run, while the first step of a new
+    /// bucket warms up on the side stream with the caching allocator's own blocks, so one more
+    /// activation set than eager steps hold at their peak. An estimate, like the activations.
+    pub lane_graph_bytes: u64,
     /// Tokens per chunk the activations are planned for.
     pub max_length: usize,
     /// What the plan may use (None: unknown, so nothing is checked).
@@ -63,7 +68,12 @@ impl LanePlan {
         );
         let lane_activation_bytes =
             lm.n_layer as u64 * 34 * t * h * compute_bytes / 2 + t * v * (compute_bytes + 8);
-        let per_lane = lane_state_bytes + lane_activation_bytes;
+        // The largest bucket is `max_length` itself (graphs::bucket_lengths).
+        let lane_graph_bytes = match config.cuda_graphs {
+            super::CudaGraphs::On => lane_activation_bytes,
+            super::CudaGraphs::Off => 0,
+        };
+        let per_lane = lane_state_bytes + lane_activation_bytes + lane_graph_bytes;
         let fits = |lanes: u64| budget_bytes.is_none_or(|b| shared_bytes + lanes * per_lane <= b);
         let lanes = match asked {
             Some(n) => n,
@@ -86,6 +96,7 @@ impl LanePlan {
             shared_bytes,
             lane_state_bytes,
             lane_activation_bytes,
+            lane_graph_bytes,
             max_length: config.max_length,
             budget_bytes,
         };
@@ -108,7 +119,9 @@ impl LanePlan {
 
     /// Bytes the plan uses in all.
     pub fn total_bytes(&self) -> u64 {
-        self.shared_bytes + self.lanes as u64 * (self.lane_state_bytes + self.lane_activation_bytes)
+        self.shared_bytes
+            + self.lanes as u64
+                * (self.lane_state_bytes + self.lane_activation_bytes + self.lane_graph_bytes)
     }
 }
 
@@ -135,6 +148,13 @@ impl std::fmt::Display for LanePlan {
             human(self.lane_activation_bytes),
             self.max_length
         )?;
+        if self.lane_graph_bytes > 0 {
+            write!(
+                f,
+                ", with {} more per lane for CUDA graphs",
+                human(self.lane_graph_bytes)
+            )?;
+        }
         match self.budget_bytes {
             Some(b) => write!(f, " of {}", human(b)),
             None => write!(f, " (device memory unknown: not checked)"),
@@ -463,5 +483,46 @@ mod tests {
         let plan = LanePlan::new(&adapted, &config, None, Some(budget)).unwrap();
         assert!(plan.lane_state_bytes < one.lane_state_bytes / 4, "{plan}");
         assert!(plan.lanes > 5, "{plan}");
+    }
+
+    #[test]
+    fn cuda_graphs_plan_one_more_activation_set_per_lane() {
+        let eager = TrainConfig {
+            max_length: 64,
+            ..Default::default()
+        };
+        let graphed = TrainConfig {
+            cuda_graphs: super::super::CudaGraphs::On,
+            ..eager
+        };
+        let lm = fixture("tiny-gpt2");
+        let one = LanePlan::new(&lm, &eager, Some(1), None).unwrap();
+        assert_eq!(one.lane_graph_bytes, 0);
+        let g = LanePlan::new(&lm, &graphed, Some(1), None).unwrap();
+        assert_eq!(g.lane_graph_bytes, g.lane_activation_bytes);
+        assert_eq!(
+            g.total_bytes(),
+            one.total_bytes() + one.lane_activation_bytes
+        );
+        assert!(
+            g.to_string().contains("more per lane for CUDA graphs"),
+            "{g}"
+        );
+        // A budget of five eager lanes holds fewer graphed ones.
+        let per_lane = one.lane_state_bytes + one.lane_activation_bytes;
+        let budget = one.shared_bytes + 5 * per_lane + per_lane / 2;
+        assert_eq!(
+            LanePlan::new(&lm, &eager, None, Some(budget))
+                .unwrap()
+                .lanes,
+            5
+        );
+        let fewer = LanePlan::new(&lm, &graphed, None, Some(budget)).unwrap();
+        let per_graphed = per_lane + g.lane_graph_bytes;
+        assert_eq!(
+            fewer.lanes as u64,
+            (budget - one.shared_bytes) / per_graphed
+        );
+        assert!(fewer.lanes < 5, "{fewer}");
     }
 }
