@@ -41,18 +41,28 @@ void tttnn_shim_free(char* m) { std::free(m); }
 // torch.optim.AdamW(fused=True)'s update of `n` parameter tensors (libtorch's _fused_adamw_: one
 // kernel over all of them, CPU or CUDA): decoupled weight decay, both moments, bias correction by
 // each tensor's own step count (`steps`, 0-d float tensors on the parameters' device, already
-// holding the step being taken). `grad_scale` (nullable) divides the gradients first; `found_inf`
-// (nullable, nonzero) skips the whole update on the device, without a host sync. Returns null, or
-// the error message.
+// holding the step being taken). The learning rate is `lr`, or `lr_tensor` when not null (a 0-d
+// tensor: on the CPU read as a double; on the parameters' CUDA device an fp32 the kernel reads
+// there, so a captured graph takes whatever rate the tensor holds at replay). `grad_scale`
+// (nullable) divides the gradients first; `found_inf` (nullable, nonzero) skips the whole update
+// on the device, without a host sync. Returns null, or the error message.
 char* tttnn_fused_adamw(at::Tensor* const* params, at::Tensor* const* grads,
                         at::Tensor* const* exp_avgs, at::Tensor* const* exp_avg_sqs,
-                        at::Tensor* const* steps, size_t n, double lr, double beta1, double beta2,
-                        double weight_decay, double eps, const at::Tensor* grad_scale,
-                        const at::Tensor* found_inf) {
+                        at::Tensor* const* steps, size_t n, double lr, const at::Tensor* lr_tensor,
+                        double beta1, double beta2, double weight_decay, double eps,
+                        const at::Tensor* grad_scale, const at::Tensor* found_inf) {
   try {
-    at::_fused_adamw_(list(params, n), list(grads, n), list(exp_avgs, n), list(exp_avg_sqs, n),
-                      {}, list(steps, n), lr, beta1, beta2, weight_decay, eps,
-                      /*amsgrad=*/false, /*maximize=*/false, maybe(grad_scale), maybe(found_inf));
+    if (lr_tensor != nullptr) {
+      at::_fused_adamw_(list(params, n), list(grads, n), list(exp_avgs, n), list(exp_avg_sqs, n),
+                        {}, list(steps, n), *lr_tensor, beta1, beta2, weight_decay, eps,
+                        /*amsgrad=*/false, /*maximize=*/false, maybe(grad_scale),
+                        maybe(found_inf));
+    } else {
+      at::_fused_adamw_(list(params, n), list(grads, n), list(exp_avgs, n), list(exp_avg_sqs, n),
+                        {}, list(steps, n), lr, beta1, beta2, weight_decay, eps,
+                        /*amsgrad=*/false, /*maximize=*/false, maybe(grad_scale),
+                        maybe(found_inf));
+    }
     return nullptr;
   } catch (const std::exception& e) {
     return message(e.what());

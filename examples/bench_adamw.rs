@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
     let mut fused = Vec::new();
     for s in 0..=steps {
         let t = Instant::now();
-        let _ = opt.step(&mut weights, &step_all)?;
+        let _ = opt.step(&mut weights, &step_all, None)?;
         if s > 0 {
             fused.push(t.elapsed().as_secs_f64());
         }

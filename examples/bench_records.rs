@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use tttnn::records::{Db, DocRecord, NeighborRecord, NewRun};
+use tttnn::records::{CurveRecord, Db, DocRecord, NeighborRecord, NewRun};
 use tttnn::task::Shard;
 
 /// Per-document recording cost, held connection against open/close per document.
@@ -57,7 +57,13 @@ fn record(db: &Db, run: i64, i: usize, neighbors: usize) {
         neighbors_used: neighbors,
         ..Default::default()
     };
-    let curve: Vec<(usize, f64)> = (0..=neighbors).map(|k| (k, -2000.0 + k as f64)).collect();
+    let curve: Vec<CurveRecord> = (0..=neighbors)
+        .map(|k| CurveRecord {
+            k,
+            pass: usize::from(k > 0),
+            loglik: -2000.0 + k as f64,
+        })
+        .collect();
     let nbrs: Vec<NeighborRecord> = (1..=neighbors)
         .map(|rank| NeighborRecord {
             rank,
@@ -69,6 +75,9 @@ fn record(db: &Db, run: i64, i: usize, neighbors: usize) {
             train_s: 1.0,
             eval_s: Some(0.5),
             jaccard13: Some(0.01),
+            position: rank,
+            pass: 1,
+            k: rank,
         })
         .collect();
     db.record_doc(run, &doc, &curve, &nbrs).unwrap();

@@ -3,7 +3,9 @@
 -- AdamW step, retrieval and total seconds per document, and the padding fraction of training (the
 -- share of the token positions computed that were padding: 0 one document at a time; with lanes,
 -- rounds pad to their longest chunk). pile_all is weighted as in table1 (the padding fraction is
--- over all its tokens).
+-- over all its tokens). `steps_per_doc` and `train_tokens_per_doc` are the training compute a
+-- schedule spends per document (--passes, --neighbors-per-step): compare schedules at equal
+-- compute by them.
 WITH n AS (
     SELECT n.run_id, d.task, d.set_name,
            avg(n.train_s + coalesce(n.eval_s, 0)) AS s_per_neighbor
@@ -39,6 +41,8 @@ rows AS (
     GROUP BY run_id
 )
 SELECT r.id AS run_id, r.method, json_extract_string(r.config, '$.device') AS device, rows.task, rows.docs, rows.neighbors, rows.steps,
+       round(rows.steps / rows.docs, 2)        AS steps_per_doc,
+       round(train_tokens / rows.docs, 1)      AS train_tokens_per_doc,
        round(s_per_neighbor, 3) AS s_per_neighbor,
        round(s_per_step, 4)     AS s_per_step,
        round(retrieval_s, 4)    AS retrieval_s_per_doc,

@@ -9,6 +9,8 @@
 --     runs recorded one).
 --   dynamic_eval is read after the pass its run records as `dynamic_eval_pass` (the original's
 --     script reports pass 6 of 20, process_results_dynamic_eval.py; later passes overfit).
+--   a run with --passes P is read at its last point, k = neighbors x P, or at the end of pass N
+--     with `tttnn sql table1 --pass N` (the variable `pass`).
 CREATE OR REPLACE TEMP VIEW table1_runs AS
 WITH given AS (
     SELECT unnest(coalesce(getvariable('runs'), []::BIGINT[])) AS id
@@ -48,7 +50,8 @@ SELECT col, id, method, selection, name,
        CASE WHEN method = 'dynamic-eval'
             THEN least(coalesce(TRY_CAST(json_extract(config, '$.dynamic_eval_pass') AS BIGINT), 6),
                        neighbors)
-            ELSE neighbors END,
+            ELSE neighbors * least(coalesce(TRY_CAST(json_extract(config, '$.passes') AS BIGINT), 1),
+                                   coalesce(getvariable('pass'), 1000000000)) END,
        len(doc_ids), model
 FROM matching WHERE newest = 1;
 SELECT * FROM table1_runs

@@ -106,12 +106,18 @@ pub fn run(args: Args, p: &Printer, matches: &ArgMatches) -> Result<()> {
         Event::Planned { plan } => p.say(format!("memory plan: {plan}")),
         Event::Neighbor {
             doc,
-            rank,
             record,
             bits_per_byte,
         } => p.detail(format!(
-            "  {} k={rank} {} d={:.4} tokens={} chunks={} loss={:.4} train {:.2}s{}",
+            "  {} k={}{} {} d={:.4} tokens={} chunks={} loss={:.4} train {:.2}s{}",
             doc.doc_id,
+            record.k,
+            // Under the paper's schedule the k-th neighbour trained is rank k, in pass 1.
+            if (record.rank, record.pass) == (record.k, 1) {
+                String::new()
+            } else {
+                format!(" (rank {}, pass {})", record.rank, record.pass)
+            },
             record.neighbor_id,
             record.distance,
             record.tokens,

@@ -55,6 +55,10 @@ pub struct Args {
     /// Jaccard ≥ 0.8; `tttnn sql leakage` lists them).
     #[arg(long)]
     pub exclude_near_copies: bool,
+    /// Runs with several passes (`run --passes`): table1 reads the end of pass N instead of the
+    /// last point, bpb_vs_k shows only pass N's points (sets the SQL variable `pass`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pass: Option<u32>,
 }
 
 /// Runs the subcommand.
@@ -73,6 +77,7 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
         // records a document, and the open waits that out.
         let db = Db::open_read_only(&args.db)?;
         db.set_exclude_near_copies(args.exclude_near_copies)?;
+        db.set_pass(args.pass)?;
         print_query(&db, &sql, &args.runs, args.format, args.out.as_deref())?;
         if bundled == Some(Query::Table1) {
             let runs = db.query(Query::Table1Runs.sql(), &args.runs)?;

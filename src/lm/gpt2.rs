@@ -169,11 +169,11 @@ impl Gpt2 {
     }
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` (under lanes, the batch is the
-    /// lanes).
+    /// lanes' sequences, `lm::layers`).
     pub fn forward(&self, ids: &Tensor, train: bool) -> Tensor {
-        let (_, t) = ids.size2().expect("[batch, seq]");
+        let (batch, t) = ids.size2().expect("[batch, seq]");
         let mut xs =
-            (self.wte.forward(ids) + self.wpe.first_rows(t)).dropout(self.embd_pdrop, train);
+            (self.wte.forward(ids) + self.wpe.first_rows(t, batch)).dropout(self.embd_pdrop, train);
         for b in &self.blocks {
             xs = b.forward(&xs, train);
         }

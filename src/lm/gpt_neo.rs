@@ -201,11 +201,11 @@ impl GptNeo {
     }
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` (under lanes, the batch is the
-    /// lanes).
+    /// lanes' sequences, `lm::layers`).
     pub fn forward(&self, ids: &Tensor, train: bool) -> Tensor {
-        let (_, t) = ids.size2().expect("[batch, seq]");
-        let mut xs =
-            (self.wte.forward(ids) + self.wpe.first_rows(t)).dropout(self.embed_dropout, train);
+        let (batch, t) = ids.size2().expect("[batch, seq]");
+        let mut xs = (self.wte.forward(ids) + self.wpe.first_rows(t, batch))
+            .dropout(self.embed_dropout, train);
         for b in &self.blocks {
             xs = b.forward(&xs, train);
         }

@@ -3,10 +3,14 @@
 //!
 //! Under `tttnn run --lanes L` every trainable weight is a view of shape `[L, ...]` into the
 //! lanes' flat buffer (`ttt::FlatWeights`): lane `l` of the input batch (`[L, seq, hidden]`) goes
-//! through lane `l`'s weights, so L documents train at once with batched matmuls. The model states
-//! its layout (`lm::Layout`, checked against every batch in `LanguageModel::forward`); a layer
-//! follows it through its weight's rank, and with one set of weights it computes exactly as
-//! before lanes (the single kernels: `addmm`, `linear`, fused LayerNorm).
+//! through lane `l`'s weights, so L documents train at once with batched matmuls. A batch of
+//! `L·r` sequences (`--neighbors-per-step r`: r chunks per lane's step) holds lane `l`'s in rows
+//! `l·r..(l+1)·r`; a weighted layer computes it as `[L, r·seq, hidden]` ([`by_lane`]), which
+//! changes nothing for position-wise layers, and attention (no weights) sees the `L·r`
+//! sequences apart. The model states its layout (`lm::Layout`, checked against every batch in
+//! `LanguageModel::forward`); a layer follows it through its weight's rank, and with one set of
+//! weights it computes exactly as before lanes (the single kernels: `addmm`, `linear`, fused
+//! LayerNorm).
 //!
 //! With `--adapter lora` the linear layers named in [`Lora::targets`] also carry a LoRA adapter
 //! (PEFT's `lora_A`, `lora_B`): the base weights are frozen and shared by every lane, and only the
@@ -70,12 +74,15 @@ struct LoraPair {
 impl LoraPair {
     /// `(α / r) · B A x` (one adapter per lane under lanes).
     fn forward(&self, xs: &Tensor) -> Tensor {
-        let (a, b) = if per_lane(&self.a, 2) {
-            (self.a.transpose(1, 2), self.b.transpose(1, 2))
-        } else {
-            (self.a.tr(), self.b.tr())
-        };
-        xs.matmul(&a).matmul(&b) * self.scale
+        if per_lane(&self.a, 2) {
+            let x = by_lane(xs, self.a.size()[0]);
+            let ys = x
+                .matmul(&self.a.transpose(1, 2))
+                .matmul(&self.b.transpose(1, 2))
+                * self.scale;
+            return as_batch(ys, xs);
+        }
+        xs.matmul(&self.a.tr()).matmul(&self.b.tr()) * self.scale
     }
 }
 
@@ -90,6 +97,31 @@ fn adapted(ys: Tensor, xs: &Tensor, lora: &Option<LoraPair>) -> Tensor {
 /// True when `weight` (of rank `rank` with one set of weights) holds one set per lane.
 fn per_lane(weight: &Tensor, rank: usize) -> bool {
     weight.dim() == rank + 1
+}
+
+/// `xs`, a batch of `L·r` sequences (`[L·r, seq, ...]`, lane l's r rows consecutive), as
+/// `[L, r·seq, ...]` for `lanes` = L sets of weights: each lane's rows one after another, as a
+/// position-wise layer computes them with its lane's weights. `xs` itself when r = 1.
+fn by_lane(xs: &Tensor, lanes: i64) -> Tensor {
+    let size = xs.size();
+    if size[0] == lanes {
+        return xs.shallow_clone();
+    }
+    let mut shape = vec![lanes, -1];
+    shape.extend_from_slice(&size[2..]);
+    xs.reshape(shape.as_slice())
+}
+
+/// `ys` (`[L, r·seq, out]`, computed [`by_lane`]) back in the batch's shape `like` has
+/// (`[L·r, seq, ...]`), its last dimension `ys`'.
+fn as_batch(ys: Tensor, like: &Tensor) -> Tensor {
+    let size = like.size();
+    if size[0] == ys.size()[0] {
+        return ys;
+    }
+    let mut shape = size[..size.len() - 1].to_vec();
+    shape.push(*ys.size().last().expect("at least one dimension"));
+    ys.reshape(shape.as_slice())
 }
 
 /// `nn.Linear`: `weight` `[out, in]`, optional `bias` `[out]`.
@@ -116,11 +148,12 @@ impl Linear {
         let ys = if !per_lane(&self.weight, 2) {
             xs.linear(&self.weight, self.bias.as_ref())
         } else {
-            let ys = xs.matmul(&self.weight.transpose(1, 2));
-            match &self.bias {
+            let ys = by_lane(xs, self.weight.size()[0]).matmul(&self.weight.transpose(1, 2));
+            let ys = match &self.bias {
                 Some(b) => ys + b.unsqueeze(1),
                 None => ys,
-            }
+            };
+            as_batch(ys, xs)
         };
         adapted(ys, xs, &self.lora)
     }
@@ -148,7 +181,8 @@ impl Conv1D {
     /// `xs @ weight + bias` (+ the adapter's update).
     pub fn forward(&self, xs: &Tensor) -> Tensor {
         let ys = if per_lane(&self.weight, 2) {
-            self.bias.unsqueeze(1).baddbmm(xs, &self.weight, 1, 1)
+            let x = by_lane(xs, self.weight.size()[0]);
+            as_batch(self.bias.unsqueeze(1).baddbmm(&x, &self.weight, 1, 1), xs)
         } else {
             // One fused GEMM with the bias, as HF's Conv1D (`torch.addmm`).
             let mut shape = xs.size();
@@ -193,7 +227,11 @@ impl LayerNorm {
             );
         }
         let normed = xs.layer_norm([self.dim], None::<Tensor>, None::<Tensor>, self.eps, false);
-        normed * self.weight.unsqueeze(1) + self.bias.unsqueeze(1)
+        let normed = by_lane(&normed, self.weight.size()[0]);
+        as_batch(
+            normed * self.weight.unsqueeze(1) + self.bias.unsqueeze(1),
+            xs,
+        )
     }
 }
 
@@ -211,24 +249,39 @@ impl Embedding {
         }
     }
 
-    /// Rows of `ids` (`[batch, seq]`; under lanes the batch is the lanes).
+    /// Rows of `ids` (`[batch, seq]`; under lanes the batch is the lanes' sequences).
     pub fn forward(&self, ids: &Tensor) -> Tensor {
         if !per_lane(&self.weight, 2) {
             return Tensor::embedding(&self.weight, ids, -1, false, false);
         }
-        let dim = self.weight.size()[2];
-        let (lanes, seq) = ids.size2().expect("[lanes, seq]");
-        self.weight.gather(
+        let (lanes, dim) = (self.weight.size()[0], self.weight.size()[2]);
+        let (batch, seq) = ids.size2().expect("[batch, seq]");
+        let ids = by_lane(ids, lanes);
+        let rows = self.weight.gather(
             1,
-            &ids.unsqueeze(-1).expand([lanes, seq, dim], false),
+            &ids.unsqueeze(-1).expand([lanes, ids.size()[1], dim], false),
             false,
-        )
+        );
+        if batch == lanes {
+            rows
+        } else {
+            rows.reshape([batch, seq, dim])
+        }
     }
 
-    /// The first `n` rows, for positions `0..n` (the same positions in every lane).
-    pub fn first_rows(&self, n: i64) -> Tensor {
-        let d = self.weight.dim() as i64;
-        self.weight.narrow(d - 2, 0, n)
+    /// The rows for positions `0..n` of a batch of `batch` sequences: `[n, dim]` with one set of
+    /// weights (it broadcasts), `[batch, n, dim]` under lanes (each sequence its lane's).
+    pub fn first_rows(&self, n: i64, batch: i64) -> Tensor {
+        if !per_lane(&self.weight, 2) {
+            return self.weight.narrow(0, 0, n);
+        }
+        let rows = self.weight.narrow(1, 0, n);
+        let lanes = rows.size()[0];
+        if batch == lanes {
+            rows
+        } else {
+            rows.repeat_interleave_self_int(batch / lanes, Some(0), None)
+        }
     }
 
     /// `xs @ weightᵀ`: the LM head tied to this embedding.
@@ -240,7 +293,10 @@ impl Embedding {
 /// `xs @ weightᵀ`: logits of an LM head `weight` `[vocab, hidden]` (or one per lane).
 pub fn lm_head_logits(xs: &Tensor, weight: &Tensor) -> Tensor {
     if per_lane(weight, 2) {
-        xs.matmul(&weight.transpose(1, 2))
+        as_batch(
+            by_lane(xs, weight.size()[0]).matmul(&weight.transpose(1, 2)),
+            xs,
+        )
     } else {
         xs.matmul(&weight.tr())
     }
@@ -269,7 +325,10 @@ impl RmsNorm {
         let var = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
         let normed = (x * (var + self.eps).rsqrt()).to_kind(kind);
         if per_lane(&self.weight, 1) {
-            self.weight.unsqueeze(1) * normed
+            as_batch(
+                self.weight.unsqueeze(1) * by_lane(&normed, self.weight.size()[0]),
+                xs,
+            )
         } else {
             &self.weight * normed
         }

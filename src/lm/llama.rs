@@ -315,7 +315,7 @@ impl Llama {
     }
 
     /// Logits `[batch, seq, vocab]` for token ids `[batch, seq]` (under lanes, the batch is the
-    /// lanes).
+    /// lanes' sequences, `lm::layers`).
     pub fn forward(&self, ids: &Tensor, train: bool) -> Tensor {
         let (_, t) = ids.size2().expect("[batch, seq]");
         let dev = ids.device();

@@ -273,13 +273,15 @@ impl LanguageModel {
     }
 
     /// Logits `[batch, seq, vocab]`; `train` turns dropout on. A model laid out for L lanes
-    /// takes a batch of exactly L sequences: any other is refused, never broadcast.
+    /// takes a batch of r sequences per lane (`L·r`, lane l's rows consecutive: r chunks per
+    /// step, `--neighbors-per-step`): any other is refused, never broadcast.
     pub fn forward(&self, ids: &Tensor, train: bool) -> Result<Tensor> {
         if let Layout::Lanes(lanes) = self.layout {
             let batch = ids.size().first().copied().unwrap_or(0);
-            if batch != lanes as i64 {
+            if batch == 0 || batch % lanes as i64 != 0 {
                 return Err(Error::internal(format!(
-                    "{}: a batch of {batch} sequences through weights laid out for {lanes} lanes",
+                    "{}: a batch of {batch} sequences through weights laid out for {lanes} lanes \
+                     (a batch holds the same number of sequences for every lane)",
                     self.dir.display()
                 )));
             }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use duckdb::{params, Connection};
 
 pub use queries::{CurvePoint, Query, Rows};
-pub use run::{DocRecord, NeighborRecord, NewRun, RunRow, RunStatus};
+pub use run::{CurveRecord, DocRecord, NeighborRecord, NewRun, RunRow, RunStatus};
 
 use crate::corpus::PILE_SETS;
 use crate::error::{Error, Result};
@@ -45,6 +45,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "007_training_tokens",
         include_str!("../../migrations/007_training_tokens.sql"),
+    ),
+    (
+        "008_schedules",
+        include_str!("../../migrations/008_schedules.sql"),
     ),
 ];
 

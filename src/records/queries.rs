@@ -119,6 +119,16 @@ impl Db {
             .map_err(|e| self.err(e))
     }
 
+    /// Sets the SQL variable `pass` table1 and bpb_vs_k read: a run with several passes read at
+    /// the end of this pass (table1) or only this pass's points (bpb_vs_k); NULL: its last point
+    /// (table1), every point (bpb_vs_k).
+    pub fn set_pass(&self, pass: Option<u32>) -> Result<()> {
+        let value = pass.map_or("NULL::INTEGER".to_string(), |p| p.to_string());
+        self.conn
+            .execute_batch(&format!("SET VARIABLE pass = {value}"))
+            .map_err(|e| self.err(e))
+    }
+
     /// Sets the SQL variable `runs` the bundled queries filter on: these run ids, or NULL for all.
     fn select_runs(&self, runs: &[i64]) -> Result<()> {
         let list = if runs.is_empty() {

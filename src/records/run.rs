@@ -100,9 +100,22 @@ pub struct DocRecord {
     pub max_jaccard13: Option<f64>,
 }
 
-/// One neighbour a document was trained on.
+/// One point of a document's curve: its log-likelihood after `k` neighbours trained.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CurveRecord {
+    /// Neighbours trained so far, every pass counted (0: the base model; under dynamic
+    /// evaluation, passes over the prefix).
+    pub k: usize,
+    /// The pass the point ends a group of (0 for k = 0).
+    pub pass: usize,
+    /// Σ natural-log probability of the scored text.
+    pub loglik: f64,
+}
+
+/// One neighbour a document was trained on, once per pass.
 #[derive(Debug, Clone, Default)]
 pub struct NeighborRecord {
+    /// Its search rank (1: the nearest; under SIFT, the order SIFT picked it in).
     pub rank: usize,
     pub neighbor_id: String,
     pub distance: f64,
@@ -113,6 +126,12 @@ pub struct NeighborRecord {
     pub eval_s: Option<f64>,
     /// 13-gram Jaccard similarity of its text with the document's (leakage audit).
     pub jaccard13: Option<f64>,
+    /// Its place in its pass's training order (1: trained first).
+    pub position: usize,
+    /// The pass it was trained in (from 1).
+    pub pass: usize,
+    /// Neighbours trained once it was, every pass counted: the curve point it leads to.
+    pub k: usize,
 }
 
 impl Db {
@@ -234,7 +253,7 @@ impl Db {
         &self,
         run_id: i64,
         doc: &DocRecord,
-        curve: &[(usize, f64)],
+        curve: &[CurveRecord],
         neighbors: &[NeighborRecord],
     ) -> Result<()> {
         self.in_transaction(|c| {
@@ -272,15 +291,21 @@ impl Db {
             )?;
             {
                 let mut app = c.appender("curve")?;
-                for (k, loglik) in curve {
-                    app.append_row(params![run_id, doc.doc_id, *k as i64, loglik])?;
+                for p in curve {
+                    app.append_row(params![
+                        run_id,
+                        doc.doc_id,
+                        p.k as i64,
+                        p.loglik,
+                        p.pass as i64
+                    ])?;
                 }
             }
             for n in neighbors {
                 c.execute(
                     "INSERT INTO neighbors (run_id, doc_id, rank, neighbor_id, distance, tokens, chunks,
-                         train_loss, train_s, eval_s, jaccard13)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         train_loss, train_s, eval_s, jaccard13, position, pass, k)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     params![
                         run_id,
                         doc.doc_id,
@@ -293,6 +318,9 @@ impl Db {
                         n.train_s,
                         n.eval_s,
                         n.jaccard13,
+                        n.position as i64,
+                        n.pass as i64,
+                        n.k as i64,
                     ],
                 )?;
             }

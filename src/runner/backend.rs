@@ -15,7 +15,7 @@ use super::settings::{Lanes, RunConfig};
 use crate::error::{Error, Result};
 use crate::eval::{self, Window};
 use crate::lm::LanguageModel;
-use crate::ttt::{Chunk, LanePlan, LaneRound, LaneTrainer, OptimizerState, TrainConfig, Trainer};
+use crate::ttt::{LanePlan, LaneRound, LaneTrainer, OptimizerState, Step, TrainConfig, Trainer};
 
 /// The backend a run's steps go to.
 pub(super) enum Backend {
@@ -36,6 +36,9 @@ pub(super) fn train_config(cfg: &RunConfig, lm: &LanguageModel) -> TrainConfig {
         short_chunks: cfg.short_chunks,
         dropout: cfg.dropout,
         cuda_graphs: cfg.cuda_graphs,
+        lr_schedule: cfg.schedule.lr_schedule,
+        warmup_steps: cfg.schedule.warmup_steps,
+        neighbors_per_step: cfg.schedule.neighbors_per_step,
         ..Default::default()
     }
 }
@@ -132,11 +135,11 @@ impl Backend {
         }
     }
 
-    /// One training step of each slot on its chunk (`None`: the slot trains nothing this round).
-    pub fn train(&mut self, lm: &LanguageModel, chunks: &[Option<&Chunk>]) -> Result<LaneRound> {
+    /// One training step of each slot (`None`: the slot trains nothing this round).
+    pub fn train(&mut self, lm: &LanguageModel, steps: &[Option<&Step>]) -> Result<LaneRound> {
         match self {
-            Backend::Lanes(lanes) => lanes.step(lm, chunks),
-            Backend::Single(trainer) => trainer.round(lm, chunks),
+            Backend::Lanes(lanes) => lanes.step(lm, steps),
+            Backend::Single(trainer) => trainer.round(lm, steps),
             Backend::Scoring => Err(Error::internal("a method without training planned a chunk")),
         }
     }

@@ -173,8 +173,8 @@ impl<'a> Engine<'a> {
         DocWork::new(cfg, train, self.lm, doc, retrieved, a)
     }
 
-    /// One round: every slot's next step, windows in one scoring call and chunks in one
-    /// training step; each document's share of the round's seconds (and token positions) is
+    /// One round: every slot's next step, windows in one scoring call and training steps in one
+    /// round of the trainer; each document's share of the round's seconds (and token positions) is
     /// booked into it.
     fn round(
         &mut self,
@@ -191,7 +191,7 @@ impl<'a> Engine<'a> {
                 .map(|s| s.as_mut().map_or(Ok(Next::Done), |w| w.next(on_event)))
                 .collect::<Result<_>>()?;
             let windows: Vec<_> = nexts.iter().map(Next::window).collect();
-            let chunks: Vec<_> = nexts.iter().map(Next::chunk).collect();
+            let steps: Vec<_> = nexts.iter().map(Next::step).collect();
             for (l, n) in nexts.iter().enumerate() {
                 if matches!(n, Next::Neighbor) {
                     neighbors.push(l);
@@ -203,10 +203,10 @@ impl<'a> Engine<'a> {
                 let s = self.backend.score(lm, &windows)?;
                 scores = Some((s, t.elapsed().as_secs_f64() / scoring as f64));
             }
-            let training = chunks.iter().flatten().count();
+            let training = steps.iter().flatten().count();
             if training > 0 {
                 let t = Instant::now();
-                let r = self.backend.train(lm, &chunks)?;
+                let r = self.backend.train(lm, &steps)?;
                 trained = Some((r, t.elapsed().as_secs_f64() / training as f64, training));
             }
         }

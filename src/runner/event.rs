@@ -13,10 +13,10 @@ pub enum Event<'a> {
     },
     /// The lanes' memory plan (`--lanes`), before the first document.
     Planned { plan: &'a crate::ttt::LanePlan },
-    /// Trained on one neighbour (and evaluated after it if `bits_per_byte` is set).
+    /// Trained on one neighbour (in one of its passes: `record.k` neighbours trained so far),
+    /// and evaluated after it if `bits_per_byte` is set.
     Neighbor {
         doc: &'a PlannedDoc,
-        rank: usize,
         record: &'a NeighborRecord,
         bits_per_byte: Option<f64>,
     },

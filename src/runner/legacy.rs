@@ -12,7 +12,7 @@ use super::settings::{serde_name, Method, RunConfig};
 use crate::error::Result;
 use crate::eval::{self, NGrams};
 use crate::lm::LanguageModel;
-use crate::records::{Db, DocRecord, NeighborRecord, NewRun};
+use crate::records::{CurveRecord, Db, DocRecord, NeighborRecord, NewRun};
 use crate::store::Store;
 use crate::ttt::{OptimizerState, TrainConfig, Trainer};
 
@@ -92,7 +92,8 @@ pub(super) fn run(cfg: &RunConfig, db_path: &Path) -> Result<i64> {
             }
         };
         let base = eval::loglikelihood(&lm, &text)?;
-        let mut curve = vec![(0usize, base.loglik)];
+        let point = |k, loglik| CurveRecord { k, pass: 1, loglik };
+        let mut curve = vec![point(0, base.loglik)];
         let (mut steps, mut skipped) = (0, 0);
         let mut records = Vec::new();
         let last = passes.len();
@@ -106,7 +107,7 @@ pub(super) fn run(cfg: &RunConfig, db_path: &Path) -> Result<i64> {
             record.chunks = trained.chunks;
             record.train_loss = Some(trained.mean_loss);
             if cfg.eval_at.includes(record.rank, last) {
-                curve.push((record.rank, eval::loglikelihood(&lm, &text)?.loglik));
+                curve.push(point(record.rank, eval::loglikelihood(&lm, &text)?.loglik));
                 record.eval_s = Some(0.0);
             }
             records.push(record);
@@ -136,10 +137,7 @@ pub(super) fn run(cfg: &RunConfig, db_path: &Path) -> Result<i64> {
                 || retrieved.neighbors.len() == cfg.search.neighbors,
             train_steps: steps,
             skipped_chunks: skipped,
-            max_jaccard13: records
-                .iter()
-                .filter_map(|n| n.jaccard13)
-                .reduce(f64::max),
+            max_jaccard13: records.iter().filter_map(|n| n.jaccard13).reduce(f64::max),
             ..Default::default()
         };
         db.record_doc(run_id, &record, &curve, &records)?;

@@ -33,5 +33,6 @@ pub use neighbors::{NeighborsConfig, NeighborsEvent, NeighborsSummary};
 pub use plan::PlannedDoc;
 pub use session::run;
 pub use settings::{
-    Adapter, ContextOrder, EvalAt, LaneOrder, Lanes, Method, RunConfig, SettingsFile,
+    Adapter, ContextOrder, EvalAt, LaneOrder, Lanes, Method, NeighborOrder, RunConfig, Schedule,
+    SettingsFile,
 };

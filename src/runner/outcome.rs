@@ -3,7 +3,7 @@
 use super::interpolate::Alpha;
 use super::plan::PlannedDoc;
 use crate::eval::{self, DocScore};
-use crate::records::{DocRecord, NeighborRecord};
+use crate::records::{CurveRecord, DocRecord, NeighborRecord};
 use crate::store::Neighbor;
 use crate::ttt::TextTraining;
 
@@ -12,8 +12,8 @@ use crate::ttt::TextTraining;
 pub(super) struct Outcome {
     /// What was scored (the whole document, or the remainder under dynamic evaluation).
     pub score: DocScore,
-    /// Log-likelihood after k neighbours, at each evaluation point (k = 0 first).
-    pub curve: Vec<(usize, f64)>,
+    /// Log-likelihood after k neighbours trained, at each evaluation point (k = 0 first).
+    pub curve: Vec<CurveRecord>,
     pub neighbors: Vec<NeighborRecord>,
     pub train_s: f64,
     pub eval_s: f64,
@@ -49,36 +49,42 @@ impl Outcome {
         }
     }
 
-    /// Books one training pass (on a neighbour, or a dynamic-evaluation pass) into its record
-    /// and the document's totals.
+    /// Books one group of training steps (on a neighbour, on the neighbours of one group of
+    /// `--neighbors-per-step`, or a dynamic-evaluation pass) into its records — each gets the
+    /// group's mean loss and an equal share of its seconds — and the document's totals.
     pub fn book_training(
         &mut self,
-        record: &mut NeighborRecord,
+        records: &mut [NeighborRecord],
         trained: &TextTraining,
         train_s: f64,
     ) {
         self.train_s += train_s;
         self.steps += trained.steps;
         self.skipped += trained.skipped_short + trained.skipped_nonfinite;
-        record.tokens = trained.tokens;
-        record.chunks = trained.chunks;
-        record.train_loss = Some(trained.mean_loss);
-        record.train_s = train_s;
+        let share = train_s / records.len() as f64;
+        for record in records {
+            record.train_loss = Some(trained.mean_loss);
+            record.train_s = share;
+        }
     }
 
-    /// Books the document's log-likelihood after `record.rank` passes, scored in `eval_s`
-    /// seconds; returns its bits per byte.
+    /// Books the document's log-likelihood after `record.k` neighbours trained (its pass
+    /// `record.pass`), scored in `eval_s` seconds; returns its bits per byte.
     pub fn book_score(&mut self, record: &mut NeighborRecord, loglik: f64, eval_s: f64) -> f64 {
         self.eval_s += eval_s;
         record.eval_s = Some(eval_s);
-        self.curve.push((record.rank, loglik));
+        self.curve.push(CurveRecord {
+            k: record.k,
+            pass: record.pass,
+            loglik,
+        });
         eval::bits_per_byte(loglik, self.score.bytes)
     }
 
     /// Bits per byte before (k = 0) and after the last evaluation point.
     pub fn before_after(&self) -> (f64, f64) {
-        let before = self.curve[0].1;
-        let after = self.curve.last().map(|c| c.1).unwrap_or(before);
+        let before = self.curve[0].loglik;
+        let after = self.curve.last().map(|c| c.loglik).unwrap_or(before);
         (
             eval::bits_per_byte(before, self.score.bytes),
             eval::bits_per_byte(after, self.score.bytes),
@@ -118,12 +124,16 @@ impl Outcome {
     }
 }
 
-/// A neighbour's record before anything is trained or scored on it.
+/// The record of the neighbour of search rank `rank` before anything is trained or scored on
+/// it, as the paper uses it: the `rank`-th, in pass 1 (a schedule sets its place otherwise).
 pub(super) fn neighbor_record(rank: usize, nb: &Neighbor) -> NeighborRecord {
     NeighborRecord {
         rank,
         neighbor_id: nb.id.clone(),
         distance: f64::from(nb.distance),
+        position: rank,
+        pass: 1,
+        k: rank,
         ..Default::default()
     }
 }

@@ -5,10 +5,13 @@
 //!
 //! The plan of a document (`Work`, front to back):
 //! 1. its score before anything (k = 0): one `Window` per rolling evaluation window, `EndScore`;
-//! 2. per training pass — a neighbour under TTT-NN (nearest first), the prefix `neighbors` times
-//!    under dynamic evaluation — `StartPass`, one `Chunk` per `max_length` chunk (the one-token
-//!    rule applied by `ttt::chunks`), `EndPass`, and at evaluation points (`--eval-at`) the
-//!    document's windows again;
+//! 2. per group of training steps — under TTT-NN a neighbour (the paper), or `--neighbors-per-step`
+//!    consecutive ones, in the schedule's order, `--passes` times over; under dynamic evaluation
+//!    one pass over the prefix, `neighbors` times — `StartGroup`, one `Step` per `max_length`
+//!    chunk (of each neighbour of the group at once; the one-token rule applied by
+//!    `ttt::chunks`), `EndGroup`, and at evaluation points (`--eval-at`, within each pass) the
+//!    document's windows again; each step's learning rate is the schedule's at its place among
+//!    the document's planned steps;
 //! 3. or, for the methods that use neighbours without training (in-context, interpolate), one
 //!    `Neighbor` per neighbour, scored at evaluation points with the first k of them.
 use std::collections::VecDeque;
@@ -24,21 +27,23 @@ use super::settings::{Method, RunConfig};
 use crate::error::Result;
 use crate::eval::{self, DocScore, NGrams, Window};
 use crate::lm::LanguageModel;
-use crate::records::NeighborRecord;
-use crate::ttt::{self, Chunk, StepLog, StepOutcome, TrainConfig};
+use crate::records::{CurveRecord, NeighborRecord};
+use crate::ttt::{self, Step, StepLog, StepOutcome, TrainConfig};
 
 /// One unit of a document's work, in the order a run of one document at a time does it.
 #[derive(Debug)]
 enum Work {
-    /// A training pass starts: on a neighbour, or a dynamic-evaluation pass over the prefix.
-    StartPass {
-        record: NeighborRecord,
+    /// A group of training steps starts: on one neighbour (the paper), on consecutive ones
+    /// (`--neighbors-per-step`), or a dynamic-evaluation pass over the prefix; `tokens` in all.
+    StartGroup {
+        records: Vec<NeighborRecord>,
         tokens: usize,
     },
-    /// One training chunk of the pass.
-    Chunk(Chunk),
-    /// The pass's chunks are done; `scored` when the document is scored after it.
-    EndPass { scored: bool },
+    /// One training step of the group.
+    Step(Step),
+    /// The group's steps are done; `scored` when the document is scored after it (as the curve's
+    /// point of its last record's `k`).
+    EndGroup { scored: bool },
     /// Score this window of the scored text.
     Window(usize),
     /// Every window is scored: the score after the pass (k = 0 before the first).
@@ -53,8 +58,8 @@ enum Work {
 
 /// What a document needs next from the engine.
 pub(super) enum Next<'w> {
-    /// A training step on this chunk.
-    Chunk(&'w Chunk),
+    /// This training step.
+    Step(&'w Step),
     /// This window scored.
     Window(&'w Window),
     /// Its next neighbour scored in context or mixed in ([`DocWork::score_neighbor`]).
@@ -72,10 +77,10 @@ impl<'w> Next<'w> {
         }
     }
 
-    /// The chunk, when a chunk is next.
-    pub fn chunk(&self) -> Option<&'w Chunk> {
+    /// The step, when a training step is next.
+    pub fn step(&self) -> Option<&'w Step> {
         match self {
-            Next::Chunk(c) => Some(c),
+            Next::Step(s) => Some(s),
             _ => None,
         }
     }
@@ -87,10 +92,10 @@ enum Scorer {
     Interpolate(Interpolate),
 }
 
-/// A training pass: its record and what its chunks got (their losses on the device until the
-/// pass is booked).
-struct Pass {
-    record: NeighborRecord,
+/// A group of training steps: its neighbours' records and what its steps got (their losses on
+/// the device until the group is booked).
+struct Group {
+    records: Vec<NeighborRecord>,
     trained: StepLog,
     train_s: f64,
 }
@@ -105,11 +110,11 @@ pub(super) struct DocWork<'p> {
     work: VecDeque<Work>,
     pub outcome: Outcome,
     scorer: Option<Scorer>,
-    /// The pass under way, and the one scored after it until its score is in.
-    pass: Option<Pass>,
-    /// Passes done and not scored, booked (their losses read from the device) at the next
+    /// The group under way, and the one scored after it until its score is in.
+    group: Option<Group>,
+    /// Groups done and not scored, booked (their losses read from the device) at the next
     /// evaluation point or at the document's end, so no step waits for the device.
-    unread: Vec<Pass>,
+    unread: Vec<Group>,
     /// The score being summed over windows, and its seconds.
     loglik: f64,
     eval_s: f64,
@@ -126,31 +131,40 @@ impl<'p> DocWork<'p> {
         alpha: Option<Alpha>,
     ) -> Result<Self> {
         let neighbors = &retrieved.neighbors;
-        // Passes: a neighbour each under TTT-NN; the prefix `neighbors` times under dynamic
-        // evaluation, which scores the remainder (docs/spec.md §4.3).
-        let (scored_text, passes): (String, Vec<(NeighborRecord, Vec<i64>)>) = match cfg.method {
+        // Groups of steps: TTT-NN's neighbours in the schedule's order and grouping, pass after
+        // pass; dynamic evaluation's passes over the prefix, which it scores the remainder after
+        // (docs/spec.md §4.3).
+        let (scored_text, mut groups): (String, Vec<Planned>) = match cfg.method {
             Method::DynamicEval => {
                 let (prefix, rest) = eval::split_text(lm, &retrieved.text)?;
                 let tokens = lm.encode(&prefix)?;
-                let passes = (1..=cfg.search.neighbors)
-                    .map(|rank| {
-                        let record = NeighborRecord {
-                            rank,
+                let chunks = ttt::chunks(&tokens, train);
+                let last = cfg.search.neighbors;
+                let groups = (1..=last)
+                    .map(|pass| Planned {
+                        records: vec![NeighborRecord {
+                            rank: pass,
                             neighbor_id: doc.doc_id.clone(),
+                            tokens: tokens.len(),
+                            chunks: chunks.len(),
+                            position: 1,
+                            pass,
+                            k: pass,
                             ..Default::default()
-                        };
-                        (record, tokens.clone())
+                        }],
+                        steps: chunks.iter().cloned().map(Step::of).collect(),
+                        scored: cfg.eval_at.includes(pass, last),
                     })
                     .collect();
-                (rest, passes)
+                (rest, groups)
             }
             Method::TttNn => {
-                let passes = neighbors
+                let encoded = neighbors
                     .iter()
-                    .enumerate()
-                    .map(|(r, nb)| Ok((neighbor_record(r + 1, nb), lm.encode(&nb.text)?)))
-                    .collect::<Result<_>>()?;
-                (retrieved.text.clone(), passes)
+                    .map(|nb| lm.encode(&nb.text))
+                    .collect::<Result<Vec<_>>>()?;
+                let groups = plan_groups(cfg, train, doc, neighbors, &encoded);
+                (retrieved.text.clone(), groups)
             }
             Method::InContext | Method::Interpolate | Method::None => {
                 (retrieved.text.clone(), Vec::new())
@@ -161,19 +175,19 @@ impl<'p> DocWork<'p> {
         let n_windows = windows.len();
         let score_work = move || (0..n_windows).map(Work::Window).chain([Work::EndScore]);
         let mut work: VecDeque<Work> = score_work().collect();
-        let last = passes.len();
-        for (record, pass_tokens) in passes {
-            let scored = cfg.eval_at.includes(record.rank, last);
-            work.push_back(Work::StartPass {
-                record,
-                tokens: pass_tokens.len(),
+        set_learning_rates(&mut groups, train);
+        for group in groups {
+            let Planned {
+                records,
+                steps,
+                scored,
+            } = group;
+            work.push_back(Work::StartGroup {
+                tokens: records.iter().map(|r| r.tokens).sum(),
+                records,
             });
-            work.extend(
-                ttt::chunks(&pass_tokens, train)
-                    .into_iter()
-                    .map(Work::Chunk),
-            );
-            work.push_back(Work::EndPass { scored });
+            work.extend(steps.into_iter().map(Work::Step));
+            work.push_back(Work::EndGroup { scored });
             if scored {
                 work.extend(score_work());
             }
@@ -224,14 +238,14 @@ impl<'p> DocWork<'p> {
             work,
             outcome,
             scorer,
-            pass: None,
+            group: None,
             unread: Vec::new(),
             loglik: 0.0,
             eval_s: 0.0,
         })
     }
 
-    /// Does the bookkeeping at the front of the work until a step is next; returns it. Passes'
+    /// Does the bookkeeping at the front of the work until a step is next; returns it. Groups'
     /// losses are read from the device here, at evaluation points and at the end (one host sync
     /// each), never between steps.
     pub fn next(&mut self, on_event: &mut dyn FnMut(Event)) -> Result<Next<'_>> {
@@ -241,38 +255,43 @@ impl<'p> DocWork<'p> {
                     self.book_unread(on_event)?;
                     return Ok(Next::Done);
                 }
-                Some(Work::Chunk(_) | Work::Window(_) | Work::Neighbor { .. }) => break,
+                Some(Work::Step(_) | Work::Window(_) | Work::Neighbor { .. }) => break,
                 Some(_) => {}
             }
             match self.work.pop_front() {
-                Some(Work::StartPass { record, tokens }) => {
-                    self.pass = Some(Pass {
-                        record,
+                Some(Work::StartGroup { records, tokens }) => {
+                    self.group = Some(Group {
+                        records,
                         trained: StepLog::new(tokens),
                         train_s: 0.0,
                     });
                 }
-                Some(Work::EndPass { scored }) => {
+                Some(Work::EndGroup { scored }) => {
                     if !scored {
-                        let pass = self.pass.take().expect("a pass is under way");
-                        self.unread.push(pass);
+                        let group = self.group.take().expect("a group is under way");
+                        self.unread.push(group);
                     }
                 }
                 Some(Work::EndScore) => {
                     let (loglik, eval_s) = (self.loglik, self.eval_s);
                     (self.loglik, self.eval_s) = (0.0, 0.0);
                     self.book_unread(on_event)?;
-                    match self.pass.take() {
+                    match self.group.take() {
                         None => {
                             // k = 0: the base model's score.
                             self.outcome.score.loglik = loglik;
-                            self.outcome.curve.push((0, loglik));
+                            self.outcome.curve.push(CurveRecord {
+                                k: 0,
+                                pass: 0,
+                                loglik,
+                            });
                             self.outcome.eval_s += eval_s;
                         }
-                        Some(pass) => {
-                            let mut record = self.book_pass(pass)?;
-                            let bpb = self.outcome.book_score(&mut record, loglik, eval_s);
-                            self.report(record, Some(bpb), on_event);
+                        Some(group) => {
+                            let mut records = self.book_group(group)?;
+                            let last = records.last_mut().expect("a group has a neighbour");
+                            let bpb = self.outcome.book_score(last, loglik, eval_s);
+                            self.report(records, Some(bpb), on_event);
                         }
                     }
                 }
@@ -280,39 +299,40 @@ impl<'p> DocWork<'p> {
             }
         }
         Ok(match self.work.front() {
-            Some(Work::Chunk(c)) => Next::Chunk(c),
+            Some(Work::Step(s)) => Next::Step(s),
             Some(Work::Window(i)) => Next::Window(&self.windows[*i]),
             _ => Next::Neighbor,
         })
     }
 
-    /// Books a pass's training into its record and the document's totals, its losses read from
-    /// the device.
-    fn book_pass(&mut self, pass: Pass) -> Result<NeighborRecord> {
-        let Pass {
-            mut record,
+    /// Books a group's training into its records and the document's totals, its losses read
+    /// from the device.
+    fn book_group(&mut self, group: Group) -> Result<Vec<NeighborRecord>> {
+        let Group {
+            mut records,
             trained,
             train_s,
-        } = pass;
+        } = group;
         let trained = trained.finish()?;
-        self.outcome.book_training(&mut record, &trained, train_s);
-        Ok(record)
+        self.outcome.book_training(&mut records, &trained, train_s);
+        Ok(records)
     }
 
-    /// Books and reports the passes done and not scored, in order.
+    /// Books and reports the groups done and not scored, in order.
     fn book_unread(&mut self, on_event: &mut dyn FnMut(Event)) -> Result<()> {
-        for pass in std::mem::take(&mut self.unread) {
-            let record = self.book_pass(pass)?;
-            self.report(record, None, on_event);
+        for group in std::mem::take(&mut self.unread) {
+            let records = self.book_group(group)?;
+            self.report(records, None, on_event);
         }
         Ok(())
     }
 
-    /// The mean length of the chunks this document has still to train on (None: none left):
-    /// what lanes are filled by, as a document's neighbours tend to be alike in length.
+    /// The mean padded length (its longest chunk's) of the steps this document has still to
+    /// take (None: none left): what lanes are filled by, as a document's neighbours tend to be
+    /// alike in length.
     pub fn chunk_len(&self) -> Option<usize> {
         let (n, total) = self.work.iter().fold((0, 0), |(n, total), w| match w {
-            Work::Chunk(c) if !c.is_empty() => (n + 1, total + c.len()),
+            Work::Step(s) if !s.is_empty() => (n + 1, total + s.longest()),
             _ => (n, total),
         });
         (n > 0).then(|| total / n)
@@ -326,16 +346,16 @@ impl<'p> DocWork<'p> {
         self.work.pop_front();
     }
 
-    /// Books what the chunk that was next got, in `train_s` seconds and `computed_tokens` token
-    /// positions (its share of the step, padding included).
-    pub fn trained(&mut self, step: StepOutcome, train_s: f64, computed_tokens: f64) {
-        let Some(Work::Chunk(chunk)) = self.work.pop_front() else {
-            unreachable!("a chunk was next");
+    /// Books what the step that was next got, in `train_s` seconds and `computed_tokens` token
+    /// positions (its share of the round, padding included).
+    pub fn trained(&mut self, outcome: StepOutcome, train_s: f64, computed_tokens: f64) {
+        let Some(Work::Step(step)) = self.work.pop_front() else {
+            unreachable!("a step was next");
         };
-        let pass = self.pass.as_mut().expect("a chunk belongs to a pass");
-        pass.trained.add(step);
-        pass.train_s += train_s;
-        self.outcome.trained_tokens += chunk.len();
+        let group = self.group.as_mut().expect("a step belongs to a group");
+        group.trained.add(&step, outcome);
+        group.train_s += train_s;
+        self.outcome.trained_tokens += step.len();
         self.outcome.computed_tokens += computed_tokens;
     }
 
@@ -355,26 +375,29 @@ impl<'p> DocWork<'p> {
             let s = t.elapsed().as_secs_f64();
             self.outcome.eval_s += s;
             record.eval_s = Some(s);
-            self.outcome.curve.push((k, loglik));
+            self.outcome.curve.push(CurveRecord { k, pass: 1, loglik });
         }
         self.outcome.neighbors.push(record);
         Ok(())
     }
 
-    /// A pass's record is complete: report it and keep it.
+    /// A group's records are complete: report them (the score after the group, if any, with the
+    /// last) and keep them.
     fn report(
         &mut self,
-        record: NeighborRecord,
+        records: Vec<NeighborRecord>,
         bits_per_byte: Option<f64>,
         on_event: &mut dyn FnMut(Event),
     ) {
-        on_event(Event::Neighbor {
-            doc: self.doc,
-            rank: record.rank,
-            record: &record,
-            bits_per_byte,
-        });
-        self.outcome.neighbors.push(record);
+        let last = records.len() - 1;
+        for (i, record) in records.into_iter().enumerate() {
+            on_event(Event::Neighbor {
+                doc: self.doc,
+                record: &record,
+                bits_per_byte: bits_per_byte.filter(|_| i == last),
+            });
+            self.outcome.neighbors.push(record);
+        }
     }
 
     /// The document's outcome once its work is done, completed as every method needs: whether it
@@ -403,10 +426,11 @@ impl<'p> DocWork<'p> {
         if scores_what_survived {
             // Every evaluation point past the last neighbour holds that last state, so the
             // curve (bpb_vs_k) averages the same documents at every k.
-            let &(k, last) = out.curve.last().expect("the curve starts at k = 0");
-            let points = (k + 1..=cfg.search.neighbors)
+            let last = *out.curve.last().expect("the curve starts at k = 0");
+            let points = (last.k + 1..=cfg.search.neighbors)
                 .filter(|&p| cfg.eval_at.includes(p, cfg.search.neighbors));
-            out.curve.extend(points.map(|p| (p, last)));
+            out.curve
+                .extend(points.map(|k| CurveRecord { k, pass: 1, ..last }));
         }
         if cfg.method.uses_neighbors() {
             // The leakage audit: how much of each neighbour is the document itself.
@@ -417,5 +441,296 @@ impl<'p> DocWork<'p> {
             }
         }
         (self.doc, self.retrieved, self.outcome)
+    }
+}
+
+/// One group of steps as planned: its neighbours' records, its steps (learning rates not yet
+/// set), and whether the document is scored after it.
+struct Planned {
+    records: Vec<NeighborRecord>,
+    steps: Vec<Step>,
+    scored: bool,
+}
+
+/// Each step's learning rate: the schedule's at its place among the document's planned steps (a
+/// step of one-token chunks left out is none; one skipped on the device for a non-finite loss
+/// keeps its place).
+fn set_learning_rates(groups: &mut [Planned], train: &TrainConfig) {
+    let planned = groups
+        .iter()
+        .flat_map(|g| &g.steps)
+        .filter(|s| s.updates())
+        .count();
+    let steps = groups
+        .iter_mut()
+        .flat_map(|g| &mut g.steps)
+        .filter(|s| s.updates());
+    for (taken, step) in steps.enumerate() {
+        step.lr = train.lr_at(taken, planned);
+    }
+}
+
+/// TTT-NN's groups of steps for `doc`'s `neighbors` (as retrieved, nearest first; `encoded`,
+/// their tokens), under `cfg`'s schedule: each pass takes them in the schedule's order, in groups
+/// of `--neighbors-per-step` consecutive ones whose i-th step holds each one's i-th chunk (a
+/// neighbour out of chunks sits the group's later steps out). A group is scored when one of its
+/// neighbours' places in the pass is an evaluation point (the last always is); its curve point
+/// counts every neighbour trained so far, passes before included.
+fn plan_groups(
+    cfg: &RunConfig,
+    train: &TrainConfig,
+    doc: &PlannedDoc,
+    neighbors: &[crate::store::Neighbor],
+    encoded: &[Vec<i64>],
+) -> Vec<Planned> {
+    let s = &cfg.schedule;
+    let n = neighbors.len();
+    let seed = s.order_seed.unwrap_or(cfg.docs.seed);
+    let cut: Vec<Vec<ttt::Chunk>> = encoded.iter().map(|t| ttt::chunks(t, train)).collect();
+    let mut groups = Vec::new();
+    for pass in 1..=s.passes {
+        let order = s.neighbor_order.arrange(n, seed, &doc.doc_id, pass);
+        for (g, members) in order.chunks(s.neighbors_per_step.max(1)).enumerate() {
+            let first = g * s.neighbors_per_step.max(1) + 1;
+            let records = members
+                .iter()
+                .enumerate()
+                .map(|(i, &nb)| {
+                    let position = first + i;
+                    NeighborRecord {
+                        tokens: encoded[nb].len(),
+                        chunks: cut[nb].len(),
+                        position,
+                        pass,
+                        k: (pass - 1) * n + position,
+                        ..neighbor_record(nb + 1, &neighbors[nb])
+                    }
+                })
+                .collect();
+            let most = members.iter().map(|&nb| cut[nb].len()).max().unwrap_or(0);
+            let steps = (0..most)
+                .map(|i| Step {
+                    chunks: members
+                        .iter()
+                        .filter_map(|&nb| cut[nb].get(i).cloned())
+                        .collect(),
+                    lr: None,
+                })
+                .collect();
+            let scored = (first..first + members.len()).any(|p| cfg.eval_at.includes(p, n));
+            groups.push(Planned {
+                records,
+                steps,
+                scored,
+            });
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::settings::{NeighborOrder, Schedule};
+    use crate::store::Neighbor;
+    use crate::task::Task;
+    use crate::ttt::{Chunk, LrSchedule};
+
+    fn doc() -> PlannedDoc {
+        PlannedDoc {
+            seq: 0,
+            task_index: 0,
+            task: "pile_github".into(),
+            set_name: "Github".into(),
+            position: 0,
+            doc_id: "test.jsonl:7".into(),
+        }
+    }
+
+    /// Neighbours of 5, 1, 12, 4 tokens (rank 1..4) and their tokens, 4 tokens per chunk.
+    fn neighbors() -> (Vec<Neighbor>, Vec<Vec<i64>>, TrainConfig) {
+        let lens = [5usize, 1, 12, 4];
+        let nbs = (0..lens.len())
+            .map(|i| Neighbor {
+                id: format!("train.jsonl:{i}"),
+                set_name: "Github".into(),
+                distance: i as f32,
+                text: String::new(),
+                embedding: Vec::new(),
+            })
+            .collect();
+        let tokens = lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n as i64).map(|t| 100 * i as i64 + t).collect())
+            .collect();
+        let train = TrainConfig {
+            max_length: 4,
+            ..Default::default()
+        };
+        (nbs, tokens, train)
+    }
+
+    fn cfg(schedule: Schedule) -> RunConfig {
+        let mut cfg = RunConfig {
+            schedule,
+            ..RunConfig::default()
+        };
+        cfg.docs.task = Some(Task::All);
+        cfg.search.neighbors = 4;
+        cfg
+    }
+
+    fn paper() -> Schedule {
+        RunConfig::default().schedule
+    }
+
+    #[test]
+    fn the_papers_schedule_is_each_neighbour_once_nearest_first_a_step_per_chunk() {
+        let (nbs, tokens, train) = neighbors();
+        let groups = plan_groups(&cfg(paper()), &train, &doc(), &nbs, &tokens);
+        let ranks: Vec<Vec<usize>> = groups
+            .iter()
+            .map(|g| g.records.iter().map(|r| r.rank).collect())
+            .collect();
+        assert_eq!(ranks, [[1], [2], [3], [4]]);
+        for (i, g) in groups.iter().enumerate() {
+            let r = &g.records[0];
+            assert_eq!((r.position, r.pass, r.k), (i + 1, 1, i + 1));
+            let want: Vec<Step> = ttt::chunks(&tokens[i], &train)
+                .into_iter()
+                .map(Step::of)
+                .collect();
+            assert_eq!(g.steps, want, "neighbour {i}: one step per chunk");
+            assert!(g.scored);
+        }
+        let mut groups = groups;
+        set_learning_rates(&mut groups, &train);
+        assert!(groups.iter().flat_map(|g| &g.steps).all(|s| s.lr.is_none()));
+    }
+
+    #[test]
+    fn orders_are_the_permutations_claimed_and_passes_repeat_them() {
+        let (nbs, tokens, train) = neighbors();
+        let order = |o: NeighborOrder, passes: usize| {
+            let s = Schedule {
+                neighbor_order: o,
+                passes,
+                ..paper()
+            };
+            plan_groups(&cfg(s), &train, &doc(), &nbs, &tokens)
+                .iter()
+                .map(|g| {
+                    let r = &g.records[0];
+                    (r.rank, r.position, r.pass, r.k)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            order(NeighborOrder::Farthest, 1),
+            [(4, 1, 1, 1), (3, 2, 1, 2), (2, 3, 1, 3), (1, 4, 1, 4)]
+        );
+        // Random: the permutation of the seed and the document id; each pass draws its own.
+        let random = order(NeighborOrder::Random, 2);
+        for pass in 1..=2 {
+            let want = NeighborOrder::Random.arrange(4, crate::task::SEED, "test.jsonl:7", pass);
+            let got: Vec<usize> = random[(pass - 1) * 4..pass * 4]
+                .iter()
+                .map(|&(rank, ..)| rank - 1)
+                .collect();
+            assert_eq!(got, want, "pass {pass}");
+        }
+        let mut sorted: Vec<usize> = random[..4].iter().map(|r| r.0).collect();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [1, 2, 3, 4], "a permutation");
+        assert_eq!(
+            random.iter().map(|r| (r.1, r.2, r.3)).collect::<Vec<_>>(),
+            (1..=8)
+                .map(|k| ((k - 1) % 4 + 1, (k - 1) / 4 + 1, k))
+                .collect::<Vec<_>>()
+        );
+        // Nearest twice: the same order each pass, k counting on.
+        let twice = order(NeighborOrder::Nearest, 2);
+        assert_eq!(twice[4], (1, 1, 2, 5));
+        // Another document, another seed: other permutations (of 8 neighbours, 8! of them).
+        let shuffle = |seed, id| NeighborOrder::Random.arrange(8, seed, id, 1);
+        assert_ne!(shuffle(1, "a"), shuffle(1, "b"));
+        assert_ne!(shuffle(1, "a"), shuffle(2, "a"));
+        assert_eq!(shuffle(1, "a"), shuffle(1, "a"));
+        // One neighbour: every order is the same.
+        for o in [NeighborOrder::Farthest, NeighborOrder::Random] {
+            assert_eq!(o.arrange(1, 5, "x", 1), [0]);
+        }
+    }
+
+    #[test]
+    fn neighbours_per_step_put_each_ones_ith_chunk_in_the_ith_step() {
+        let (nbs, tokens, train) = neighbors();
+        let s = Schedule {
+            neighbors_per_step: 3,
+            ..paper()
+        };
+        let mut c = cfg(s);
+        c.eval_at = "2".parse().unwrap();
+        let groups = plan_groups(&c, &train, &doc(), &nbs, &tokens);
+        assert_eq!(groups.len(), 2);
+        let cut = |i: usize| ttt::chunks(&tokens[i], &train);
+        // Neighbours 1..3: 2, 1 and 3 chunks: three steps, the second without neighbour 2's.
+        let first = &groups[0];
+        assert_eq!(
+            first
+                .records
+                .iter()
+                .map(|r| (r.rank, r.k))
+                .collect::<Vec<_>>(),
+            [(1, 1), (2, 2), (3, 3)]
+        );
+        assert_eq!(first.steps.len(), 3);
+        assert_eq!(
+            first.steps[0].chunks,
+            [cut(0)[0].clone(), Chunk::ZeroGrad, cut(2)[0].clone()]
+        );
+        assert_eq!(
+            first.steps[1].chunks,
+            [cut(0)[1].clone(), cut(2)[1].clone()]
+        );
+        assert_eq!(first.steps[2].chunks, [cut(2)[2].clone()]);
+        assert!(first.scored, "holds the evaluation point 2");
+        assert_eq!(groups[1].records[0].k, 4);
+        assert!(groups[1].scored, "the last neighbour always is");
+    }
+
+    #[test]
+    fn each_steps_learning_rate_is_the_schedules_at_its_place() {
+        let (nbs, tokens, train) = neighbors();
+        let train = TrainConfig {
+            lr: 1e-3,
+            lr_schedule: LrSchedule::Cosine,
+            warmup_steps: 2,
+            short_chunks: crate::ttt::ShortChunks::Skip,
+            ..train
+        };
+        let s = Schedule {
+            passes: 2,
+            ..paper()
+        };
+        let mut groups = plan_groups(&cfg(s), &train, &doc(), &nbs, &tokens);
+        set_learning_rates(&mut groups, &train);
+        let steps: Vec<&Step> = groups.iter().flat_map(|g| &g.steps).collect();
+        // Per pass, chunks of 4+1, 1, 4+4+4 and 4 tokens: 7 steps, the two of one token left
+        // out, so 10 steps update over two passes.
+        assert_eq!(steps.len(), 14);
+        let planned = 10;
+        let mut taken = 0;
+        for step in steps {
+            if step.updates() {
+                let want = 1e-3 * LrSchedule::Cosine.factor(taken, planned, 2);
+                assert_eq!(step.lr, Some(want), "step {taken}");
+                taken += 1;
+            } else {
+                assert_eq!(step.lr, None);
+            }
+        }
+        assert_eq!(taken, planned);
     }
 }

@@ -29,6 +29,7 @@ extern "C" {
         steps: *const *const c_void,
         n: usize,
         lr: f64,
+        lr_tensor: *const c_void,
         beta1: f64,
         beta2: f64,
         weight_decay: f64,
@@ -48,9 +49,16 @@ struct Part<'a> {
     step: &'a Tensor,
 }
 
-/// libtorch's `_fused_adamw_` over `parts` (no gradient scale); a nonzero `found_inf` (a 0-d fp32
-/// tensor on the device) skips the whole update on the device.
-fn fused_adamw(c: &TrainConfig, parts: &[Part], found_inf: Option<&Tensor>) -> Result<()> {
+/// libtorch's `_fused_adamw_` over `parts` (no gradient scale) at `c.lr`, or at `lr` (a 0-d
+/// tensor: fp64 on the CPU, fp32 on the parameters' CUDA device, read by the kernel there, so a
+/// captured step takes the rate its buffer holds); a nonzero `found_inf` (a 0-d fp32 tensor on the
+/// device) skips the whole update on the device.
+fn fused_adamw(
+    c: &TrainConfig,
+    parts: &[Part],
+    found_inf: Option<&Tensor>,
+    lr: Option<&Tensor>,
+) -> Result<()> {
     fn ptrs<'a>(parts: &[Part<'a>], f: fn(&Part<'a>) -> &'a Tensor) -> Vec<*const c_void> {
         parts
             .iter()
@@ -72,6 +80,7 @@ fn fused_adamw(c: &TrainConfig, parts: &[Part], found_inf: Option<&Tensor>) -> R
             steps.as_ptr(),
             parts.len(),
             c.lr,
+            lr.map_or(std::ptr::null(), |t| t.as_ptr() as *const c_void),
             c.beta1,
             c.beta2,
             c.weight_decay,
@@ -112,6 +121,19 @@ pub(super) fn upload(host: Tensor, device: tch::Device) -> Result<Tensor> {
     shim_result(message, "a step's inputs to CUDA")?;
     // SAFETY: a tensor the shim allocated for us, owned from here on.
     Ok(unsafe { Tensor::from_ptr(out as *mut _) })
+}
+
+/// Each set's learning rate (`rates`) as [`fused_adamw`] reads it on `device`: fp64 on the CPU
+/// (the kernel takes it as a double, so the rate is the schedule's exactly), fp32 on CUDA (the
+/// kernel's type there), copied without a host sync.
+pub(super) fn lr_tensor(rates: &[f64], device: tch::Device) -> Result<Tensor> {
+    match device {
+        tch::Device::Cpu => Ok(Tensor::from_slice(rates)),
+        _ => {
+            let rates: Vec<f32> = rates.iter().map(|&r| r as f32).collect();
+            upload(Tensor::from_slice(&rates), device)
+        }
+    }
 }
 
 /// The fp32 gradients after `clip_grad_norm_`, and the norm they were clipped by: the 2-norm of all
@@ -195,12 +217,18 @@ impl AdamW {
     /// as every eager step runs too (no host sync): `clip_grad_norm_`, then each set's update
     /// unless `skip[s]` (a `[sets]` fp32 flag on the device: a non-finite loss, a lane that sits
     /// the round out, or warm-up) or its gradient norm is not finite; a set's step count advances
-    /// only when it updates. One fused update per set, each with its own flag. Returns the
-    /// `[sets]` flags used (1 = skipped).
+    /// only when it updates. One fused update per set, each with its own flag, at the configured
+    /// learning rate or at set s's `lr[s]` (a `[sets]` tensor, [`lr_tensor`]'s types) when
+    /// given. Returns the `[sets]` flags used (1 = skipped).
     ///
     /// The single layout clips by one global norm; with lanes each row gets its own norm and step
     /// count, so each lane's update is the single one on that lane alone (to rounding).
-    pub fn step(&mut self, weights: &mut FlatWeights, skip: &Tensor) -> Result<Tensor> {
+    pub fn step(
+        &mut self,
+        weights: &mut FlatWeights,
+        skip: &Tensor,
+        lr: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let c = self.config;
         tch::no_grad(|| {
             let (g, norm) = clipped_grads(&c, weights);
@@ -226,7 +254,8 @@ impl AdamW {
                     exp_avg_sq: &v,
                     step: &step,
                 };
-                fused_adamw(&c, &[part], Some(&skipped.get(set as i64)))?;
+                let rate = lr.map(|r| r.get(set as i64));
+                fused_adamw(&c, &[part], Some(&skipped.get(set as i64)), rate.as_ref())?;
             }
             weights.refresh_working();
             Ok(skipped)
@@ -348,6 +377,7 @@ mod tests {
                 .step(
                     &mut flat,
                     &Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)),
+                    None,
                 )
                 .unwrap();
         }

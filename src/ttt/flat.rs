@@ -42,7 +42,7 @@ pub struct FlatWeights {
     /// Gradients, in the model's dtype; each weight's `.grad` is a view into it.
     grad: Tensor,
     /// fp32 copy of the pretrained weights.
-    pretrained: Tensor,
+    pub(super) pretrained: Tensor,
     /// `Single`: every buffer is `[P]`; `Lanes(L)`: every buffer but `pretrained` is `[L, P]`.
     layout: Layout,
 }
@@ -299,6 +299,7 @@ pub(crate) mod tests {
             .step(
                 &mut flat,
                 &Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)),
+                None,
             )
             .unwrap();
         let after = flat.master(name);

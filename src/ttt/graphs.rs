@@ -25,8 +25,8 @@ use std::sync::OnceLock;
 
 use tch::{Device, Kind, Tensor};
 
-use super::adamw::upload;
-use super::{lane_losses, AdamW, Chunk, FlatWeights, TrainConfig, IGNORE_INDEX};
+use super::adamw::{lr_tensor, upload};
+use super::{lane_losses, AdamW, Chunk, FlatWeights, Step, TrainConfig, IGNORE_INDEX};
 use crate::error::{Error, Result};
 use crate::lm::LanguageModel;
 
@@ -243,11 +243,15 @@ impl Drop for Graph {
 struct Bucket {
     /// Token positions (a lane's chunk of up to this many tokens is right-padded to it).
     len: i64,
-    /// `[2, lanes, len]` int64: each lane's tokens, then its labels (ignored past its chunk).
+    /// `[2, lanes·rows, len]` int64: each lane's chunks' tokens (`rows` per lane, as many as a
+    /// step holds), then their labels (ignored past a chunk, and in rows without one).
     inputs: Tensor,
     /// `[2, lanes]` fp32: each lane's target count (1 for a lane without one), then 1 for each
     /// lane that does not step this round.
     aux: Tensor,
+    /// `[lanes]` fp32: each lane's learning rate this round (read only when steps have rates of
+    /// their own, `TrainConfig::lr_varies`).
+    lr: Tensor,
     /// `[2, lanes]` fp32 written by the step (the [`StepBuffers`]' `out`).
     out: Tensor,
     graph: Option<Graph>,
@@ -255,14 +259,17 @@ struct Bucket {
 
 /// The static buffers a step's body reads and writes (views of its bucket's).
 pub struct StepBuffers {
-    /// `[lanes, len]` tokens.
+    /// `[lanes·rows, len]` tokens, a lane's `rows` chunks consecutive.
     pub ids: Tensor,
-    /// `[lanes, len]` labels, `IGNORE_INDEX` where a position has no target.
+    /// `[lanes·rows, len]` labels, `IGNORE_INDEX` where a position has no target.
     pub labels: Tensor,
-    /// `[lanes]` fp32 target counts (1 for a lane without targets).
+    /// `[lanes]` fp32 target counts over each lane's rows (1 for a lane without targets).
     pub targets: Tensor,
     /// `[lanes]` fp32: 1 for a lane that does not step this round, or for all while warming up.
     pub skip: Tensor,
+    /// `[lanes]` each lane's learning rate this round (fp64 on the CPU, fp32 on CUDA); `None`:
+    /// every lane takes `TrainConfig::lr` (the paper's constant rate).
+    pub lr: Option<Tensor>,
     /// `[2, lanes]` fp32 the body writes: each lane's mean loss (0 for a lane without a chunk),
     /// then 1 where a lane did not step (its skip, or a non-finite loss or gradient norm: no
     /// update, no step counted).
@@ -280,32 +287,47 @@ pub struct BucketStats {
     pub scoring: bool,
 }
 
-/// One lane's part of a round: its chunk's tokens (or none), and whether it steps.
-#[derive(Debug, Clone, Copy)]
+/// The rows of a captured step's buffers: its lanes (sets of weights), and the rows (chunks)
+/// each lane's step may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rows {
+    /// Sets of weights (1: one document).
+    pub lanes: usize,
+    /// Chunks per step and lane (`--neighbors-per-step`; 1: the paper).
+    pub per_lane: usize,
+}
+
+/// One lane's part of a round: its step's chunks with tokens (none, one, or up to
+/// `--neighbors-per-step`), and whether it steps.
+#[derive(Debug, Clone)]
 pub struct LaneInput<'a> {
-    /// At least two tokens, or `None` (an idle lane, or a one-token chunk's zero-gradient step).
-    pub tokens: Option<&'a [i64]>,
+    /// Chunks of at least two tokens (none: an idle lane, or a zero-gradient step of one-token
+    /// chunks).
+    pub tokens: Vec<&'a [i64]>,
     /// Whether the lane's weights take an AdamW step this round.
     pub steps: bool,
 }
 
 impl<'a> LaneInput<'a> {
-    /// A lane's part of a round from its chunk (`None`: the lane sits the round out): a
-    /// one-token chunk's zero-gradient step steps without tokens; a skipped one does not step.
-    pub fn of(chunk: Option<&'a Chunk>) -> Self {
-        match chunk {
-            Some(Chunk::Tokens(t)) => LaneInput {
-                tokens: Some(t.as_slice()),
-                steps: true,
-            },
-            Some(Chunk::ZeroGrad) => LaneInput {
-                tokens: None,
-                steps: true,
-            },
-            Some(Chunk::Skipped) | None => LaneInput {
-                tokens: None,
+    /// A lane's part of a round from its step (`None`: the lane sits the round out): one-token
+    /// chunks put no token through the model, and a step of skipped ones does not step.
+    pub fn of(step: Option<&'a Step>) -> Self {
+        let Some(step) = step else {
+            return LaneInput {
+                tokens: Vec::new(),
                 steps: false,
-            },
+            };
+        };
+        LaneInput {
+            tokens: step
+                .chunks
+                .iter()
+                .filter_map(|c| match c {
+                    Chunk::Tokens(t) => Some(t.as_slice()),
+                    Chunk::ZeroGrad | Chunk::Skipped => None,
+                })
+                .collect(),
+            steps: step.updates(),
         }
     }
 }
@@ -317,16 +339,19 @@ pub struct ReplayedRound {
     /// `[2, lanes]` fp32: the bucket's [`StepBuffers`] `out`, copied on the device after the
     /// replay (the next replay overwrites the bucket's).
     pub out: Tensor,
-    /// Token positions of the bucket (every lane's computed positions).
+    /// Token positions of the bucket (each row's computed positions).
     pub bucket_len: usize,
+    /// Rows each lane computed (the chunks a step may hold, filled or not).
+    pub rows: usize,
 }
 
 /// A training step's body as a CUDA graph captures it, everything on the device, on a round's
-/// [`StepBuffers`] (each lane's chunk right-padded to the bucket, the padding's labels ignored):
-/// each lane's mean loss, one backward, then clipping and the fused update of each set, skipped on
-/// the device where the buffers' skip flag is set or a loss or gradient norm is not finite. Writes
-/// the losses and the skip flags used; the host's step counts are the caller's to book. One body
-/// for one document (`[1, len]` buffers, one set of weights) and for lanes.
+/// [`StepBuffers`] (each lane's chunks right-padded to the bucket, the padding's labels ignored):
+/// each lane's mean loss over its rows' targets, one backward, then clipping and the fused update
+/// of each set at its learning rate, skipped on the device where the buffers' skip flag is set or
+/// a loss or gradient norm is not finite. Writes the losses and the skip flags used; the host's
+/// step counts are the caller's to book. One body for one document (`[rows, len]` buffers, one
+/// set of weights) and for lanes.
 pub(super) fn train_body(
     weights: &mut FlatWeights,
     opt: &mut AdamW,
@@ -342,7 +367,7 @@ pub(super) fn train_body(
         .logical_not()
         .to_kind(Kind::Float)
         .maximum(&b.skip);
-    let skipped = opt.step(weights, &nonfinite)?;
+    let skipped = opt.step(weights, &nonfinite, b.lr.as_ref())?;
     tch::no_grad(|| {
         b.out.get(0).copy_(&losses);
         b.out.get(1).copy_(&skipped);
@@ -356,6 +381,11 @@ pub struct GraphedSteps {
     shim: &'static Shim,
     device: Device,
     lanes: usize,
+    /// Rows per lane of a training bucket: the most chunks a step holds.
+    rows: usize,
+    /// Whether steps take the learning rate of the bucket's `lr` buffer (a schedule) rather than
+    /// the configured one.
+    lr_varies: bool,
     pool: (u64, u64),
     buckets: Vec<Bucket>,
     /// The scoring forwards' buckets (the same lengths).
@@ -399,23 +429,31 @@ pub(super) fn bucket_inputs(chunk: &[i64], len: usize, ignore_index: i64) -> Vec
     host
 }
 
-/// A round's host-side inputs in a bucket of `len` positions: `[2, lanes, len]` tokens then labels
-/// (a lane without a chunk: token 0, every label ignored) and `[2, lanes]` target counts then skip
-/// flags.
+/// A round's host-side inputs in a bucket of `rows` rows per lane of `len` positions:
+/// `[2, lanes·rows, len]` tokens then labels (lane l's chunks in rows l·rows.., a row without a
+/// chunk: token 0, every label ignored) and `[2, lanes]` target counts then skip flags.
 pub(super) fn host_inputs(
     lanes: &[LaneInput],
+    rows: usize,
     len: usize,
     ignore_index: i64,
 ) -> (Vec<i64>, Vec<f32>) {
-    let n = lanes.len();
+    let n = lanes.len() * rows;
     let (mut ids, mut labels) = (vec![0i64; n * len], vec![ignore_index; n * len]);
-    let (mut targets, mut skip) = (vec![1f32; n], vec![0f32; n]);
+    let (mut targets, mut skip) = (vec![1f32; lanes.len()], vec![0f32; lanes.len()]);
     for (l, lane) in lanes.iter().enumerate() {
-        if let Some(c) = lane.tokens {
+        assert!(
+            lane.tokens.len() <= rows,
+            "a step holds at most {rows} chunks"
+        );
+        for (r, c) in lane.tokens.iter().enumerate() {
+            let at = (l * rows + r) * len;
             let row = bucket_inputs(c, len, ignore_index);
-            ids[l * len..(l + 1) * len].copy_from_slice(&row[..len]);
-            labels[l * len..(l + 1) * len].copy_from_slice(&row[len..]);
-            targets[l] = (c.len() - 1) as f32;
+            ids[at..at + len].copy_from_slice(&row[..len]);
+            labels[at..at + len].copy_from_slice(&row[len..]);
+        }
+        if !lane.tokens.is_empty() {
+            targets[l] = lane.tokens.iter().map(|c| c.len() - 1).sum::<usize>() as f32;
         }
         skip[l] = if lane.steps { 0.0 } else { 1.0 };
     }
@@ -425,23 +463,29 @@ pub(super) fn host_inputs(
 }
 
 impl StepBuffers {
-    /// The buffers of a round on `device` without a graph, `len` positions (the longest chunk's,
-    /// or a bucket's): what an eager step runs the body on, and what a captured one reads.
+    /// The buffers of a round on `device` without a graph, `rows` rows per lane of `len`
+    /// positions (the round's most chunks per lane and longest chunk, or a bucket's), each lane's
+    /// learning rate `lr` when steps have their own: what an eager step runs the body on, and
+    /// what a captured one reads.
     pub fn eager(
         lanes: &[LaneInput],
+        rows: usize,
         len: usize,
+        lr: Option<&[f64]>,
         ignore_index: i64,
         device: Device,
     ) -> Result<Self> {
         let n = lanes.len() as i64;
-        let (ids, aux) = host_inputs(lanes, len, ignore_index);
-        let inputs = upload(Tensor::from_slice(&ids), device)?.view([2, n, len as i64]);
+        let (ids, aux) = host_inputs(lanes, rows, len, ignore_index);
+        let inputs =
+            upload(Tensor::from_slice(&ids), device)?.view([2, n * rows as i64, len as i64]);
         let aux = upload(Tensor::from_slice(&aux), device)?.view([2, n]);
         Ok(StepBuffers {
             ids: inputs.get(0),
             labels: inputs.get(1),
             targets: aux.get(0),
             skip: aux.get(1),
+            lr: lr.map(|v| lr_tensor(v, device)).transpose()?,
             out: Tensor::zeros([2, n], (Kind::Float, device)),
         })
     }
@@ -462,26 +506,37 @@ impl GraphedSteps {
         match config.cuda_graphs {
             CudaGraphs::On => Self::new(
                 lm.device(),
-                lanes,
+                Rows {
+                    lanes,
+                    per_lane: config.neighbors_per_step.max(1),
+                },
                 config.max_length,
                 lm.n_ctx,
                 IGNORE_INDEX,
             )
-            .map(Some),
+            .map(|g| Some(g.with_lr_buffer(config.lr_varies()))),
             CudaGraphs::Off => Ok(None),
         }
     }
 
-    /// Buckets of `max_length / 4` multiples (rounded up to 64 positions) for `lanes` lanes of
-    /// chunks of up to `max_length` tokens on `device`, and of `eval_length / 4` multiples for
-    /// scoring windows of up to `eval_length` (the model's context).
+    /// Steps read their learning rates from the bucket's buffer (`--lr-schedule`, a warm-up).
+    fn with_lr_buffer(mut self, lr_varies: bool) -> Self {
+        self.lr_varies = lr_varies;
+        self
+    }
+
+    /// Buckets of `max_length / 4` multiples (rounded up to 64 positions) for `rows.lanes` lanes
+    /// of up to `rows.per_lane` chunks of up to `max_length` tokens on `device`, and of
+    /// `eval_length / 4` multiples for scoring windows of up to `eval_length` (the model's
+    /// context).
     pub fn new(
         device: Device,
-        lanes: usize,
+        rows: Rows,
         max_length: usize,
         eval_length: usize,
         ignore_index: i64,
     ) -> Result<Self> {
+        let Rows { lanes, per_lane } = rows;
         check(device)?;
         let shim = shim()?;
         // Captured attention is flash or memory-efficient, not cuDNN's (csrc/cuda_graphs.cpp).
@@ -504,8 +559,9 @@ impl GraphedSteps {
             .into_iter()
             .map(|len| Bucket {
                 len,
-                inputs: Tensor::zeros([2, l, len], (Kind::Int64, device)),
+                inputs: Tensor::zeros([2, l * per_lane as i64, len], (Kind::Int64, device)),
                 aux: Tensor::zeros([2, l], (Kind::Float, device)),
+                lr: Tensor::zeros([l], (Kind::Float, device)),
                 out: Tensor::zeros([2, l], (Kind::Float, device)),
                 graph: None,
             })
@@ -514,6 +570,8 @@ impl GraphedSteps {
             shim,
             device,
             lanes,
+            rows: per_lane,
+            lr_varies: false,
             pool,
             buckets,
             eval_buckets,
@@ -547,18 +605,20 @@ impl GraphedSteps {
         }
     }
 
-    /// Runs one round: copies each lane's chunk into the bucket of the longest one, captures that
-    /// bucket's graph the first time (`body` records the step on the [`StepBuffers`]), replays it
-    /// and copies each lane's loss and skip out of the bucket, on the device (no sync).
+    /// Runs one round: copies each lane's chunks (and, when steps have their own, its learning
+    /// rate `lr`) into the bucket of the longest chunk, captures that bucket's graph the first
+    /// time (`body` records the step on the [`StepBuffers`]), replays it and copies each lane's
+    /// loss and skip out of the bucket, on the device (no sync).
     pub fn step(
         &mut self,
         lanes: &[LaneInput],
+        lr: Option<&[f64]>,
         body: &mut dyn FnMut(&StepBuffers) -> Result<()>,
     ) -> Result<ReplayedRound> {
         assert_eq!(lanes.len(), self.lanes, "one input per lane");
         let longest = lanes
             .iter()
-            .filter_map(|l| l.tokens.map(<[i64]>::len))
+            .flat_map(|l| l.tokens.iter().map(|t| t.len()))
             .max()
             .unwrap_or(2);
         let Some(i) = self.buckets.iter().position(|b| b.len >= longest as i64) else {
@@ -570,13 +630,23 @@ impl GraphedSteps {
         let captured = self.buckets[i].graph.is_some();
         let len = self.buckets[i].len as usize;
         let n = self.lanes;
-        let (ids, aux) = host_inputs(lanes, len, self.ignore_index);
+        let rows = self.rows;
+        let (ids, aux) = host_inputs(lanes, rows, len, self.ignore_index);
         let ids = upload(Tensor::from_slice(&ids), self.device)?;
         let aux = upload(Tensor::from_slice(&aux), self.device)?;
+        let lr_varies = self.lr_varies;
         let b = &mut self.buckets[i];
         // Device to device: queued, no sync.
-        b.inputs.copy_(&ids.view([2, n as i64, len as i64]));
+        b.inputs
+            .copy_(&ids.view([2, (n * rows) as i64, len as i64]));
         b.aux.copy_(&aux.view([2, n as i64]));
+        if lr_varies {
+            let rates = lr.ok_or_else(|| {
+                Error::internal("a captured step with a learning-rate schedule got no rates")
+            })?;
+            let rates: Vec<f32> = rates.iter().map(|&r| r as f32).collect();
+            b.lr.copy_(&upload(Tensor::from_slice(&rates), self.device)?);
+        }
         if !captured {
             self.capture(i, body)?;
         }
@@ -591,6 +661,7 @@ impl GraphedSteps {
         Ok(ReplayedRound {
             out: b.out.copy(),
             bucket_len: len,
+            rows,
         })
     }
 
@@ -604,6 +675,7 @@ impl GraphedSteps {
             targets: b.aux.get(0),
             // Warm-up skips every update: no weight moves before the capture.
             skip: if warm_up { skip.ones_like() } else { skip },
+            lr: self.lr_varies.then(|| b.lr.shallow_clone()),
             out: b.out.shallow_clone(),
         }
     }
@@ -815,7 +887,7 @@ mod tests {
     #[test]
     fn the_graph_body_equals_the_eager_step() {
         use crate::ttt::flat::tests::tiny_gpt2;
-        use crate::ttt::{Chunk, ChunkStep, Dropout, TrainConfig, Trainer, IGNORE_INDEX};
+        use crate::ttt::{Chunk, ChunkStep, Dropout, Step, TrainConfig, Trainer, IGNORE_INDEX};
         // The paper's lr: the key bias's gradients are rounding noise (softmax cancels them), which
         // AdamW scales to lr-sized steps, so at lr 1e-3 padding's other rounding shows as 1e-6.
         let c = TrainConfig {
@@ -836,13 +908,13 @@ mod tests {
         let len = 32;
         let buffers = |chunk: &[i64], steps: bool| {
             let lane = LaneInput {
-                tokens: Some(chunk),
+                tokens: vec![chunk],
                 steps,
             };
-            StepBuffers::eager(&[lane], len, IGNORE_INDEX, Device::Cpu).unwrap()
+            StepBuffers::eager(&[lane], 1, len, None, IGNORE_INDEX, Device::Cpu).unwrap()
         };
         for chunk in &chunks {
-            let step = eager.step(&eager_lm, &Chunk::Tokens(chunk.clone()));
+            let step = eager.step(&eager_lm, &Step::of(Chunk::Tokens(chunk.clone())));
             let ChunkStep::Trained(want) = step.unwrap().read() else {
                 panic!("a finite chunk trains");
             };
@@ -923,7 +995,11 @@ mod tests {
             err.contains("cuda_graphs") && err.contains("--device cuda"),
             "{err}"
         );
-        assert!(GraphedSteps::new(Device::Cpu, 1, 1024, 1024, -100).is_err());
+        let rows = Rows {
+            lanes: 1,
+            per_lane: 1,
+        };
+        assert!(GraphedSteps::new(Device::Cpu, rows, 1024, 1024, -100).is_err());
     }
 
     /// Without a CUDA libtorch on the loader's path (a CPU machine) the shim does not load, and

@@ -4,7 +4,7 @@
 //! chunks are padded to the longest and each lane's loss is the mean over its own targets, so its
 //! gradient, its clipping and its step are exactly what training it alone gives.
 use super::graphs::GraphedSteps;
-use super::{AdamW, Chunk, FlatWeights, StepOutcome, TrainConfig};
+use super::{AdamW, FlatWeights, Step, StepOutcome, TrainConfig};
 use crate::error::{Error, Result};
 use crate::lm::LanguageModel;
 
@@ -20,10 +20,11 @@ pub struct LanePlan {
     pub shared_bytes: u64,
     /// Bytes each lane holds: its weights, gradients and AdamW moments (of what trains).
     pub lane_state_bytes: u64,
-    /// Bytes each lane's step needs for one `max_length` chunk: activations kept for backward
-    /// (Korthikanti et al. 2022: 34 · tokens · hidden bytes per layer in 16-bit, twice that in
-    /// fp32, no attention scores as SDPA's fused kernels keep none) and the logits in the
-    /// compute type plus their fp32 copy and gradient. An estimate; the state is exact.
+    /// Bytes each lane's step needs for its chunks (one `max_length` chunk, or
+    /// `--neighbors-per-step` of them): activations kept for backward (Korthikanti et al. 2022:
+    /// 34 · tokens · hidden bytes per layer in 16-bit, twice that in fp32, no attention scores as
+    /// SDPA's fused kernels keep none) and the logits in the compute type plus their fp32 copy and
+    /// gradient. An estimate; the state is exact.
     pub lane_activation_bytes: u64,
     /// Bytes each lane's captured steps add (`--cuda-graphs on`; 0 when off): the graphs' pool
     /// keeps the largest bucket's activations for the whole run, while the first step of a new
@@ -32,6 +33,8 @@ pub struct LanePlan {
     pub lane_graph_bytes: u64,
     /// Tokens per chunk the activations are planned for.
     pub max_length: usize,
+    /// Chunks per step the activations are planned for (`--neighbors-per-step`).
+    pub chunks_per_step: usize,
     /// What the plan may use (None: unknown, so nothing is checked).
     pub budget_bytes: Option<u64>,
 }
@@ -61,8 +64,10 @@ impl LanePlan {
         // fp32 weights (masters), gradients, two moments; bf16 has bf16 working weights and
         // gradients instead of fp32 gradients: the same 16 bytes.
         let lane_state_bytes = 16 * trained;
+        // A step of B chunks holds B chunks' activations at once.
+        let chunks_per_step = config.neighbors_per_step.max(1);
         let (t, h, v) = (
-            config.max_length as u64,
+            (config.max_length * chunks_per_step) as u64,
             lm.hidden as u64,
             lm.vocab_size as u64,
         );
@@ -98,6 +103,7 @@ impl LanePlan {
             lane_activation_bytes,
             lane_graph_bytes,
             max_length: config.max_length,
+            chunks_per_step,
             budget_bytes,
         };
         if lanes == 0 || !fits(lanes as u64) {
@@ -140,13 +146,16 @@ impl std::fmt::Display for LanePlan {
         write!(
             f,
             "{} lanes need {} ({} shared + per lane {} of weights, gradients and AdamW state \
-             and {} of activations for a {}-token chunk)",
+             and {} of activations for {})",
             self.lanes,
             human(self.total_bytes()),
             human(self.shared_bytes),
             human(self.lane_state_bytes),
             human(self.lane_activation_bytes),
-            self.max_length
+            match self.chunks_per_step {
+                1 => format!("a {}-token chunk", self.max_length),
+                n => format!("{n} {}-token chunks", self.max_length),
+            }
         )?;
         if self.lane_graph_bytes > 0 {
             write!(
@@ -217,10 +226,10 @@ impl LaneTrainer {
         self.opt.load(&self.weights, path)
     }
 
-    /// One round: lane `l` gets `chunks[l]` (one chunk, or `None` to sit the round out), the
+    /// One round: lane `l` takes `steps[l]` (one step, or `None` to sit the round out), the
     /// chunks with a loss in one batched forward and backward, then one AdamW step per stepping
     /// lane; the losses stay on the device.
-    pub fn step(&mut self, lm: &LanguageModel, chunks: &[Option<&Chunk>]) -> Result<LaneRound> {
+    pub fn step(&mut self, lm: &LanguageModel, steps: &[Option<&Step>]) -> Result<LaneRound> {
         let graphs = self.graphs.as_mut();
         super::train_round(
             &mut self.weights,
@@ -228,7 +237,7 @@ impl LaneTrainer {
             &self.config,
             graphs,
             lm,
-            chunks,
+            steps,
         )
     }
 
@@ -265,11 +274,12 @@ mod tests {
 
     /// The captured round's body, run on the CPU without a capture, equals the eager round: lanes
     /// of different lengths padded to a longer bucket, an idle lane, a one-token chunk's
-    /// zero-gradient step; each lane's weights and step counts (host and device).
+    /// zero-gradient step, steps of two chunks padded to a bucket's rows beside steps of one,
+    /// learning rates of each lane's own; each lane's weights and step counts (host and device).
     #[test]
     fn the_graph_round_equals_the_eager_round() {
         use crate::ttt::graphs::{train_body, LaneInput, StepBuffers};
-        use crate::ttt::{ChunkStep, StepOutcome, IGNORE_INDEX};
+        use crate::ttt::{Chunk, ChunkStep, StepOutcome, IGNORE_INDEX};
         // The paper's lr (the key bias's noise gradients, AdamW-scaled, stay small: graphs.rs).
         let config = TrainConfig {
             lr: 2e-5,
@@ -280,20 +290,35 @@ mod tests {
         let chunk = |seed: i64, n: i64| -> Chunk {
             Chunk::Tokens((0..n).map(|i| (i * 37 + seed * 11) % 200 + 3).collect())
         };
-        let rounds: Vec<Vec<Option<Chunk>>> = vec![
-            vec![Some(chunk(1, 24)), Some(chunk(2, 9)), Some(chunk(3, 17))],
-            vec![Some(chunk(4, 5)), None, Some(chunk(5, 24))],
-            vec![Some(Chunk::ZeroGrad), Some(chunk(6, 12)), Some(chunk(7, 2))],
+        let one = |c: Chunk| Some(Step::of(c));
+        let two = |a: Chunk, b: Chunk, lr: f64| {
+            Some(Step {
+                chunks: vec![a, b],
+                lr: Some(lr),
+            })
+        };
+        let rounds: Vec<Vec<Option<Step>>> = vec![
+            vec![one(chunk(1, 24)), one(chunk(2, 9)), one(chunk(3, 17))],
+            vec![one(chunk(4, 5)), None, one(chunk(5, 24))],
+            vec![one(Chunk::ZeroGrad), one(chunk(6, 12)), one(chunk(7, 2))],
+            vec![
+                two(chunk(8, 20), chunk(9, 7), 1e-5),
+                one(chunk(10, 11)),
+                two(Chunk::ZeroGrad, chunk(11, 15), 3e-5),
+            ],
         ];
         let (mut eager_lm, mut body_lm) = (fixture("tiny-gpt2"), fixture("tiny-gpt2"));
         let mut eager = LaneTrainer::new(&mut eager_lm, config, 3).unwrap();
         let mut body = LaneTrainer::new(&mut body_lm, config, 3).unwrap();
         for round in &rounds {
-            let chunks: Vec<Option<&Chunk>> = round.iter().map(Option::as_ref).collect();
-            let want = eager.step(&eager_lm, &chunks).unwrap();
-            let inputs: Vec<LaneInput> = chunks.iter().map(|c| LaneInput::of(*c)).collect();
+            let steps: Vec<Option<&Step>> = round.iter().map(Option::as_ref).collect();
+            let want = eager.step(&eager_lm, &steps).unwrap();
+            let inputs: Vec<LaneInput> = steps.iter().map(|s| LaneInput::of(*s)).collect();
+            let lr = crate::ttt::round_rates(&config, &steps);
             let device = Device::Cpu.to_tch().unwrap();
-            let b = StepBuffers::eager(&inputs, 32, IGNORE_INDEX, device).unwrap();
+            // A bucket of two rows per lane, longer than every chunk.
+            let b =
+                StepBuffers::eager(&inputs, 2, 32, lr.as_deref(), IGNORE_INDEX, device).unwrap();
             train_body(&mut body.weights, &mut body.opt, false, &body_lm, &b).unwrap();
             let skipped = Vec::<f32>::try_from(b.out.get(1)).unwrap();
             let losses = Vec::<f32>::try_from(b.out.get(0)).unwrap();
@@ -321,10 +346,10 @@ mod tests {
             }
         }
         assert_eq!(body.opt.steps().unwrap(), eager.opt.steps().unwrap());
-        assert_eq!(body.opt.steps().unwrap(), [3, 2, 3]);
+        assert_eq!(body.opt.steps().unwrap(), [4, 3, 4]);
         assert_eq!(
             Vec::<f32>::try_from(&body.opt.step_counts).unwrap(),
-            [3.0, 2.0, 3.0]
+            [4.0, 3.0, 4.0]
         );
     }
 
@@ -349,13 +374,15 @@ mod tests {
             let mut lm = fixture(family);
             let mut lanes = LaneTrainer::new(&mut lm, config, 3).unwrap();
             for round in &rounds {
-                let cut: Vec<Option<Vec<Chunk>>> = round
+                let cut: Vec<Option<Step>> = round
                     .iter()
-                    .map(|c| c.as_ref().map(|c| crate::ttt::chunks(c, &config)))
+                    .map(|c| {
+                        c.as_ref()
+                            .map(|c| Step::of(crate::ttt::chunks(c, &config).remove(0)))
+                    })
                     .collect();
-                let chunks: Vec<Option<&Chunk>> =
-                    cut.iter().map(|c| c.as_ref().map(|c| &c[0])).collect();
-                lanes.step(&lm, &chunks).unwrap();
+                let steps: Vec<Option<&Step>> = cut.iter().map(Option::as_ref).collect();
+                lanes.step(&lm, &steps).unwrap();
             }
             for lane in 0..3 {
                 let alone = fixture(family);
@@ -412,7 +439,7 @@ mod tests {
             "one set over laned weights"
         );
         // Lane 0 steps twice, lane 1 once.
-        let a = Chunk::Tokens(vec![5, 6, 7, 8]);
+        let a = Step::of(crate::ttt::Chunk::Tokens(vec![5, 6, 7, 8]));
         lanes.step(&lm, &[Some(&a), Some(&a)]).unwrap();
         lanes.step(&lm, &[Some(&a), None]).unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -49,7 +49,7 @@ impl Trainer {
             Chunk::ZeroGrad => {
                 self.weights.zero_grad();
                 let skip = Tensor::from_slice(&[0f32]).to(device);
-                let _ = self.opt.step(&mut self.weights, &skip)?;
+                let _ = self.opt.step(&mut self.weights, &skip, None)?;
                 return Ok(ChunkStep::ZeroGrad);
             }
             Chunk::Tokens(t) => t,
@@ -83,7 +83,7 @@ impl Trainer {
             .logical_not()
             .to_kind(Kind::Float)
             .maximum(&skip);
-        let skipped = self.opt.step(&mut self.weights, &nonfinite)?;
+        let skipped = self.opt.step(&mut self.weights, &nonfinite, None)?;
         let (loss, skipped) = (losses.double_value(&[0]), skipped.double_value(&[0]));
         Ok(if skipped != 0.0 {
             ChunkStep::NonFinite

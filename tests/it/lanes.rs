@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::runner::{kill_when, neighbors, run_cmd, run_model_cmd, K3};
+use crate::runner::{kill_and_resume, neighbors, run_cmd, run_model_cmd, K3};
 use crate::util::{conn, curve, fails, fixtures, model, ok, tttnn, Fixture};
 
 const RESET: [&str; 2] = ["--optimizer-state", "reset"];
 
 /// The two curves have the same points, equal to 1e-5 relative (batched and single matmuls
 /// round differently; measured: ≤ 1e-8).
-fn assert_curves_match(a: &BTreeMap<(String, i64), f64>, b: &BTreeMap<(String, i64), f64>) {
+pub fn assert_curves_match(a: &BTreeMap<(String, i64), f64>, b: &BTreeMap<(String, i64), f64>) {
     assert_eq!(
         a.keys().collect::<Vec<_>>(),
         b.keys().collect::<Vec<_>>(),
@@ -152,33 +152,8 @@ fn killed_lanes_run_resumes_to_the_rows_of_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     let store = Fixture::Full.store(dir.path());
     let lanes = [&K3[..], &RESET, &["--lanes", "3"]].concat();
-    let whole = dir.path().join("whole.duckdb");
-    ok(
-        run_cmd(&store, &whole, &[&lanes[..], &["--quiet"]].concat())
-            .output()
-            .unwrap(),
-    );
-
-    let killed = dir.path().join("killed.duckdb");
     // Kill with documents recorded and three more in flight.
-    let mut seen = 0;
-    kill_when(
-        &mut run_cmd(&store, &killed, &[&lanes[..], &["-v"]].concat()),
-        |line| {
-            seen += usize::from(line.starts_with("doc "));
-            seen == 5
-        },
-    );
-    let partial = curve(&killed, 1).len();
-    assert!(
-        partial > 0 && partial < curve(&whole, 1).len(),
-        "killed mid-run: {partial} points"
-    );
-    ok(tttnn()
-        .args(["run", "--quiet", "--resume", "1", "--db"])
-        .arg(&killed)
-        .output()
-        .unwrap());
+    let (whole, killed) = kill_and_resume(dir.path(), &store, &lanes, |_, recorded| recorded == 5);
     // Which documents share a round differs between the two, so equal up to rounding.
     assert_curves_match(&curve(&whole, 1), &curve(&killed, 1));
     assert_eq!(neighbors(&killed, 1), neighbors(&whole, 1));

@@ -10,6 +10,7 @@ mod lm_golden;
 mod real_model;
 mod runner;
 mod s3;
+mod schedules;
 mod stack;
 mod store;
 mod util;

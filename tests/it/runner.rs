@@ -34,6 +34,42 @@ pub fn kill_when(cmd: &mut Command, mut stop: impl FnMut(&str) -> bool) {
     child.wait().unwrap();
 }
 
+/// Runs `args` (run settings) to the end into `dir/whole.duckdb`; runs them again into
+/// `dir/killed.duckdb` with `-v`, killed (SIGKILL) at the first stderr line `stop` accepts —
+/// `stop` sees each line and how many documents were recorded before it — checks the kill left a
+/// partial run, and resumes it. Returns (whole, killed).
+pub fn kill_and_resume(
+    dir: &Path,
+    store: &Path,
+    args: &[&str],
+    mut stop: impl FnMut(&str, usize) -> bool,
+) -> (PathBuf, PathBuf) {
+    let whole = dir.join("whole.duckdb");
+    ok(run_cmd(store, &whole, &[args, &["--quiet"]].concat())
+        .output()
+        .unwrap());
+    let killed = dir.join("killed.duckdb");
+    let mut recorded = 0;
+    kill_when(
+        &mut run_cmd(store, &killed, &[args, &["-v"]].concat()),
+        |line| {
+            recorded += usize::from(line.starts_with("doc "));
+            stop(line, recorded)
+        },
+    );
+    let partial = curve(&killed, 1).len();
+    assert!(
+        partial > 0 && partial < curve(&whole, 1).len(),
+        "killed mid-run: {partial} points"
+    );
+    ok(tttnn()
+        .args(["run", "--quiet", "--resume", "1", "--db"])
+        .arg(&killed)
+        .output()
+        .unwrap());
+    (whole, killed)
+}
+
 /// `tttnn run` of the tiny GPT-2 on `store`, recording in `db`.
 pub fn run_cmd(store: &Path, db: &Path, extra: &[&str]) -> Command {
     run_model_cmd(&model(), store, db, extra)
@@ -165,7 +201,10 @@ fn run_records_what_the_engine_computes_and_sql_and_report_read_it() {
         .arg(&db)
         .output()
         .unwrap());
-    assert!(csv.starts_with("run_id,task,k,docs,bits_per_byte"), "{csv}");
+    assert!(
+        csv.starts_with("run_id,task,k,pass,docs,bits_per_byte"),
+        "{csv}"
+    );
     assert_eq!(
         csv.lines().filter(|l| l.contains(",pile_all,")).count(),
         4,
@@ -229,32 +268,10 @@ fn run_records_what_the_engine_computes_and_sql_and_report_read_it() {
 fn killed_run_resumes_to_the_rows_of_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     let store = Fixture::Full.store(dir.path());
-    let whole = dir.path().join("whole.duckdb");
-    ok(run_cmd(&store, &whole, &[&K3[..], &["--quiet"]].concat())
-        .output()
-        .unwrap());
-
-    let killed = dir.path().join("killed.duckdb");
     // Kill in the middle of the fifth document, after its second neighbour.
-    let mut seen = 0;
-    kill_when(
-        &mut run_cmd(&store, &killed, &[&K3[..], &["-v"]].concat()),
-        |line| {
-            seen += usize::from(line.starts_with("doc "));
-            seen == 4 && line.contains(" k=2 ")
-        },
-    );
-    let partial = curve(&killed, 1).len();
-    assert!(
-        partial > 0 && partial < curve(&whole, 1).len(),
-        "killed mid-run: {partial} points"
-    );
-
-    ok(tttnn()
-        .args(["run", "--quiet", "--resume", "1", "--db"])
-        .arg(&killed)
-        .output()
-        .unwrap());
+    let (whole, killed) = kill_and_resume(dir.path(), &store, &K3, |line, recorded| {
+        recorded == 4 && line.contains(" k=2 ")
+    });
     assert_eq!(curve(&killed, 1), curve(&whole, 1));
     assert_eq!(neighbors(&killed, 1), neighbors(&whole, 1));
     let db = crate::util::conn(&killed);

@@ -207,7 +207,8 @@ fn duckdb_migrates_appends_and_aggregates() {
                     id,
                     format!("doc{}", i / 50),
                     i % 50,
-                    -(i as f64)
+                    -(i as f64),
+                    i64::from(i % 50 > 0)
                 ])
                 .unwrap();
             }

@@ -1,6 +1,6 @@
 //! The cross-field rules of a run's settings: what `RunConfig::normalized` refuses, each with the
 //! setting to change.
-use super::{serde_name, Adapter, EvalAt, Lanes, Method, RunConfig};
+use super::{serde_name, Adapter, EvalAt, Lanes, Method, NeighborOrder, RunConfig};
 use crate::error::{Error, Result};
 use crate::ttt::{CudaGraphs, OptimizerState};
 
@@ -122,6 +122,7 @@ impl RunConfig {
                 "SIFT needs candidates to choose from",
             ));
         }
+        self.validate_schedule()?;
         if let EvalAt::Points(p) = &self.eval_at {
             if let Some(k) = p.iter().find(|&&k| k > self.search.neighbors) {
                 return Err(Error::setting(
@@ -129,6 +130,74 @@ impl RunConfig {
                     format!("{k} is more than --neighbors {}", self.search.neighbors),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// The schedule's rules: what each setting needs, and the methods it does not apply to
+    /// (refused by name rather than ignored).
+    fn validate_schedule(&self) -> Result<()> {
+        let s = &self.schedule;
+        if s.passes == 0 {
+            return Err(Error::setting("passes", "give at least 1 pass"));
+        }
+        if s.neighbors_per_step == 0 {
+            return Err(Error::setting(
+                "neighbors_per_step",
+                "give at least 1 neighbour per step",
+            ));
+        }
+        if s.is_paper() {
+            return Ok(());
+        }
+        let (field, given) = if s.neighbor_order != NeighborOrder::Nearest {
+            ("neighbor_order", serde_name(&s.neighbor_order))
+        } else if s.passes != 1 {
+            ("passes", s.passes.to_string())
+        } else if s.neighbors_per_step != 1 {
+            ("neighbors_per_step", s.neighbors_per_step.to_string())
+        } else if s.warmup_steps != 0 {
+            ("warmup_steps", s.warmup_steps.to_string())
+        } else {
+            ("lr_schedule", serde_name(&s.lr_schedule))
+        };
+        match self.method {
+            Method::TttNn => {}
+            Method::DynamicEval => {
+                // Its passes over the prefix are --neighbors; a learning-rate schedule applies.
+                if matches!(field, "neighbor_order" | "passes" | "neighbors_per_step") {
+                    return Err(Error::setting(
+                        field,
+                        format!(
+                            "{given}: dynamic evaluation trains on the document's own prefix, \
+                             one pass per --neighbors (k); neighbour order, passes and \
+                             neighbours per step are ttt-nn's"
+                        ),
+                    ));
+                }
+            }
+            other => {
+                return Err(Error::setting(
+                    field,
+                    format!(
+                        "{given}: a training schedule, and {} does not train",
+                        serde_name(&other)
+                    ),
+                ))
+            }
+        }
+        if self.sift_adaptive.is_some() && (s.passes != 1 || s.neighbors_per_step != 1) {
+            // A document adaptive SIFT stops early for counts with fewer neighbours than k, its
+            // curve filled to k with its last state: passes and groups would leave it holes.
+            return Err(Error::setting(
+                if s.passes != 1 {
+                    "passes"
+                } else {
+                    "neighbors_per_step"
+                },
+                "adaptive SIFT (--sift-adaptive) trains on a varying number of neighbours: give \
+                 --passes 1 and --neighbors-per-step 1, or a fixed SIFT budget",
+            ));
         }
         Ok(())
     }

@@ -1,12 +1,15 @@
-//! The groups of settings `tttnn run` and `tttnn neighbors` share: which test documents, and how
-//! their neighbours are searched. Each is flattened into both commands (`#[command(flatten)]`)
-//! and into the recorded config (`#[serde(flatten)]`, the same flat keys as before), so a flag,
-//! its `TTTNN_*` variable and its default are written once.
+//! The groups of settings: which test documents and how their neighbours are searched (shared by
+//! `tttnn run` and `tttnn neighbors`), and how a document trains on them (`tttnn run`). Each is
+//! flattened into its commands (`#[command(flatten)]`) and into the recorded config
+//! (`#[serde(flatten)]`, flat keys), so a flag, its `TTTNN_*` variable and its default are written
+//! once.
 use serde::{Deserialize, Serialize};
 
+use super::values::NeighborOrder;
 use crate::error::{Error, Result};
 use crate::store::{SearchMode, DEFAULT_REFINE_FACTOR};
 use crate::task::{Shard, Task, SEED};
+use crate::ttt::LrSchedule;
 
 /// Which test documents, per task (docs/spec.md §3.1).
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
@@ -55,6 +58,47 @@ pub struct NeighborSearch {
     /// With --nprobes on an IVF-HNSW-SQ index: candidates visited per partition.
     #[arg(long, env = "TTTNN_EF")]
     pub ef: Option<usize>,
+}
+
+/// How a document trains on its neighbours: in which order, how many times over, how many per
+/// step, at which learning rates (docs/runner.md, "Schedules"). Every default is the paper's
+/// schedule: each neighbour once, nearest first, one AdamW step per chunk, a constant rate.
+#[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
+pub struct Schedule {
+    /// Order the neighbours are trained in: nearest first (the paper), farthest first, or random
+    /// (a permutation per document and pass, from --order-seed and the document's id).
+    #[arg(long, value_enum, env = "TTTNN_NEIGHBOR_ORDER", default_value_t = NeighborOrder::Nearest)]
+    pub neighbor_order: NeighborOrder,
+    /// --neighbor-order random: the permutations' seed [default: --seed].
+    #[arg(long, env = "TTTNN_ORDER_SEED")]
+    pub order_seed: Option<u64>,
+    /// Passes over a document's neighbours (the paper: 1); evaluation points apply within each,
+    /// the curve's k counting every neighbour trained so far.
+    #[arg(long, env = "TTTNN_PASSES", default_value_t = 1)]
+    pub passes: usize,
+    /// Neighbours per AdamW step (the paper: 1): the chunks of B consecutive neighbours in one
+    /// mini-batch (the i-th step of a group takes each one's i-th chunk), one loss: the mean over
+    /// all their target tokens.
+    #[arg(long, env = "TTTNN_NEIGHBORS_PER_STEP", default_value_t = 1)]
+    pub neighbors_per_step: usize,
+    /// Learning rate over a document's planned steps, restarted per document: constant (the
+    /// paper), linear or cosine decay to 0 (transformers' schedules).
+    #[arg(long, value_enum, env = "TTTNN_LR_SCHEDULE", default_value_t = LrSchedule::Constant)]
+    pub lr_schedule: LrSchedule,
+    /// Steps of linear warm-up from 0 at the start of each document's schedule.
+    #[arg(long, env = "TTTNN_WARMUP_STEPS", default_value_t = 0)]
+    pub warmup_steps: usize,
+}
+
+impl Schedule {
+    /// Whether this is the paper's schedule.
+    pub fn is_paper(&self) -> bool {
+        self.neighbor_order == NeighborOrder::Nearest
+            && self.passes == 1
+            && self.neighbors_per_step == 1
+            && self.lr_schedule == LrSchedule::Constant
+            && self.warmup_steps == 0
+    }
 }
 
 impl TestDocs {

@@ -7,8 +7,8 @@ mod groups;
 mod values;
 
 pub use file::SettingsFile;
-pub use groups::{NeighborSearch, TestDocs};
-pub use values::{Adapter, ContextOrder, EvalAt, LaneOrder, Lanes, Method};
+pub use groups::{NeighborSearch, Schedule, TestDocs};
+pub use values::{Adapter, ContextOrder, EvalAt, LaneOrder, Lanes, Method, NeighborOrder};
 
 use std::path::{Path, PathBuf};
 
@@ -55,6 +55,11 @@ pub struct RunConfig {
     /// AdamW learning rate (the paper's GPT-2 value).
     #[arg(long, env = "TTTNN_LR", default_value_t = 2e-5)]
     pub lr: f64,
+    /// How each document trains on its neighbours (ttt-nn): order, passes, neighbours per step,
+    /// learning-rate schedule.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub schedule: Schedule,
     /// Tokens per training chunk [default: the model's context length].
     #[arg(long, env = "TTTNN_MAX_LENGTH")]
     pub max_length: Option<usize>,

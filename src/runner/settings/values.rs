@@ -204,3 +204,53 @@ pub enum LaneOrder {
     /// The next in plan order.
     Plan,
 }
+
+/// The order a document's neighbours are trained in (docs/runner.md, "Schedules").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NeighborOrder {
+    /// Nearest first (the paper; under SIFT, the order SIFT picks them in).
+    #[default]
+    Nearest,
+    /// Farthest first: the reverse (the paper reports it "significantly worse").
+    Farthest,
+    /// A permutation drawn from the order seed and the document's id (and the pass: each pass
+    /// draws its own), so shards, lanes and a resumed run train in the same order.
+    Random,
+}
+
+impl NeighborOrder {
+    /// The order to train `n` neighbours in during pass `pass` (from 1): indices into the list
+    /// as retrieved (nearest first), e.g. `[n-1, ..., 0]` for farthest.
+    pub fn arrange(self, n: usize, seed: u64, doc_id: &str, pass: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..n).collect();
+        match self {
+            NeighborOrder::Nearest => {}
+            NeighborOrder::Farthest => order.reverse(),
+            NeighborOrder::Random => {
+                // Fisher-Yates with SplitMix64, seeded by FNV-1a over the document's id, the seed
+                // and the pass: depends on nothing a run's other documents do.
+                let mut state = 0xcbf2_9ce4_8422_2325u64;
+                for b in doc_id
+                    .bytes()
+                    .chain(seed.to_le_bytes())
+                    .chain((pass as u64).to_le_bytes())
+                {
+                    state = (state ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                }
+                let mut next = || {
+                    state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    let mut z = state;
+                    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                    z ^ (z >> 31)
+                };
+                for i in (1..n).rev() {
+                    let j = (next() % (i as u64 + 1)) as usize;
+                    order.swap(i, j);
+                }
+            }
+        }
+        order
+    }
+}
