@@ -17,8 +17,6 @@ mod engine;
 mod event;
 mod in_context;
 mod interpolate;
-#[cfg(test)]
-mod legacy;
 pub mod neighbors;
 mod outcome;
 pub mod plan;

@@ -15,8 +15,6 @@ mod checkpoint;
 mod flat;
 pub mod graphs;
 mod lanes;
-#[cfg(test)]
-mod legacy;
 
 pub use adamw::AdamW;
 pub use flat::FlatWeights;
