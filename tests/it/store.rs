@@ -182,22 +182,41 @@ fn exact_and_ivf_agree() {
             "docs.jsonl.zst:250",
             "docs.jsonl.zst:599",
         ] {
-            let ids_of = |extra: &[&str]| -> Vec<String> {
-                search(&store, &[&["-k", "10", "--doc-id", id], extra].concat())
-                    .iter()
+            let hits =
+                |extra: &[&str]| search(&store, &[&["-k", "10", "--doc-id", id], extra].concat());
+            let ids = |hits: &[serde_json::Value]| -> Vec<String> {
+                hits.iter()
                     .map(|h| h["id"].as_str().unwrap().to_string())
                     .collect()
             };
-            let exact = ids_of(&["--exact"]);
-            // Explicit settings, and the defaults (nprobes 80, refine 5) an indexed store gets.
-            for ivf in [
-                ids_of(&["--nprobes", "24", "--refine-factor", "20"]),
-                ids_of(&[]),
-            ] {
-                let overlap = exact.iter().filter(|i| ivf.contains(i)).count();
-                assert!(overlap >= 9, "{id}: exact {exact:?} vs {kind:?} {ivf:?}");
-                assert_eq!(exact[0], ivf[0]);
+            let distances = |hits: &[serde_json::Value]| -> Vec<f64> {
+                hits.iter()
+                    .map(|h| h["distance"].as_f64().unwrap())
+                    .collect()
+            };
+            let exact = hits(&["--exact"]);
+            // Every partition probed and all 600 rows re-ranked: the exact search's distances, rank
+            // by rank (ids may differ only where two documents tie).
+            let all = hits(&["--nprobes", "24", "--refine-factor", "60"]);
+            for (rank, (e, a)) in distances(&exact).iter().zip(distances(&all)).enumerate() {
+                assert!(
+                    (e - a).abs() < 1e-4,
+                    "{id} rank {}: exact {e} vs {kind:?} {a}",
+                    rank + 1
+                );
             }
+            // The defaults an indexed store gets (nprobes 80, refine 5: 50 candidates by their
+            // codes) are approximate: on this corpus of near-duplicates 1-bit codes have been seen
+            // to miss 2 of the exact 10 (CI, 2026-12-04), so the bound leaves room for that and the
+            // hit itself must come first.
+            let default = ids(&hits(&[]));
+            let exact = ids(&exact);
+            let overlap = exact.iter().filter(|i| default.contains(i)).count();
+            assert!(
+                overlap >= 7,
+                "{id}: exact {exact:?} vs {kind:?} {default:?}"
+            );
+            assert_eq!(exact[0], default[0]);
         }
     }
     // `--kind flat` drops the ANN index; search is exact again.
