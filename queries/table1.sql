@@ -5,33 +5,37 @@
 -- complete documents, as the original; dynamic_eval scores each document's second half (the split
 -- protocol), as the paper's Table 1 does. With the variable `exclude_near_copies` set (`tttnn sql
 -- table1 --exclude-near-copies`), documents with a neighbour of 13-gram Jaccard ≥ 0.8 are left out.
+-- The temp view `table1_docs` holds each column's documents (base_only is its run's k = 0): the
+-- bootstrap intervals of `tttnn sql table1 --ci` resample them.
+CREATE OR REPLACE TEMP VIEW table1_docs AS
 WITH near_copies AS (
     SELECT DISTINCT n.doc_id
     FROM neighbors n JOIN table1_runs t ON t.run_id = n.run_id
     WHERE n.jaccard13 >= 0.8
-),
-per_column AS (
-    SELECT t.column_name, d.task, any_value(d.set_name) AS set_name, count(*) AS docs,
-           -sum(c0.loglik) / sum(d.bytes) / ln(2) AS bpb_before,
-           -sum(ck.loglik) / sum(d.bytes) / ln(2) AS bpb_after
-    FROM table1_runs t
-    JOIN docs d   ON d.run_id = t.run_id
-    JOIN curve c0 ON c0.run_id = d.run_id AND c0.doc_id = d.doc_id AND c0.k = 0
-    JOIN curve ck ON ck.run_id = d.run_id AND ck.doc_id = d.doc_id AND ck.k = t.k
-    WHERE d.complete
-      AND NOT (coalesce(getvariable('exclude_near_copies'), false)
-               AND d.doc_id IN (SELECT doc_id FROM near_copies))
-    GROUP BY t.column_name, d.task
+)
+SELECT t.column_name, d.run_id, d.task, d.set_name, d.doc_id, d.bytes,
+       -c.loglik / ln(2) AS bits
+FROM table1_runs t
+JOIN docs d  ON d.run_id = t.run_id
+JOIN curve c ON c.run_id = d.run_id AND c.doc_id = d.doc_id AND c.k = t.k
+WHERE d.complete
+  AND NOT (coalesce(getvariable('exclude_near_copies'), false)
+           AND d.doc_id IN (SELECT doc_id FROM near_copies));
+WITH per_column AS (
+    SELECT column_name, task, any_value(set_name) AS set_name, count(*) AS docs,
+           sum(bits) / sum(bytes) AS bpb
+    FROM table1_docs
+    GROUP BY column_name, task
 ),
 per_task AS (
     SELECT task, any_value(set_name) AS set_name,
-           max(docs)       FILTER (WHERE column_name = 'base_only')    AS docs,
-           max(bpb_before) FILTER (WHERE column_name = 'base_only')    AS base_only,
-           max(bpb_after)  FILTER (WHERE column_name = 'in_context')   AS in_context,
-           max(bpb_after)  FILTER (WHERE column_name = 'interpolate')  AS interpolate,
-           max(bpb_after)  FILTER (WHERE column_name = 'dynamic_eval') AS dynamic_eval,
-           max(bpb_after)  FILTER (WHERE column_name = 'ttt_nn')       AS ttt_nn,
-           max(bpb_after)  FILTER (WHERE column_name = 'ttt_nn_sift')  AS ttt_nn_sift
+           max(docs) FILTER (WHERE column_name = 'base_only')    AS docs,
+           max(bpb) FILTER (WHERE column_name = 'base_only')    AS base_only,
+           max(bpb) FILTER (WHERE column_name = 'in_context')   AS in_context,
+           max(bpb) FILTER (WHERE column_name = 'interpolate')  AS interpolate,
+           max(bpb) FILTER (WHERE column_name = 'dynamic_eval') AS dynamic_eval,
+           max(bpb) FILTER (WHERE column_name = 'ttt_nn')       AS ttt_nn,
+           max(bpb) FILTER (WHERE column_name = 'ttt_nn_sift')  AS ttt_nn_sift
     FROM per_column
     GROUP BY task
 ),

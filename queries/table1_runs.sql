@@ -47,12 +47,9 @@ SELECT 'base_only' AS column_name, id AS run_id, method, selection, name, 0::BIG
 FROM anchor
 UNION ALL
 SELECT col, id, method, selection, name,
-       CASE WHEN method = 'dynamic-eval'
-            THEN least(coalesce(TRY_CAST(json_extract(config, '$.dynamic_eval_pass') AS BIGINT), 6),
-                       neighbors)
-            ELSE neighbors * least(coalesce(TRY_CAST(json_extract(config, '$.passes') AS BIGINT), 1),
-                                   coalesce(getvariable('pass'), 1000000000)) END,
+       CASE WHEN method = 'dynamic-eval' OR getvariable('pass') IS NULL THEN p.k_reported
+            ELSE least(p.k_last, neighbors * getvariable('pass')) END,
        len(doc_ids), model
-FROM matching WHERE newest = 1;
+FROM matching JOIN run_points p ON p.run_id = matching.id WHERE newest = 1;
 SELECT * FROM table1_runs
 ORDER BY list_position(['base_only', 'in_context', 'interpolate', 'dynamic_eval', 'ttt_nn', 'ttt_nn_sift'], column_name);

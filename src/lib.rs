@@ -16,6 +16,7 @@ pub mod records;
 pub mod runner;
 pub mod select;
 mod settings;
+pub mod stats;
 pub mod store;
 pub mod task;
 pub mod ttt;

@@ -4,6 +4,10 @@
 # in every pod. Edit the settings below, then:
 #
 #   WORKERS=8 TTTNN_IMAGE=registry/tttnn:latest examples/cluster/k8s.sh
+#
+# Sweep mode (TTTNN_SWEEP=/data/FILE, `tttnn sweep`): ingest, then the sweep's points split among
+# the pods (who share its neighbour tables: parallelism = completions), then one pod gathers the
+# runs into $TTTNN_RESULTS/results.duckdb and writes the comparison beside it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 workers=${WORKERS:-4}
@@ -22,10 +26,19 @@ export TTTNN_NEIGHBORS_ARGS=${TTTNN_NEIGHBORS_ARGS:---device cuda}
 export TTTNN_SLICES=${TTTNN_SLICES:-1}
 export TTTNN_RESULTS=${TTTNN_RESULTS:-/data/results}
 export TTTNN_RUN_ARGS=${TTTNN_RUN_ARGS:---device cuda}
+export TTTNN_SWEEP=${TTTNN_SWEEP:-}
 timeout=${TTTNN_STAGE_TIMEOUT:-72h}
-for step in "ingest $workers 1" "compact 1 0" "neighbors $((workers * TTTNN_SLICES)) 1" "ttt $workers 1" "merge 1 0"; do
+steps=("ingest $workers 1" "compact 1 0" "neighbors $((workers * TTTNN_SLICES)) 1" "ttt $workers 1" "merge 1 0")
+if [ -n "$TTTNN_SWEEP" ]; then
+  steps=("ingest $workers 1" "compact 1 0" "sweep $workers 1" "sweep-merge 1 0")
+fi
+for step in "${steps[@]}"; do
   read -r stage completions gpus <<<"$step"
   STAGE=$stage COMPLETIONS=$completions GPUS=$gpus envsubst <"$here/k8s-job.yaml" | kubectl apply -f -
   kubectl wait --for=condition=complete "job/tttnn-$stage" --timeout="$timeout"
 done
-echo "results: kubectl exec into a pod with the volume, then: tttnn sql table1 --db $TTTNN_RESULTS/results.duckdb"
+if [ -n "$TTTNN_SWEEP" ]; then
+  echo "results: $TTTNN_RESULTS/comparison.csv on the volume; tttnn compare --db $TTTNN_RESULTS/results.duckdb RUN..."
+else
+  echo "results: kubectl exec into a pod with the volume, then: tttnn sql table1 --db $TTTNN_RESULTS/results.duckdb"
+fi

@@ -4,6 +4,10 @@
 # filesystem every node sees. Edit the settings below, then run this script on the login node:
 #
 #   WORKERS=8 examples/cluster/slurm.sh
+#
+# Sweep mode (TTTNN_SWEEP=FILE, `tttnn sweep`): ingest, then the sweep's points split among the
+# workers (who share its neighbour tables, so the array's tasks must run at once), then one job
+# gathers the runs into $TTTNN_RESULTS/results.duckdb and writes the comparison beside it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 workers=${WORKERS:-4}
@@ -31,6 +35,14 @@ submit() {
 }
 ingest=$(submit "" "0-$((workers - 1))" ingest)
 compact=$(submit "$ingest" "" compact)
+if [ -n "${TTTNN_SWEEP:-}" ]; then
+  export TTTNN_SWEEP
+  sweep=$(submit "$compact" "0-$((workers - 1))" sweep)
+  merge=$(submit "$sweep" "" sweep-merge)
+  echo "submitted: ingest $ingest, compact $compact, sweep $sweep, merge $merge"
+  echo "results: $TTTNN_RESULTS/comparison.csv; $TTTNN_BIN compare --db $TTTNN_RESULTS/results.duckdb RUN..."
+  exit 0
+fi
 neighbors=$(submit "$compact" "0-$((workers * TTTNN_SLICES - 1))" neighbors)
 ttt=$(submit "$neighbors" "0-$((workers - 1))" ttt)
 merge=$(submit "$ttt" "" merge)

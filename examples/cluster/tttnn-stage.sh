@@ -10,7 +10,8 @@
 #   TTTNN_RUN_ARGS (more `tttnn run` flags, e.g. "--lr 2e-5 --device cuda"), TTTNN_SLICES (M: the
 #   neighbour stage splits the store's rows into M slices as well as the documents into shards, so
 #   its array has WORKERS x M tasks; default 1), TTTNN_NEIGHBORS_ARGS (more `tttnn neighbors` flags,
-#   e.g. "--device cuda").
+#   e.g. "--device cuda"), TTTNN_SWEEP (a sweep file, `tttnn sweep`: its [base] names the store, the
+#   encoder and the model; the sweep stages replace neighbors, ttt and merge).
 #
 #   tttnn-stage.sh ingest      every worker: its share of the train and test files' lines
 #   tttnn-stage.sh compact     one worker: merges the workers' small files (an unsharded ingest)
@@ -18,8 +19,13 @@
 #                              store (exact, by matrix products), all into one table
 #   tttnn-stage.sh ttt         every worker: its share of the test documents, its own database
 #   tttnn-stage.sh merge       one worker: the shard databases into one run
+#   tttnn-stage.sh sweep       every worker: its share of the sweep's points, its own database; the
+#                              neighbour tables shared (each worker computes its share of every
+#                              table and waits for the others': the workers must run at once)
+#   tttnn-stage.sh sweep-merge one worker: the workers' runs into one database, and the sweep's
+#                              comparison ($TTTNN_RESULTS/comparison.csv)
 set -euo pipefail
-stage=${1:?usage: tttnn-stage.sh ingest|compact|neighbors|ttt|merge}
+stage=${1:?usage: tttnn-stage.sh ingest|compact|neighbors|ttt|merge|sweep|sweep-merge}
 tttnn=${TTTNN_BIN:-tttnn}
 if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
   index=$SLURM_ARRAY_TASK_ID
@@ -76,6 +82,18 @@ case "$stage" in
     ;;
   merge)
     "$tttnn" merge "$TTTNN_RESULTS/results.duckdb" "$TTTNN_RESULTS"/shard-*-of-*.duckdb
+    ;;
+  sweep)
+    mkdir -p "$TTTNN_RESULTS"
+    # A rescheduled worker finds its database: finished points are skipped, unfinished resumed.
+    "$tttnn" sweep -q "${TTTNN_SWEEP:?TTTNN_SWEEP unset: the sweep file}" --shard "$shard" \
+      --db "$TTTNN_RESULTS/sweep-$index-of-$count.duckdb" --tables "$TTTNN_RESULTS/sweep-tables" >/dev/null
+    ;;
+  sweep-merge)
+    "$tttnn" merge -q --runs "$TTTNN_RESULTS/results.duckdb" "$TTTNN_RESULTS"/sweep-*-of-*.duckdb
+    # Every point is finished there: the sweep only compares them with its baseline.
+    "$tttnn" sweep -q "${TTTNN_SWEEP:?TTTNN_SWEEP unset: the sweep file}" \
+      --db "$TTTNN_RESULTS/results.duckdb" --format csv --out "$TTTNN_RESULTS/comparison.csv"
     ;;
   *)
     echo "tttnn-stage: unknown stage $stage" >&2

@@ -1,5 +1,6 @@
 //! The `tttnn` command line: one file per subcommand, doc comments as help text. Each subcommand
 //! parses its flags, calls one library entry point and prints; [`ui::Printer`] does the talking.
+mod compare;
 mod doctor;
 mod eval;
 mod index;
@@ -11,6 +12,7 @@ mod run;
 mod search;
 mod smoke;
 mod sql;
+mod sweep;
 pub mod ui;
 
 use clap::{ArgMatches, Parser, Subcommand};
@@ -51,8 +53,12 @@ pub enum Command {
     Eval(eval::Args),
     /// Run TTT-NN on a task's test documents and record every number in DuckDB; resumable.
     Run(Box<run::Args>),
-    /// Run SQL (or a bundled query: table1, table1_runs, bpb_vs_k, cost, compare_runs, leakage) against a results database.
+    /// Run SQL (or a bundled query: table1, table1_runs, bpb_vs_k, cost, compare_runs, leakage, utility) against a results database.
     Sql(sql::Args),
+    /// Run a grid of settings from one file, each point a named run, and compare them.
+    Sweep(sweep::Args),
+    /// Compare runs with a baseline, paired over the same documents: change, interval, p, n.
+    Compare(compare::Args),
     /// Plot bits per byte against k per task, and before/after bars (PNG and SVG).
     Report(report::Args),
     /// Merge the databases of a sharded run into one run.
@@ -72,6 +78,8 @@ impl Command {
             Command::Eval(a) => eval::run(a, p),
             Command::Run(a) => run::run(*a, p, matches),
             Command::Sql(a) => sql::run(a, p),
+            Command::Sweep(a) => sweep::run(a, p),
+            Command::Compare(a) => compare::run(a, p),
             Command::Report(a) => report::run(a, p),
             Command::Merge(a) => merge::run(a, p),
         }

@@ -10,6 +10,7 @@ use arrow_schema::{DataType, Field, Schema};
 use tttnn::records::{Db, Query, Rows};
 use tttnn::{Error, Result};
 
+use super::compare::ResamplingArgs;
 use super::ui::Printer;
 
 /// Output formats.
@@ -28,7 +29,7 @@ pub enum Format {
 /// Run SQL against a results database.
 ///
 /// QUERY is SQL text, a .sql file, or a bundled query: table1, table1_runs, bpb_vs_k, cost,
-/// compare_runs, leakage. Bundled queries read the variable `runs` that --run sets (all runs when
+/// compare_runs, leakage, utility. Bundled queries read the variable `runs` that --run sets (all runs when
 /// unset).
 /// Output goes to stdout (so `>>` appends) unless --out names a file; Parquet needs --out.
 #[derive(Debug, clap::Args)]
@@ -59,6 +60,12 @@ pub struct Args {
     /// last point, bpb_vs_k shows only pass N's points (sets the SQL variable `pass`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub pass: Option<u32>,
+    /// table1: each column's 95% bootstrap interval beside it (COL_ci_low, COL_ci_high): the
+    /// column's documents resampled within each task (--resamples, --seed).
+    #[arg(long)]
+    pub ci: bool,
+    #[command(flatten)]
+    pub resampling: ResamplingArgs,
 }
 
 /// Runs the subcommand.
@@ -72,13 +79,31 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
     } else {
         args.query.clone()
     };
+    if args.ci && bundled != Some(Query::Table1) {
+        return Err(Error::setting(
+            "ci",
+            "--ci gives table1's intervals: `tttnn sql table1 --ci` (tttnn compare gives paired \
+             intervals of any runs)",
+        ));
+    }
     let once = || -> Result<()> {
         // Opened per query, and read-only: a running `tttnn run` holds the file only while it
         // records a document, and the open waits that out.
         let db = Db::open_read_only(&args.db)?;
         db.set_exclude_near_copies(args.exclude_near_copies)?;
         db.set_pass(args.pass)?;
-        print_query(&db, &sql, &args.runs, args.format, args.out.as_deref())?;
+        if args.ci {
+            let r = args.resampling.resampling();
+            p.say(format!(
+                "table1 intervals: 95% percentile bootstrap over each column's documents within \
+                 each task ({} resamples, seed {})",
+                r.resamples, r.seed
+            ));
+            let rows = db.table1_with_intervals(&args.runs, &r)?;
+            print_rows(&rows, args.format, args.out.as_deref())?;
+        } else {
+            print_query(&db, &sql, &args.runs, args.format, args.out.as_deref())?;
+        }
         if bundled == Some(Query::Table1) {
             let runs = db.query(Query::Table1Runs.sql(), &args.runs)?;
             if runs.is_empty() && args.runs.is_empty() {
@@ -132,7 +157,32 @@ pub fn print_query(
         };
         return db.export_parquet(sql, runs, out);
     }
-    let rows = db.query(sql, runs)?;
+    print_rows(&db.query(sql, runs)?, format, out)
+}
+
+/// Prints `rows` (a query's result, or one tttnn computed) to stdout in `format`, or writes them
+/// to `out`; Parquet needs `out`.
+pub fn print_rows(rows: &Rows, format: Format, out: Option<&Path>) -> Result<()> {
+    if format == Format::Parquet {
+        let Some(out) = out else {
+            return Err(Error::setting(
+                "out",
+                "--format parquet writes a file: give --out FILE.parquet",
+            ));
+        };
+        let file = std::fs::File::create(out).map_err(|e| Error::io(out, e))?;
+        let mut writer = parquet::arrow::ArrowWriter::try_new(file, rows.schema.clone(), None)
+            .map_err(|e| Error::bad_file(out, format!("cannot write Parquet: {e}")))?;
+        for b in &rows.batches {
+            writer
+                .write(b)
+                .map_err(|e| Error::bad_file(out, format!("cannot write Parquet: {e}")))?;
+        }
+        writer
+            .close()
+            .map_err(|e| Error::bad_file(out, format!("cannot write Parquet: {e}")))?;
+        return Ok(());
+    }
     let (mut w, name): (Box<dyn Write>, &Path) = match out {
         Some(path) => {
             let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
@@ -140,7 +190,7 @@ pub fn print_query(
         }
         None => (Box::new(std::io::stdout().lock()), Path::new("<stdout>")),
     };
-    write_rows(&rows, format, &mut w)
+    write_rows(rows, format, &mut w)
         .and_then(|()| w.flush())
         .map_err(|e| Error::io(name, e))
 }
@@ -187,7 +237,7 @@ fn write_rows(rows: &Rows, format: Format, w: &mut dyn Write) -> std::io::Result
             json.finish().map_err(arrow_io)?;
             writeln!(w)
         }
-        Format::Parquet => unreachable!("Parquet is written by DuckDB's COPY"),
+        Format::Parquet => unreachable!("Parquet is written by print_rows or DuckDB's COPY"),
     }
 }
 

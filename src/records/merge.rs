@@ -1,4 +1,5 @@
-//! Merging the databases of a sharded run (`tttnn run --shard I/N`, one file each) into one run.
+//! Merging the databases of a sharded run (`tttnn run --shard I/N`, one file each) into one run,
+//! and gathering the runs of several databases (a sweep's workers', `tttnn merge --runs`) into one.
 use std::path::{Path, PathBuf};
 
 use super::{Db, RunStatus};
@@ -54,20 +55,7 @@ impl Db {
         input: &Path,
         without_shard: &dyn Fn(&str) -> Result<String>,
     ) -> Result<ShardRun> {
-        if !input.is_file() {
-            return Err(Error::bad_file(input, "no results database here"));
-        }
-        let path = input.display().to_string().replace('\'', "''");
-        self.conn
-            .execute_batch(&format!("ATTACH '{path}' AS shard{i} (READ_ONLY)"))
-            .map_err(|e| {
-                if super::is_lock_error(&e) {
-                    // A shard still being written (DuckDB: one writing process per file).
-                    Error::bad_file(input, format!("database is in use by another process: {e}"))
-                } else {
-                    Error::records(input, e)
-                }
-            })?;
+        self.attach(&format!("shard{i}"), input)?;
         let mut stmt = self
             .conn
             .prepare(&format!(
@@ -98,6 +86,93 @@ impl Db {
             status,
             config,
         })
+    }
+
+    /// Attaches the database at `input` read-only as `alias`.
+    fn attach(&self, alias: &str, input: &Path) -> Result<()> {
+        if !input.is_file() {
+            return Err(Error::bad_file(input, "no results database here"));
+        }
+        let path = input.display().to_string().replace('\'', "''");
+        self.conn
+            .execute_batch(&format!("ATTACH '{path}' AS {alias} (READ_ONLY)"))
+            .map_err(|e| {
+                if super::is_lock_error(&e) {
+                    // A database still being written (DuckDB: one writing process per file).
+                    Error::bad_file(input, format!("database is in use by another process: {e}"))
+                } else {
+                    Error::records(input, e)
+                }
+            })
+    }
+
+    /// Copies every run of the databases `inputs` (a sweep's workers', one file each) into this
+    /// one, each under a new id; a run whose name this database holds already is left out, so
+    /// gathering again copies nothing twice. Every run copied must be finished. Returns the new
+    /// runs' ids.
+    pub fn gather_runs(&self, inputs: &[PathBuf]) -> Result<Vec<i64>> {
+        let mut copied = Vec::new();
+        let result = (|| -> Result<()> {
+            for (i, input) in inputs.iter().enumerate() {
+                let alias = format!("gather{i}");
+                self.attach(&alias, input)?;
+                let mut stmt = self
+                    .conn
+                    .prepare(&format!(
+                        "SELECT g.id, g.name, g.status,
+                             EXISTS (SELECT 1 FROM runs r WHERE r.name = g.name) AS present
+                         FROM {alias}.runs g ORDER BY g.id"
+                    ))
+                    .map_err(|e| self.err(e))?;
+                let runs: Vec<(i64, Option<String>, String, bool)> = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .map_err(|e| self.err(e))?
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| self.err(e))?;
+                for (old, name, status, present) in runs {
+                    if present {
+                        continue;
+                    }
+                    if status != RunStatus::Finished.as_str() {
+                        return Err(Error::bad_file(
+                            input,
+                            format!(
+                                "run {old} ({}) is {status}, not finished: resume it first",
+                                name.as_deref().unwrap_or("unnamed")
+                            ),
+                        ));
+                    }
+                    let mut sql = format!(
+                        "CREATE TEMP TABLE gathered AS SELECT nextval('run_ids') AS id;
+                         INSERT INTO runs BY NAME SELECT * EXCLUDE (id), (SELECT id FROM gathered) AS id
+                         FROM {alias}.runs WHERE id = {old};\n"
+                    );
+                    for table in ["docs", "curve", "neighbors"] {
+                        sql += &format!(
+                            "INSERT INTO {table} BY NAME SELECT * REPLACE ((SELECT id FROM gathered) AS run_id)
+                             FROM {alias}.{table} WHERE run_id = {old};\n"
+                        );
+                    }
+                    let id = self.in_transaction(|c| {
+                        c.execute_batch(&sql)?;
+                        let id = c.query_row("SELECT id FROM gathered", [], |r| r.get(0))?;
+                        c.execute_batch("DROP TABLE gathered")?;
+                        Ok(id)
+                    })?;
+                    copied.push(id);
+                }
+            }
+            Ok(())
+        })();
+        let _ = self.conn.execute_batch("DROP TABLE IF EXISTS gathered");
+        for i in 0..inputs.len() {
+            let _ = self
+                .conn
+                .execute_batch(&format!("DETACH DATABASE IF EXISTS gather{i}"));
+        }
+        result?;
+        self.refresh_settings_view(None)?;
+        Ok(copied)
     }
 
     fn check_shards(&self, shards: &[ShardRun]) -> Result<()> {

@@ -4,6 +4,7 @@
 //! One `Db` type, split by concern as lance splits `Dataset`: this file opens and migrates;
 //! `run.rs` holds a run's lifecycle and recording; `merge.rs` joins shard databases;
 //! `queries.rs` runs the bundled and user SQL.
+mod compare;
 mod merge;
 mod queries;
 mod run;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use duckdb::{params, Connection};
 
+pub use compare::{Comparison, ComparisonRow, NeighborGain, NeighborGains};
 pub use queries::{CurvePoint, Query, Rows};
 pub use run::{CurveRecord, DocRecord, NeighborRecord, NewRun, RunRow, RunStatus};
 
@@ -49,6 +51,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "008_schedules",
         include_str!("../../migrations/008_schedules.sql"),
+    ),
+    (
+        "009_comparisons",
+        include_str!("../../migrations/009_comparisons.sql"),
     ),
 ];
 

@@ -23,17 +23,20 @@ pub enum Query {
     CompareRuns,
     /// Test documents with a near copy among their neighbours (13-gram Jaccard ≥ 0.8).
     Leakage,
+    /// What neighbours were worth (`neighbor_gain`), by rank, distance and Jaccard band.
+    Utility,
 }
 
 impl Query {
     /// Every bundled query.
-    pub const ALL: [Query; 6] = [
+    pub const ALL: [Query; 7] = [
         Query::Table1,
         Query::Table1Runs,
         Query::BpbVsK,
         Query::Cost,
         Query::CompareRuns,
         Query::Leakage,
+        Query::Utility,
     ];
 
     /// Its name, as `tttnn sql NAME` takes it.
@@ -45,6 +48,7 @@ impl Query {
             Query::Cost => "cost",
             Query::CompareRuns => "compare_runs",
             Query::Leakage => "leakage",
+            Query::Utility => "utility",
         }
     }
 
@@ -60,6 +64,7 @@ impl Query {
             Query::Cost => include_str!("../../queries/cost.sql"),
             Query::CompareRuns => include_str!("../../queries/compare_runs.sql"),
             Query::Leakage => include_str!("../../queries/leakage.sql"),
+            Query::Utility => include_str!("../../queries/utility.sql"),
         }
     }
 }
@@ -130,7 +135,7 @@ impl Db {
     }
 
     /// Sets the SQL variable `runs` the bundled queries filter on: these run ids, or NULL for all.
-    fn select_runs(&self, runs: &[i64]) -> Result<()> {
+    pub(super) fn select_runs(&self, runs: &[i64]) -> Result<()> {
         let list = if runs.is_empty() {
             "NULL::BIGINT[]".to_string()
         } else {

@@ -208,6 +208,30 @@ impl Db {
         .transpose()
     }
 
+    /// The runs named `name`, newest first: (id, status and config).
+    pub fn runs_named(&self, name: &str) -> Result<Vec<(i64, RunRow)>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, status, CAST(config AS VARCHAR) FROM runs WHERE name = ?
+                 ORDER BY id DESC",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows: Vec<(i64, String, String)> = stmt
+            .query_map([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|(id, status, config)| {
+                let status = RunStatus::parse(&status).ok_or_else(|| {
+                    Error::bad_file(&self.path, format!("run {id} has status `{status}`"))
+                })?;
+                Ok((id, RunRow { status, config }))
+            })
+            .collect()
+    }
+
     /// Evaluation-order numbers (`seq`) of the documents a run has recorded.
     pub fn recorded_seqs(&self, run_id: i64) -> Result<Vec<i64>> {
         let mut stmt = self

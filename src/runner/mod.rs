@@ -11,7 +11,8 @@
 //!    that says whether a document counts);
 //! 5. `backend.rs` (scoring, single, lanes) and `engine.rs`: the one loop that runs plans;
 //! 6. `session.rs`: the run's lifecycle — create or resume it, run the engine, record each
-//!    document in one transaction (a killed run resumes where it stopped).
+//!    document in one transaction (a killed run resumes where it stopped);
+//! 7. [`sweep`]: a grid of runs from one file, sharing neighbour tables, compared at the end.
 mod backend;
 mod engine;
 mod event;
@@ -23,6 +24,7 @@ pub mod plan;
 mod retrieve;
 mod session;
 pub mod settings;
+pub mod sweep;
 mod work;
 
 pub use event::Event;

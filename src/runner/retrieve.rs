@@ -1,11 +1,14 @@
 //! A planned document's text and neighbours: read from the store and searched (or read from a
 //! neighbour table, `--neighbors-from`), nearest first or as SIFT picks them.
+use std::collections::HashMap;
+use std::path::Path;
 use std::time::Instant;
 
 use super::neighbors::{needed, LoadedTable};
 use super::plan::PlannedDoc;
-use super::settings::RunConfig;
-use crate::error::Result;
+use super::settings::{serde_name, Method, RunConfig};
+use crate::error::{Error, Result};
+use crate::records::{Db, NeighborGain, NeighborGains};
 use crate::select::{self, SiftPool};
 use crate::store::{Neighbor, Retrieval, Store};
 
@@ -15,6 +18,8 @@ pub(super) struct Retriever<'a> {
     pub store: Store,
     /// The neighbour table read instead of searching (`--neighbors-from`).
     pub table: Option<LoadedTable>,
+    /// The gains that order each document's neighbours (`--neighbor-order oracle`).
+    pub oracle: Option<Oracle>,
 }
 
 /// A document as a method starts on it: its text and its neighbours.
@@ -23,6 +28,87 @@ pub(super) struct Retrieved {
     pub neighbors: Vec<Neighbor>,
     /// Seconds spent reading the text and finding the neighbours.
     pub retrieval_s: f64,
+    /// The oracle order of the neighbours (indices into `neighbors`), with
+    /// `--neighbor-order oracle`.
+    pub oracle_order: Option<Vec<usize>>,
+}
+
+/// What each neighbour was worth in an earlier run of the same documents (`--oracle-run`): the
+/// oracle order trains the most helpful first (the largest fall in bits per byte; ties by rank).
+pub(super) struct Oracle {
+    run: i64,
+    gains: HashMap<String, Vec<NeighborGain>>,
+}
+
+impl Oracle {
+    /// Reads run `run`'s gains from the results database at `db`, checking it recorded each of
+    /// `docs` and was evaluated after every one of their neighbours.
+    pub fn load(db: &Path, run: i64, docs: &[PlannedDoc]) -> Result<Self> {
+        let bad = |message: String| Error::setting("oracle_run", message);
+        let db = Db::open_read_only(db)?;
+        let row = db
+            .run(run)?
+            .ok_or_else(|| bad(format!("no run {run} in {}", db.path().display())))?;
+        let method = RunConfig::from_recorded(&row.config)?.method;
+        if method != Method::TttNn {
+            return Err(bad(format!(
+                "run {run} is {}, not ttt-nn: its neighbours were not trained on",
+                serde_name(&method)
+            )));
+        }
+        let NeighborGains {
+            by_doc: gains,
+            neighbors: counts,
+        } = db.neighbor_gains(run)?;
+        for doc in docs {
+            let Some(&count) = counts.get(&doc.doc_id) else {
+                return Err(bad(format!(
+                    "run {run} did not record document {} (it must cover the run's documents)",
+                    doc.doc_id
+                )));
+            };
+            let measured = gains.get(&doc.doc_id).map_or(0, Vec::len);
+            if measured != count {
+                return Err(bad(format!(
+                    "run {run} measured {measured} of document {}'s {count} neighbours: the \
+                     oracle needs a run evaluated after every neighbour (--eval-at all, \
+                     --neighbors-per-step 1)",
+                    doc.doc_id
+                )));
+            }
+        }
+        Ok(Oracle { run, gains })
+    }
+
+    /// The oracle order of `doc_id`'s `neighbors`: indices by measured gain, the most helpful
+    /// first; the neighbours must be the ones the oracle run trained on.
+    pub fn order(&self, doc_id: &str, neighbors: &[Neighbor]) -> Result<Vec<usize>> {
+        let gains = self.gains.get(doc_id).map(Vec::as_slice).unwrap_or(&[]);
+        let change: HashMap<&str, f64> = gains
+            .iter()
+            .map(|g| (g.neighbor_id.as_str(), g.bpb_change))
+            .collect();
+        let found: Option<Vec<f64>> = neighbors
+            .iter()
+            .map(|n| change.get(n.id.as_str()).copied())
+            .collect();
+        let found = match found {
+            Some(f) if f.len() == gains.len() => f,
+            _ => {
+                return Err(Error::setting(
+                    "oracle_run",
+                    format!(
+                        "document {doc_id}'s neighbours here are not those run {} trained on: \
+                         the oracle orders the same neighbours (same store, k and retrieval)",
+                        self.run
+                    ),
+                ))
+            }
+        };
+        let mut order: Vec<usize> = (0..neighbors.len()).collect();
+        order.sort_by(|&a, &b| found[a].total_cmp(&found[b]).then(a.cmp(&b)));
+        Ok(order)
+    }
 }
 
 impl Retriever<'_> {
@@ -61,10 +147,15 @@ impl Retriever<'_> {
         } else {
             Vec::new()
         };
+        let oracle_order = match &self.oracle {
+            Some(o) if self.cfg.method == Method::TttNn => Some(o.order(&doc.doc_id, &neighbors)?),
+            _ => None,
+        };
         Ok(Retrieved {
             text: stored.text,
             neighbors,
             retrieval_s: t.elapsed().as_secs_f64(),
+            oracle_order,
         })
     }
 }

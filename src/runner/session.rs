@@ -11,7 +11,7 @@ use super::engine::{Engine, Finished};
 use super::event::Event;
 use super::neighbors::LoadedTable;
 use super::plan;
-use super::retrieve::Retriever;
+use super::retrieve::{Oracle, Retriever};
 use super::settings::{serde_name, RunConfig};
 use crate::embed::EncoderConfig;
 use crate::error::{Error, Result};
@@ -91,7 +91,16 @@ pub fn run(
         db_path,
         lm: &lm,
     };
-    let retriever = Retriever { cfg, store, table };
+    let oracle = match cfg.schedule.oracle_run {
+        Some(run) => Some(Oracle::load(db_path, run, &plan)?),
+        None => None,
+    };
+    let retriever = Retriever {
+        cfg,
+        store,
+        table,
+        oracle,
+    };
     let mut engine = Engine {
         cfg,
         lm: &lm,

@@ -163,7 +163,8 @@ impl<'p> DocWork<'p> {
                     .iter()
                     .map(|nb| lm.encode(&nb.text))
                     .collect::<Result<Vec<_>>>()?;
-                let groups = plan_groups(cfg, train, doc, neighbors, &encoded);
+                let oracle = retrieved.oracle_order.as_deref();
+                let groups = plan_groups(cfg, train, doc, neighbors, &encoded, oracle);
                 (retrieved.text.clone(), groups)
             }
             Method::InContext | Method::Interpolate | Method::None => {
@@ -471,7 +472,7 @@ fn set_learning_rates(groups: &mut [Planned], train: &TrainConfig) {
 }
 
 /// TTT-NN's groups of steps for `doc`'s `neighbors` (as retrieved, nearest first; `encoded`,
-/// their tokens), under `cfg`'s schedule: each pass takes them in the schedule's order, in groups
+/// their tokens; `oracle`, the oracle order when it is the schedule's), under `cfg`'s schedule: each pass takes them in the schedule's order, in groups
 /// of `--neighbors-per-step` consecutive ones whose i-th step holds each one's i-th chunk (a
 /// neighbour out of chunks sits the group's later steps out). A group is scored when one of its
 /// neighbours' places in the pass is an evaluation point (the last always is); its curve point
@@ -482,6 +483,7 @@ fn plan_groups(
     doc: &PlannedDoc,
     neighbors: &[crate::store::Neighbor],
     encoded: &[Vec<i64>],
+    oracle: Option<&[usize]>,
 ) -> Vec<Planned> {
     let s = &cfg.schedule;
     let n = neighbors.len();
@@ -489,7 +491,7 @@ fn plan_groups(
     let cut: Vec<Vec<ttt::Chunk>> = encoded.iter().map(|t| ttt::chunks(t, train)).collect();
     let mut groups = Vec::new();
     for pass in 1..=s.passes {
-        let order = s.neighbor_order.arrange(n, seed, &doc.doc_id, pass);
+        let order = s.neighbor_order.arrange(n, seed, &doc.doc_id, pass, oracle);
         for (g, members) in order.chunks(s.neighbors_per_step.max(1)).enumerate() {
             let first = g * s.neighbors_per_step.max(1) + 1;
             let records = members
@@ -588,7 +590,7 @@ mod tests {
     #[test]
     fn the_papers_schedule_is_each_neighbour_once_nearest_first_a_step_per_chunk() {
         let (nbs, tokens, train) = neighbors();
-        let groups = plan_groups(&cfg(paper()), &train, &doc(), &nbs, &tokens);
+        let groups = plan_groups(&cfg(paper()), &train, &doc(), &nbs, &tokens, None);
         let ranks: Vec<Vec<usize>> = groups
             .iter()
             .map(|g| g.records.iter().map(|r| r.rank).collect())
@@ -618,7 +620,7 @@ mod tests {
                 passes,
                 ..paper()
             };
-            plan_groups(&cfg(s), &train, &doc(), &nbs, &tokens)
+            plan_groups(&cfg(s), &train, &doc(), &nbs, &tokens, None)
                 .iter()
                 .map(|g| {
                     let r = &g.records[0];
@@ -633,7 +635,8 @@ mod tests {
         // Random: the permutation of the seed and the document id; each pass draws its own.
         let random = order(NeighborOrder::Random, 2);
         for pass in 1..=2 {
-            let want = NeighborOrder::Random.arrange(4, crate::task::SEED, "test.jsonl:7", pass);
+            let want =
+                NeighborOrder::Random.arrange(4, crate::task::SEED, "test.jsonl:7", pass, None);
             let got: Vec<usize> = random[(pass - 1) * 4..pass * 4]
                 .iter()
                 .map(|&(rank, ..)| rank - 1)
@@ -653,13 +656,13 @@ mod tests {
         let twice = order(NeighborOrder::Nearest, 2);
         assert_eq!(twice[4], (1, 1, 2, 5));
         // Another document, another seed: other permutations (of 8 neighbours, 8! of them).
-        let shuffle = |seed, id| NeighborOrder::Random.arrange(8, seed, id, 1);
+        let shuffle = |seed, id| NeighborOrder::Random.arrange(8, seed, id, 1, None);
         assert_ne!(shuffle(1, "a"), shuffle(1, "b"));
         assert_ne!(shuffle(1, "a"), shuffle(2, "a"));
         assert_eq!(shuffle(1, "a"), shuffle(1, "a"));
         // One neighbour: every order is the same.
         for o in [NeighborOrder::Farthest, NeighborOrder::Random] {
-            assert_eq!(o.arrange(1, 5, "x", 1), [0]);
+            assert_eq!(o.arrange(1, 5, "x", 1, None), [0]);
         }
     }
 
@@ -672,7 +675,7 @@ mod tests {
         };
         let mut c = cfg(s);
         c.eval_at = "2".parse().unwrap();
-        let groups = plan_groups(&c, &train, &doc(), &nbs, &tokens);
+        let groups = plan_groups(&c, &train, &doc(), &nbs, &tokens, None);
         assert_eq!(groups.len(), 2);
         let cut = |i: usize| ttt::chunks(&tokens[i], &train);
         // Neighbours 1..3: 2, 1 and 3 chunks: three steps, the second without neighbour 2's.
@@ -714,7 +717,7 @@ mod tests {
             passes: 2,
             ..paper()
         };
-        let mut groups = plan_groups(&cfg(s), &train, &doc(), &nbs, &tokens);
+        let mut groups = plan_groups(&cfg(s), &train, &doc(), &nbs, &tokens, None);
         set_learning_rates(&mut groups, &train);
         let steps: Vec<&Step> = groups.iter().flat_map(|g| &g.steps).collect();
         // Per pass, chunks of 4+1, 1, 4+4+4 and 4 tokens: 7 steps, the two of one token left

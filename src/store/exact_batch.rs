@@ -190,6 +190,7 @@ impl Store {
                 self.dim()
             )));
         }
+        super::count_queries(queries.len() as u64);
         let rows = s.slice.rows(self.count()?);
         let mut search = Search::new(self, queries, s);
         let stream_query = self

@@ -37,6 +37,20 @@ use crate::error::{Error, Result};
 use arrow::{embedding_at, embedding_column};
 pub(crate) use arrow::{sql_str, string_column, u64_column};
 
+/// Neighbour queries this process has put to stores (a document's search, or its row of a
+/// batched exact search), so a caller can tell how often a store was searched (`tttnn sweep`
+/// reports it: a sweep searches each document once, whatever its number of runs).
+static QUERIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn count_queries(n: u64) {
+    QUERIES.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How many neighbour queries this process has put to stores so far.
+pub fn queries_answered() -> u64 {
+    QUERIES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Whether `path` names an object store (`s3://bucket/prefix`, `gs://`, `az://`, `memory://`)
 /// rather than a local directory. LanceDB reads the object store's endpoint and credentials from
 /// the standard environment variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_REGION`,

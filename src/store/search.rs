@@ -144,6 +144,7 @@ impl Store {
     /// `max_distance` away, at most `k` of them.
     pub fn retrieve(&self, vector: &[f32], r: &Retrieval) -> Result<Vec<Neighbor>> {
         self.check_dim(vector)?;
+        super::count_queries(1);
         let extra = usize::from(r.exclude_id.is_some());
         let out = self.nearest_in(vector, r.k + extra, r.mode, r.split.as_deref())?;
         Ok(r.keep(out))
@@ -197,6 +198,7 @@ impl Store {
         r: &Retrieval,
     ) -> Result<Vec<Neighbor>> {
         self.check_dim(vector)?;
+        super::count_queries(1);
         let extra = usize::from(r.exclude_id.is_some());
         let filter = r
             .split

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::util::{ok, tttnn};
 
-const SUBCOMMANDS: [&str; 11] = [
+const SUBCOMMANDS: [&str; 13] = [
     "doctor",
     "smoke",
     "ingest",
@@ -15,6 +15,8 @@ const SUBCOMMANDS: [&str; 11] = [
     "eval",
     "run",
     "sql",
+    "sweep",
+    "compare",
     "report",
     "merge",
 ];

@@ -13,4 +13,5 @@ mod s3;
 mod schedules;
 mod stack;
 mod store;
+mod sweeps;
 mod util;

@@ -257,7 +257,9 @@ fn run_records_what_the_engine_computes_and_sql_and_report_read_it() {
         .arg(&plots)
         .output()
         .unwrap());
-    assert_eq!(listed.lines().count(), 4, "{listed}");
+    // bpb_vs_k, before_after and (evaluated after every neighbour) gain_vs_rank and
+    // gain_vs_distance, each as PNG and SVG.
+    assert_eq!(listed.lines().count(), 8, "{listed}");
     let png = std::fs::read(plots.join("run-1-bpb_vs_k.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
     let svg = std::fs::read_to_string(plots.join("run-1-before_after.svg")).unwrap();
@@ -712,12 +714,13 @@ fn neighbours_by_matrix_products_in_shards_and_slices_equal_per_query_exact_sear
 /// the scheduler's index variables) on the fixture corpus, the store and the neighbour table at
 /// `store` and `table` (local or `s3://`, with `s3`'s variables), the neighbour stage in
 /// `workers` × `slices` tasks; returns the merged results.
-fn cluster_sim(
+pub(crate) fn cluster_sim(
     dir: &Path,
     scheduler: &str,
     (workers, slices): (usize, usize),
     (store, table): (&str, &str),
     s3: Option<&crate::s3::S3Server>,
+    sweep: Option<&Path>,
 ) -> PathBuf {
     let (mut train, mut test) = (String::new(), String::new());
     let corpus = std::fs::read_to_string(crate::util::fixtures().join("corpus.jsonl")).unwrap();
@@ -735,6 +738,9 @@ fn cluster_sim(
     crate::util::one_thread(&mut cmd);
     if let Some(s3) = s3 {
         s3.env(&mut cmd);
+    }
+    if let Some(sweep) = sweep {
+        cmd.env("TTTNN_SWEEP", sweep);
     }
     let out = cmd
         .arg(scheduler)
@@ -781,6 +787,7 @@ fn the_slurm_and_kubernetes_recipes_merge_to_one_workers_run() {
         (2, 2),
         (&slurm_store, &slurm_table),
         None,
+        None,
     );
     let s3 = crate::s3::S3Server::start("cluster");
     let k8s = cluster_sim(
@@ -789,6 +796,7 @@ fn the_slurm_and_kubernetes_recipes_merge_to_one_workers_run() {
         (3, 1),
         ("s3://cluster/store", "s3://cluster/neighbors"),
         Some(&s3),
+        None,
     );
     // One worker, the whole task, live retrieval, on the store the SLURM workers ingested.
     let single = dir.path().join("single.duckdb");

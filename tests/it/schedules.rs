@@ -95,7 +95,7 @@ fn orders_train_the_permutation_claimed_and_record_which_neighbour_came_when() {
         let far = &farthest[&(doc.clone(), 1, *rank)];
         assert_eq!((&far.2, far.3, far.4), (id, *tokens, *chunks));
         assert_eq!((far.0, far.1), (4 - rank, 4 - rank), "{doc} rank {rank}");
-        let order = NeighborOrder::Random.arrange(3, 1216, doc, 1);
+        let order = NeighborOrder::Random.arrange(3, 1216, doc, 1, None);
         let place = order.iter().position(|&i| i as i64 == rank - 1).unwrap() as i64;
         assert_eq!(random[&(doc.clone(), 1, *rank)].0, place + 1, "{doc}");
     }

@@ -147,6 +147,13 @@ impl RunConfig {
                 "give at least 1 neighbour per step",
             ));
         }
+        if (s.neighbor_order == NeighborOrder::Oracle) != s.oracle_run.is_some() {
+            return Err(Error::setting(
+                "oracle_run",
+                "--neighbor-order oracle and --oracle-run RUN go together: the oracle order is \
+                 the one an earlier run's measured gains give",
+            ));
+        }
         if s.is_paper() {
             return Ok(());
         }

@@ -44,8 +44,19 @@ impl SettingsFile {
         Ok(file)
     }
 
+    /// The settings `values` read from the file at `path` (its `text`, for the lines errors
+    /// name): a part of a larger file, such as a sweep's `[base]`.
+    pub fn of_values(path: &Path, text: &str, values: Vec<(String, Value)>) -> Self {
+        Self {
+            db: None,
+            path: path.to_path_buf(),
+            text: text.to_string(),
+            values,
+        }
+    }
+
     /// An error about `key`, naming the file and the key's line.
-    fn error(&self, key: &str, message: &str) -> Error {
+    pub fn error(&self, key: &str, message: &str) -> Error {
         let line = self.text.lines().position(|l| {
             l.trim_start()
                 .strip_prefix(key)

@@ -65,13 +65,18 @@ pub struct NeighborSearch {
 /// schedule: each neighbour once, nearest first, one AdamW step per chunk, a constant rate.
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 pub struct Schedule {
-    /// Order the neighbours are trained in: nearest first (the paper), farthest first, or random
-    /// (a permutation per document and pass, from --order-seed and the document's id).
+    /// Order the neighbours are trained in: nearest first (the paper), farthest first, random
+    /// (a permutation per document and pass, from --order-seed and the document's id), or oracle
+    /// (most helpful first, as --oracle-run measured them).
     #[arg(long, value_enum, env = "TTTNN_NEIGHBOR_ORDER", default_value_t = NeighborOrder::Nearest)]
     pub neighbor_order: NeighborOrder,
     /// --neighbor-order random: the permutations' seed [default: --seed].
     #[arg(long, env = "TTTNN_ORDER_SEED")]
     pub order_seed: Option<u64>,
+    /// --neighbor-order oracle: the earlier run (in the same results database, of the same
+    /// documents and neighbours, evaluated after every neighbour) whose measured gains order them.
+    #[arg(long, env = "TTTNN_ORACLE_RUN")]
+    pub oracle_run: Option<i64>,
     /// Passes over a document's neighbours (the paper: 1); evaluation points apply within each,
     /// the curve's k counting every neighbour trained so far.
     #[arg(long, env = "TTTNN_PASSES", default_value_t = 1)]

@@ -217,15 +217,31 @@ pub enum NeighborOrder {
     /// A permutation drawn from the order seed and the document's id (and the pass: each pass
     /// draws its own), so shards, lanes and a resumed run train in the same order.
     Random,
+    /// Most helpful first, as an earlier run of the same documents measured each neighbour
+    /// (`--oracle-run`, its `neighbor_gain`): a ceiling for any order or selection rule.
+    Oracle,
 }
 
 impl NeighborOrder {
     /// The order to train `n` neighbours in during pass `pass` (from 1): indices into the list
-    /// as retrieved (nearest first), e.g. `[n-1, ..., 0]` for farthest.
-    pub fn arrange(self, n: usize, seed: u64, doc_id: &str, pass: usize) -> Vec<usize> {
+    /// as retrieved (nearest first), e.g. `[n-1, ..., 0]` for farthest. The oracle order is
+    /// measured, not drawn: `oracle` holds it (it is `None` for the other orders).
+    pub fn arrange(
+        self,
+        n: usize,
+        seed: u64,
+        doc_id: &str,
+        pass: usize,
+        oracle: Option<&[usize]>,
+    ) -> Vec<usize> {
         let mut order: Vec<usize> = (0..n).collect();
         match self {
             NeighborOrder::Nearest => {}
+            NeighborOrder::Oracle => {
+                order = oracle
+                    .expect("the oracle order is read from --oracle-run before planning")
+                    .to_vec();
+            }
             NeighborOrder::Farthest => order.reverse(),
             NeighborOrder::Random => {
                 // Fisher-Yates with SplitMix64, seeded by FNV-1a over the document's id, the seed
