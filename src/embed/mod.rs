@@ -83,8 +83,8 @@ pub struct EncoderOptions {
     pub packing: Packing,
     /// Whether ONNX Runtime's idle threads spin (its default) instead of blocking; `None`: spin on
     /// the CPU, block on CUDA, where the CPU threads only feed the GPU and the cores are better
-    /// left to the ingest's tokenizer. Blocking cost MiniLM on the CPU about 2%; spinning beside a
-    /// tokenizer thread cost the tiny encoder's ingest 18% (docs/benchmarks.md, issue #25).
+    /// left to the ingest's tokenizer (what each costs on the CPU: docs/benchmarks.md, "Ingest
+    /// end to end").
     pub spin: Option<bool>,
 }
 

@@ -3,9 +3,11 @@
 //!
 //! - `Scoring`: the methods that never train (in-context, interpolate, none) score on the model's
 //!   own weights: no trainer, no flat buffers, no AdamW state.
-//! - `Single`: one document at a time on the model's own (unlaned) weights and kernels, in the
-//!   order of operations runs have always had, so its records are bit-identical to theirs on the
-//!   CPU (on CUDA, SDPA's backward is not deterministic).
+//! - `Single`: one document at a time on the model's own (unlaned) weights and kernels. Its records
+//!   were bit-identical to the original engine's on the CPU when the engine was gated (907cc18);
+//!   since then the fused AdamW moves weights within 1.2e-7 of the per-tensor formulas, and each
+//!   later change to the step was gated the same way (04acf01). On CUDA, SDPA's backward is not
+//!   deterministic.
 //! - `Lanes`: L documents per step, each in its own lane with its own weights and AdamW state
 //!   (`ttt::LaneTrainer`); `--lanes 1` is the single backend, never one lane.
 use std::path::Path;

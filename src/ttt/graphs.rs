@@ -1,7 +1,7 @@
-//! CUDA graphs of whole training steps and scoring forwards (issue #24): a step for one chunk length
-//! (one document, or a round of lanes) is captured once per run and replayed as one launch per
-//! chunk, instead of the ≈1,500 kernel launches libtorch's dispatcher makes for a GPT-2 step (on an
-//! H200 the host's launching was 21 ms of a step whose GPU work is ≈3 ms: docs/benchmarks.md);
+//! CUDA graphs of whole training steps and scoring forwards: a step for one chunk length (one
+//! document, or a round of lanes) is captured once per run and replayed as one launch per chunk,
+//! instead of the ≈1,500 kernel launches libtorch's dispatcher makes for a GPT-2 step (on an H200
+//! the host's launching dominated the eager step: docs/benchmarks.md, "GPU: the device check");
 //! evaluation windows' forwards likewise.
 //!
 //! tch 0.24 binds no graph or stream API, so this goes through the CUDA part of the C++ shim
@@ -30,7 +30,7 @@ use super::{lane_losses, AdamW, Chunk, FlatWeights, Step, TrainConfig, IGNORE_IN
 use crate::error::{Error, Result};
 use crate::lm::LanguageModel;
 
-/// Whether training steps run as captured CUDA graphs: recorded with the run.
+/// Whether training steps and scoring forwards run as captured CUDA graphs: recorded with the run.
 #[derive(
     Debug,
     Clone,
@@ -44,10 +44,11 @@ use crate::lm::LanguageModel;
 )]
 #[serde(rename_all = "lowercase")]
 pub enum CudaGraphs {
-    /// Every kernel launched by libtorch, one by one (as before #24).
+    /// Every kernel launched by libtorch, one by one.
     #[default]
     Off,
-    /// Each chunk length's step captured once and replayed (CUDA only).
+    /// Each chunk length's step and each scored length's forward captured once and replayed
+    /// (CUDA only).
     On,
 }
 

@@ -5,6 +5,7 @@
 //! and a learning rate of its own ([`LrSchedule`]): departures the runner plans, never defaults.
 //! The weights train as views into flat buffers (`flat`), one set or one per lane (`lanes`), and
 //! AdamW and clipping run on those buffers (`adamw`): a few kernels per step on any device;
+//! `graphs` holds the step's body (eager or captured as a CUDA graph) and the scoring buffers;
 //! `checkpoint` saves and restores AdamW's state.
 use std::path::Path;
 
@@ -194,7 +195,7 @@ pub enum ShortChunks {
     /// and counts the step; docs/spec.md §2).
     #[default]
     Step,
-    /// No step: a departure (tttnn before issue #15).
+    /// No step: a departure from the original, which steps on them.
     Skip,
 }
 

@@ -74,7 +74,8 @@ impl RunConfig {
                 return Err(Error::setting(
                     "cuda_graphs",
                     format!(
-                        "CUDA graphs capture training steps; {} does not train",
+                        "CUDA graphs capture training steps and the scoring between them; {} does not \
+                         train",
                         serde_name(&self.method)
                     ),
                 ));

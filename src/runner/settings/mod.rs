@@ -121,8 +121,9 @@ pub struct RunConfig {
     /// fp32 (faithful), or bf16 / tf32 (faster on GPUs; departures).
     #[arg(long, value_enum, env = "TTTNN_PRECISION", default_value_t = Precision::Fp32)]
     pub precision: Precision,
-    /// Training steps as CUDA graphs: on (each chunk length's step captured once and replayed as
-    /// one launch; --device cuda) or off (libtorch launches each kernel).
+    /// Training steps and scoring forwards as CUDA graphs: on (each chunk length's step and each
+    /// scored length's forward captured once and replayed as one launch; --device cuda) or off
+    /// (libtorch launches each kernel).
     #[arg(long, value_enum, env = "TTTNN_CUDA_GRAPHS", default_value_t = CudaGraphs::Off)]
     #[serde(default)]
     pub cuda_graphs: CudaGraphs,
