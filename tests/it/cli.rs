@@ -24,7 +24,7 @@ fn usage_errors_are_bad_input() {
 fn the_setup_environment_puts_tttnn_on_path() {
     // The README's commands say `tttnn ...`: after scripts/setup, `source .tttnn-env` must make
     // that this checkout's build, from any directory, with only the shell's own PATH before it.
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = &crate::util::repo();
     let env = repo.join(".tttnn-env");
     assert!(
         env.is_file(),

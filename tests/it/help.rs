@@ -1,8 +1,6 @@
 //! `tttnn --help` and every subcommand's help, compared with `tests/it/snapshots/help.txt`, so a
 //! CLI change shows up in review. After a deliberate change: `TTTNN_BLESS=1 cargo test --test
 //! integration help` rewrites the snapshot.
-use std::path::PathBuf;
-
 use crate::util::{ok, tttnn};
 
 const SUBCOMMANDS: [&str; 13] = [
@@ -50,7 +48,7 @@ fn help_matches_the_snapshot() {
     for sub in SUBCOMMANDS {
         text += &format!("\n$ tttnn {sub} --help\n{}", help(&[sub]));
     }
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/it/snapshots/help.txt");
+    let path = crate::util::repo().join("tests/it/snapshots/help.txt");
     if std::env::var_os("TTTNN_BLESS").is_some() {
         std::fs::write(&path, &text).unwrap();
     }

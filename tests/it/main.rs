@@ -4,6 +4,7 @@ mod baselines;
 mod cli;
 mod corpora;
 mod errors;
+mod gpu;
 mod help;
 mod lanes;
 mod lm_golden;

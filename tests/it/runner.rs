@@ -732,7 +732,7 @@ pub(crate) fn cluster_sim(
     let (train_file, test_file) = (dir.join("train.jsonl"), dir.join("test.jsonl"));
     std::fs::write(&train_file, train).unwrap();
     std::fs::write(&test_file, test).unwrap();
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let repo = crate::util::repo();
     let mut cmd = Command::new(repo.join("scripts/cluster-sim"));
     // Its workers run at once on this machine's cores.
     crate::util::one_thread(&mut cmd);
@@ -744,7 +744,7 @@ pub(crate) fn cluster_sim(
     }
     let out = cmd
         .arg(scheduler)
-        .env("TTTNN_BIN", env!("CARGO_BIN_EXE_tttnn"))
+        .env("TTTNN_BIN", crate::util::tttnn_bin())
         .env("WORKERS", workers.to_string())
         .env("TTTNN_SLICES", slices.to_string())
         .env("TTTNN_STORE", store)

@@ -21,9 +21,7 @@ fn s3_python() -> PathBuf {
 }
 
 fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts")
-        .join(name)
+    crate::util::repo().join("scripts").join(name)
 }
 
 impl S3Server {

@@ -8,9 +8,17 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use tch::Tensor;
 
+/// The repository: where this binary was built, or `TTTNN_TEST_REPO` (the GPU machine runs the
+/// binary from the device kit in its own copy of the repository: scripts/device-check).
+pub fn repo() -> PathBuf {
+    std::env::var_os("TTTNN_TEST_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// `tests/fixtures`.
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    repo().join("tests/fixtures")
 }
 
 /// `golden/golden.json`, written by scripts/make_fixtures.py.
@@ -85,9 +93,16 @@ pub fn fixture_documents() -> Vec<(String, String)> {
 
 /// The real `tttnn` binary, on one libtorch thread (see [`one_thread`]).
 pub fn tttnn() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tttnn"));
+    let mut c = Command::new(tttnn_bin());
     one_thread(&mut c);
     c
+}
+
+/// The `tttnn` binary cargo built beside this one, or `TTTNN_TEST_BIN` (the device kit's).
+pub fn tttnn_bin() -> PathBuf {
+    std::env::var_os("TTTNN_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tttnn")))
 }
 
 /// Runs `c`'s libtorch on one OpenMP thread unless the caller's environment says otherwise. The
