@@ -194,19 +194,14 @@ fn eval_prints_bits_per_byte_per_file_and_total() {
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("doc.txt");
     std::fs::write(&text, "Hello world, this is a plain text document.\n").unwrap();
-    let out = tttnn()
+    let out = ok(tttnn()
         .args(["eval", "--json", "--model"])
         .arg(fx.join("models/tiny-gpt2"))
         .arg(fx.join("corpus.jsonl"))
         .arg(&text)
         .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        .unwrap());
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[0]["docs"], 81);
     assert_eq!(rows[1]["docs"], 1);

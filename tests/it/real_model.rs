@@ -98,18 +98,15 @@ ll = logp.gather(1, torch.tensor(ids[1:])[:, None]).sum().item()
 print(json.dumps({"bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id,
                   "vocab": vocab, "len": len(tok), "loglik": ll}))
 "#;
-    let out = std::process::Command::new(python)
-        .args(["-c", script])
-        .arg(&dir)
-        .arg(text)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::util::ok(
+        std::process::Command::new(python)
+            .args(["-c", script])
+            .arg(&dir)
+            .arg(text)
+            .output()
+            .unwrap(),
     );
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got: serde_json::Value = serde_json::from_str(&out).unwrap();
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     for k in ["bos", "eos", "pad"] {
