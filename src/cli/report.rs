@@ -197,13 +197,7 @@ fn draw_curves<DB: DrawingBackend>(
         .max()
         .unwrap_or(1)
         .max(1);
-    let (lo, hi) = curves
-        .values()
-        .flatten()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), p| {
-            (lo.min(p.1), hi.max(p.1))
-        });
-    let pad = ((hi - lo) * 0.08).max(0.01);
+    let (lo, hi) = padded(curves.values().flatten().map(|p| p.1), 0.01);
     let mut chart = ChartBuilder::on(area)
         .caption(
             format!("run {run}: bits per byte vs neighbours trained on"),
@@ -212,7 +206,7 @@ fn draw_curves<DB: DrawingBackend>(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..k_max as f64, (lo - pad)..(hi + pad))?;
+        .build_cartesian_2d(0f64..k_max as f64, lo..hi)?;
     chart
         .configure_mesh()
         .x_desc("k (neighbours)")

@@ -195,6 +195,14 @@ pub fn print_rows(rows: &Rows, format: Format, out: Option<&Path>) -> Result<()>
         .map_err(|e| Error::io(name, e))
 }
 
+/// `rows` as the JSON array of objects `--format json` prints, for output that embeds them.
+pub fn rows_as_json(rows: &Rows) -> Result<serde_json::Value> {
+    let mut buf = Vec::new();
+    write_rows(rows, Format::Json, &mut buf)
+        .map_err(|e| Error::internal(format!("rows as JSON: {e}")))?;
+    serde_json::from_slice(&buf).map_err(|e| Error::json("rows as JSON", e))
+}
+
 /// Prints which run fed each column of table1 (the rows of the `table1_runs` query), below the
 /// table.
 pub fn print_table1_runs(runs: &Rows) -> Result<()> {

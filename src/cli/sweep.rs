@@ -2,14 +2,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tttnn::records::Rows;
 use tttnn::runner::sweep::{self, PointState, Sweep, SweepEvent, SweepOptions};
 use tttnn::runner::Event;
 use tttnn::task::Shard;
 use tttnn::{Error, Result};
 
 use super::compare::ResamplingArgs;
-use super::sql::{print_rows, Format};
+use super::sql::{print_rows, rows_as_json, Format};
 use super::ui::Printer;
 
 /// Run a grid of `tttnn run` settings from one file, each point one named run, and compare them.
@@ -184,20 +183,4 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// Rows as a JSON array of objects.
-fn rows_as_json(rows: &Rows) -> Result<serde_json::Value> {
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow_json::ArrayWriter::new(&mut buf);
-        for b in &rows.batches {
-            w.write(b).map_err(|e| Error::arrow("comparison rows", e))?;
-        }
-        w.finish().map_err(|e| Error::arrow("comparison rows", e))?;
-    }
-    if buf.is_empty() {
-        return Ok(serde_json::Value::Array(Vec::new()));
-    }
-    serde_json::from_slice(&buf).map_err(|e| Error::json("comparison rows", e))
 }

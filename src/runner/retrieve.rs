@@ -147,10 +147,12 @@ impl Retriever<'_> {
         } else {
             Vec::new()
         };
-        let oracle_order = match &self.oracle {
-            Some(o) if self.cfg.method == Method::TttNn => Some(o.order(&doc.doc_id, &neighbors)?),
-            _ => None,
-        };
+        // Only ttt-nn takes a neighbour order (the settings refuse it elsewhere).
+        let oracle_order = self
+            .oracle
+            .as_ref()
+            .map(|o| o.order(&doc.doc_id, &neighbors))
+            .transpose()?;
         Ok(Retrieved {
             text: stored.text,
             neighbors,

@@ -472,9 +472,10 @@ fn set_learning_rates(groups: &mut [Planned], train: &TrainConfig) {
 }
 
 /// TTT-NN's groups of steps for `doc`'s `neighbors` (as retrieved, nearest first; `encoded`,
-/// their tokens; `oracle`, the oracle order when it is the schedule's), under `cfg`'s schedule: each pass takes them in the schedule's order, in groups
-/// of `--neighbors-per-step` consecutive ones whose i-th step holds each one's i-th chunk (a
-/// neighbour out of chunks sits the group's later steps out). A group is scored when one of its
+/// their tokens; `oracle`, the oracle order when it is the schedule's), under `cfg`'s schedule:
+/// each pass takes them in the schedule's order, in groups of `--neighbors-per-step` consecutive
+/// ones whose i-th step holds each one's i-th chunk (a neighbour out of chunks sits the group's
+/// later steps out). A group is scored when one of its
 /// neighbours' places in the pass is an evaluation point (the last always is); its curve point
 /// counts every neighbour trained so far, passes before included.
 fn plan_groups(
