@@ -23,7 +23,7 @@ mod table;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use tttnn::store::{Document, Retrieval, SearchMode, Store};
+use tttnn::store::{DatastoreFraction, Document, Retrieval, SearchMode, Store};
 
 /// Exact against IVF-PQ search, on synthetic clustered vectors or a real store.
 #[derive(clap::Parser)]
@@ -286,6 +286,7 @@ fn run(
             max_distance: None,
             exclude_id: q.exclude_id.clone(),
             split: q.split.clone(),
+            datastore: DatastoreFraction::WHOLE,
         };
         let t = Instant::now();
         let found = store.retrieve(&q.vector, &r)?;

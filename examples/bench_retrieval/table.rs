@@ -37,6 +37,7 @@ pub fn matmul_table(
         product,
         device,
         block_rows: args.block_rows,
+        datastore: tttnn::store::DatastoreFraction::WHOLE,
     };
     reset_peak_rss();
     let t = Instant::now();

@@ -53,7 +53,7 @@ pub enum Command {
     Eval(eval::Args),
     /// Run TTT-NN on a task's test documents and record every number in DuckDB; resumable.
     Run(Box<run::Args>),
-    /// Run SQL (or a bundled query: table1, table1_runs, bpb_vs_k, cost, compare_runs, leakage, utility) against a results database.
+    /// Run SQL (or a bundled query: table1, table1_runs, bpb_vs_k, cost, compare_runs, leakage, utility, retrieval_quality) against a results database.
     Sql(sql::Args),
     /// Run a grid of settings from one file, each point a named run, and compare them.
     Sweep(sweep::Args),

@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 
 use tttnn::embed::{self, Encoder};
-use tttnn::store::{self, Retrieval, SearchMode, Store};
+use tttnn::store::{self, DatastoreFraction, Retrieval, SearchMode, Store};
 use tttnn::{Device, Error, Result};
 
 use super::ui::Printer;
@@ -37,6 +37,12 @@ pub struct Args {
     /// Search only documents of this split (e.g. `train`: the original retrieves training documents).
     #[arg(long)]
     pub split: Option<String>,
+    /// Search only this fraction of the store, as `tttnn run --datastore-fraction` does.
+    #[arg(long, default_value_t = DatastoreFraction::WHOLE.fraction)]
+    pub datastore_fraction: f64,
+    /// --datastore-fraction: the seed of the hash that picks the rows.
+    #[arg(long, default_value_t = DatastoreFraction::WHOLE.seed)]
+    pub datastore_seed: u64,
     /// Use this stored document's embedding as the query, and leave the document itself out.
     #[arg(long, conflicts_with = "text")]
     pub doc_id: Option<String>,
@@ -86,12 +92,18 @@ pub fn run(args: Args, p: &Printer) -> Result<()> {
         (None, None) => return Err(Error::setting("text", "give TEXT or --doc-id")),
     };
     let mode = store.default_search_mode(args.exact, args.nprobes, args.refine_factor, args.ef)?;
+    let datastore = DatastoreFraction {
+        fraction: args.datastore_fraction,
+        seed: args.datastore_seed,
+    };
+    datastore.check()?;
     let r = Retrieval {
         k: args.k,
         mode,
         max_distance: args.max_distance,
         exclude_id,
         split: args.split.clone(),
+        datastore,
     };
     let t = std::time::Instant::now();
     let neighbors = store.retrieve(&vector, &r)?;

@@ -29,8 +29,8 @@ pub enum Format {
 /// Run SQL against a results database.
 ///
 /// QUERY is SQL text, a .sql file, or a bundled query: table1, table1_runs, bpb_vs_k, cost,
-/// compare_runs, leakage, utility. Bundled queries read the variable `runs` that --run sets (all runs when
-/// unset).
+/// compare_runs, leakage, utility, retrieval_quality. Bundled queries read the variable `runs`
+/// that --run sets (all runs when unset).
 /// Output goes to stdout (so `>>` appends) unless --out names a file; Parquet needs --out.
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -14,9 +14,10 @@ use super::ui::Printer;
 /// Run a grid of `tttnn run` settings from one file, each point one named run, and compare them.
 ///
 /// SWEEP.toml has `[base]` (any `tttnn run` setting, the --config schema), `[grid]` (settings →
-/// lists of values: every combination is one run, named NAME/key=value,...), and optionally
-/// `name`, `db` and `baseline = { key = value }` (the point the others are compared with; default
-/// the first). Points whose retrieval agrees read one neighbour table, computed once; re-running
+/// lists of values: every combination is one run, named NAME/key=value,...) and/or `points` (a
+/// list of tables of settings, each one run; `{}` is [base] alone, named NAME/base), and
+/// optionally `name`, `db` and `baseline = { key = value }` (the point the others are compared
+/// with; default the first). Points whose retrieval agrees read one neighbour table, computed once; re-running
 /// skips finished points and resumes unfinished ones; --shard I/N splits the points among
 /// workers. At the end: each finished point against the baseline, paired (`tttnn compare`).
 #[derive(Debug, clap::Args)]

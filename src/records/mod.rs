@@ -56,6 +56,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "009_comparisons",
         include_str!("../../migrations/009_comparisons.sql"),
     ),
+    (
+        "010_retrieval_quality",
+        include_str!("../../migrations/010_retrieval_quality.sql"),
+    ),
 ];
 
 /// A results database. DuckDB lets one process write a file, or several read it, at a time

@@ -25,11 +25,13 @@ pub enum Query {
     Leakage,
     /// What neighbours were worth (`neighbor_gain`), by rank, distance and Jaccard band.
     Utility,
+    /// Retrieval quality against an exact reference beside the change in bits per byte.
+    RetrievalQuality,
 }
 
 impl Query {
     /// Every bundled query.
-    pub const ALL: [Query; 7] = [
+    pub const ALL: [Query; 8] = [
         Query::Table1,
         Query::Table1Runs,
         Query::BpbVsK,
@@ -37,6 +39,7 @@ impl Query {
         Query::CompareRuns,
         Query::Leakage,
         Query::Utility,
+        Query::RetrievalQuality,
     ];
 
     /// Its name, as `tttnn sql NAME` takes it.
@@ -49,6 +52,7 @@ impl Query {
             Query::CompareRuns => "compare_runs",
             Query::Leakage => "leakage",
             Query::Utility => "utility",
+            Query::RetrievalQuality => "retrieval_quality",
         }
     }
 
@@ -65,6 +69,7 @@ impl Query {
             Query::CompareRuns => include_str!("../../queries/compare_runs.sql"),
             Query::Leakage => include_str!("../../queries/leakage.sql"),
             Query::Utility => include_str!("../../queries/utility.sql"),
+            Query::RetrievalQuality => include_str!("../../queries/retrieval_quality.sql"),
         }
     }
 }

@@ -4,6 +4,7 @@ use duckdb::params;
 
 use super::Db;
 use crate::error::{Error, Result};
+use crate::store::RetrievalQuality;
 use crate::task::Shard;
 
 /// Where a run stands.
@@ -98,6 +99,8 @@ pub struct DocRecord {
     pub computed_tokens: f64,
     /// The largest 13-gram Jaccard similarity of a neighbour with the document (leakage audit).
     pub max_jaccard13: Option<f64>,
+    /// Its neighbours measured against the exact ones (`--exact-reference`).
+    pub retrieval_quality: Option<RetrievalQuality>,
 }
 
 /// One point of a document's curve: its log-likelihood after `k` neighbours trained.
@@ -280,13 +283,15 @@ impl Db {
         curve: &[CurveRecord],
         neighbors: &[NeighborRecord],
     ) -> Result<()> {
+        let quality = doc.retrieval_quality;
         self.in_transaction(|c| {
             c.execute(
                 "INSERT INTO docs (run_id, doc_id, set_name, bytes, words, tokens, neighbors_used,
                      complete, retrieval_s, train_s, eval_s, task, position, seq, train_steps, skipped_chunks,
                      alpha, alpha_source, context_tokens, context_fallback, max_jaccard13,
-                     train_tokens, computed_tokens)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     train_tokens, computed_tokens, exact_neighbors, shared_neighbors, recall_at_k,
+                     rank_correlation)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 params![
                     run_id,
                     doc.doc_id,
@@ -311,6 +316,10 @@ impl Db {
                     doc.max_jaccard13,
                     doc.train_tokens as i64,
                     doc.computed_tokens,
+                    quality.map(|q| q.exact_neighbors as i64),
+                    quality.map(|q| q.shared_neighbors as i64),
+                    quality.and_then(|q| q.recall_at_k),
+                    quality.and_then(|q| q.rank_correlation),
                 ],
             )?;
             {

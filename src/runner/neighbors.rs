@@ -11,8 +11,8 @@ use super::settings::{NeighborSearch, RunConfig, TestDocs};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::store::{
-    BatchQuery, BatchSearch, Neighbor, NeighborTable, Product, Retrieval, SearchMode, Slice, Store,
-    TableNeighbor,
+    BatchQuery, BatchSearch, DatastoreFraction, Neighbor, NeighborTable, Product, Retrieval,
+    RetrievalQuality, SearchMode, Slice, Store, TableNeighbor,
 };
 
 /// `tttnn neighbors`' settings: which test documents (as `tttnn run` selects them) and how their
@@ -55,6 +55,10 @@ pub struct NeighborsConfig {
     /// Store rows per matrix product; default 16384 on the CPU, 65536 on CUDA.
     #[arg(long, env = "TTTNN_BLOCK_ROWS")]
     pub block_rows: Option<usize>,
+    /// Measure this shard's neighbours against this exact neighbour table of the same documents
+    /// (as `tttnn run --exact-reference`): the summary's `retrieval_quality`.
+    #[arg(long, env = "TTTNN_EXACT_REFERENCE")]
+    pub exact_reference: Option<PathBuf>,
 }
 
 /// How `tttnn neighbors` searches exactly.
@@ -91,6 +95,7 @@ impl NeighborsConfig {
 
     fn check(&self) -> Result<()> {
         self.docs.task()?;
+        self.search.check()?;
         if self.search.neighbors == 0 {
             return Err(Error::setting(
                 "neighbors",
@@ -101,6 +106,13 @@ impl NeighborsConfig {
             return Err(Error::setting(
                 "slice",
                 "slices of the store need the matrix-product exact search (no --nprobes, --exact-search matmul)",
+            ));
+        }
+        if self.exact_reference.is_some() && self.slice.count > 1 {
+            return Err(Error::setting(
+                "exact_reference",
+                "a slice holds only its part of each document's neighbours: measure the table \
+                 once every slice is in it (a run with --neighbors-from and --exact-reference)",
             ));
         }
         if self.query_batch() == 0 || self.block_rows() == 0 {
@@ -137,6 +149,18 @@ pub struct TableSettings {
     /// Precision of the matrix products, when not fp32.
     #[serde(default, skip_serializing_if = "Product::is_f32")]
     pub product: Product,
+    /// The part of the store searched, when not all of it (`--datastore-fraction`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore: Option<TableDatastore>,
+}
+
+/// A table's datastore fraction and seed, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TableDatastore {
+    /// Share of the store's rows searched.
+    pub fraction: f64,
+    /// The seed of the hash that picked them.
+    pub seed: u64,
 }
 
 fn one_slice() -> usize {
@@ -152,15 +176,17 @@ impl TableSettings {
         SearchMode::new(self.nprobes, self.refine_factor, self.ef)
     }
 
-    /// Checks that a run with `cfg` would retrieve these neighbours (its first `k` of them), on
-    /// `store` at the version the table was computed from.
-    fn check_run(&self, cfg: &RunConfig, store: &Store, table: &Path) -> Result<()> {
-        let differ = |setting: &str, here: String, there: String| {
-            Error::bad_file(
-                table,
-                format!("the run's {setting} is {here}, the neighbour table's {there}: give the run the table's, or recompute the table"),
-            )
-        };
+    /// The part of the store searched.
+    fn datastore(&self) -> DatastoreFraction {
+        self.datastore
+            .map_or(DatastoreFraction::WHOLE, |d| DatastoreFraction {
+                fraction: d.fraction,
+                seed: d.seed,
+            })
+    }
+
+    /// Checks that the table was computed from `store` as it is now.
+    fn check_store(&self, store: &Store, table: &Path) -> Result<()> {
         let version = store.version()?;
         if version != self.store_version {
             return Err(Error::bad_file(
@@ -172,6 +198,61 @@ impl TableSettings {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks that these are the exact neighbours a run with `cfg` is compared with
+    /// (`--exact-reference`): the whole store searched exactly, from the same split and within the
+    /// same distance, at least the run's k of them.
+    fn check_reference(&self, search: &NeighborSearch, store: &Store, table: &Path) -> Result<()> {
+        let refuse = |why: String| {
+            Error::bad_file(
+                table,
+                format!("is not an exact reference for this run: {why}"),
+            )
+        };
+        self.check_store(store, table)?;
+        if self.nprobes.is_some() {
+            return Err(refuse(
+                "it was searched with the vector index (compute it without --nprobes)".into(),
+            ));
+        }
+        if !self.datastore().is_whole() {
+            return Err(refuse(format!(
+                "it searched a datastore fraction of {} (compute it on the whole store)",
+                self.datastore().fraction
+            )));
+        }
+        if search.neighbor_split != self.neighbor_split
+            || search.max_distance() != self.distance_threshold
+        {
+            return Err(refuse(format!(
+                "it searched split {} within {:?}, this search split {} within {:?}",
+                self.neighbor_split,
+                self.distance_threshold,
+                search.neighbor_split,
+                search.max_distance()
+            )));
+        }
+        if self.neighbors < search.neighbors {
+            return Err(refuse(format!(
+                "it holds {} neighbours per document, this search takes {}",
+                self.neighbors, search.neighbors
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks that a run with `cfg` would retrieve these neighbours (its first `k` of them), on
+    /// `store` at the version the table was computed from.
+    fn check_run(&self, cfg: &RunConfig, store: &Store, table: &Path) -> Result<()> {
+        let differ = |setting: &str, here: String, there: String| {
+            Error::bad_file(
+                table,
+                format!("the run's {setting} is {here}, the neighbour table's {there}: give the run the table's, or recompute the table"),
+            )
+        };
+        self.check_store(store, table)?;
         if cfg.search.neighbor_split != self.neighbor_split {
             return Err(differ(
                 "--neighbor-split",
@@ -191,6 +272,13 @@ impl TableSettings {
                 "search",
                 format!("{:?}", cfg.search_mode()),
                 format!("{:?}", self.search_mode()),
+            ));
+        }
+        if cfg.search.datastore() != self.datastore() {
+            return Err(differ(
+                "--datastore-fraction",
+                format!("{:?}", cfg.search.datastore()),
+                format!("{:?}", self.datastore()),
             ));
         }
         if cfg.select.is_sift() && cfg.sift_pool == crate::select::SiftPool::InnerProduct {
@@ -252,6 +340,39 @@ pub struct NeighborsSummary {
     pub store_rows_read: usize,
     /// Matrix products: (document, row) pairs whose exact distance the products selected.
     pub candidates: usize,
+    /// With --exact-reference: this shard's neighbours against the exact ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retrieval_quality: Option<TableQuality>,
+}
+
+/// A neighbour table's documents measured against an exact reference: the means of
+/// [`RetrievalQuality`] over them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TableQuality {
+    /// Documents measured.
+    pub documents: usize,
+    /// Mean recall@k (documents with exact neighbours).
+    pub recall_at_k: Option<f64>,
+    /// Mean neighbours shared with the exact ones.
+    pub shared_neighbors: f64,
+    /// Mean rank correlation (documents with two or more shared).
+    pub rank_correlation: Option<f64>,
+}
+
+impl TableQuality {
+    /// The means over `measured`.
+    fn of(measured: &[RetrievalQuality]) -> Self {
+        let mean = |values: Vec<f64>| {
+            (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+        };
+        TableQuality {
+            documents: measured.len(),
+            recall_at_k: mean(measured.iter().filter_map(|q| q.recall_at_k).collect()),
+            shared_neighbors: mean(measured.iter().map(|q| q.shared_neighbors as f64).collect())
+                .unwrap_or(0.0),
+            rank_correlation: mean(measured.iter().filter_map(|q| q.rank_correlation).collect()),
+        }
+    }
 }
 
 /// Documents retrieved between two commits to the table.
@@ -264,6 +385,43 @@ pub fn compute(
 ) -> Result<NeighborsSummary> {
     cfg.check()?;
     let store = Store::open(&cfg.store)?;
+    let planned = plan::plan_store(&store, &plan::Selection::of(&cfg.docs)?)?;
+    let ids: Vec<&str> = planned.iter().map(|d| d.doc_id.as_str()).collect();
+    // Checked before anything is computed.
+    let reference = match &cfg.exact_reference {
+        Some(path) => Some(LoadedTable::load_reference(
+            path,
+            &cfg.search,
+            &store,
+            &ids,
+        )?),
+        None => None,
+    };
+    let mut summary = fill(cfg, &store, &planned, on_event)?;
+    if let Some(reference) = reference {
+        let table = LoadedTable::load_checked(&cfg.out, &ids, |_| Ok(()))?;
+        let k = cfg.search.neighbors;
+        let measured = ids
+            .iter()
+            .map(|doc| {
+                Ok(RetrievalQuality::measure(
+                    &table.ids(doc, k)?,
+                    &reference.ids(doc, k)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        summary.retrieval_quality = Some(TableQuality::of(&measured));
+    }
+    Ok(summary)
+}
+
+/// Computes the neighbours of the `planned` documents not yet in the table `cfg.out`.
+fn fill(
+    cfg: &NeighborsConfig,
+    store: &Store,
+    planned: &[plan::PlannedDoc],
+    on_event: &mut dyn FnMut(NeighborsEvent),
+) -> Result<NeighborsSummary> {
     let settings = TableSettings {
         store_version: store.version()?,
         neighbors: cfg.search.neighbors,
@@ -278,11 +436,14 @@ pub fn compute(
         } else {
             Product::F32
         },
+        datastore: (!cfg.search.datastore().is_whole()).then_some(TableDatastore {
+            fraction: cfg.search.datastore_fraction,
+            seed: cfg.search.datastore_seed,
+        }),
     };
     let json = serde_json::to_string(&settings).map_err(|e| Error::json("table settings", e))?;
     let creator = cfg.docs.shard.index == 0 && cfg.slice.index == 0;
     let table = NeighborTable::open_or_create(&cfg.out, &json, creator)?;
-    let planned = plan::plan_store(&store, &plan::Selection::of(&cfg.docs)?)?;
     let slice = cfg.slice.index as u32;
     let done = table.done(slice)?;
     let todo: Vec<&str> = planned
@@ -308,6 +469,7 @@ pub fn compute(
         slice: cfg.slice.to_string(),
         store_rows_read: 0,
         candidates: 0,
+        retrieval_quality: None,
     };
     let commit = |batch: Vec<(String, Vec<TableNeighbor>)>,
                   summary: &mut NeighborsSummary,
@@ -324,6 +486,7 @@ pub fn compute(
             max_distance: settings.distance_threshold,
             exclude_id: Some(doc_id.to_string()),
             split: Some(settings.neighbor_split.clone()),
+            datastore: settings.datastore(),
         };
         for chunk in todo.chunks(COMMIT_DOCS) {
             let mut batch = Vec::with_capacity(chunk.len());
@@ -346,6 +509,7 @@ pub fn compute(
         product: cfg.product,
         device,
         block_rows: cfg.block_rows(),
+        datastore: settings.datastore(),
     };
     let slice_rows = cfg.slice.rows(store.count()?).len();
     for chunk in todo.chunks(cfg.query_batch()) {
@@ -412,11 +576,34 @@ pub(super) struct LoadedTable {
 impl LoadedTable {
     /// Loads `path` for a run with `cfg` on `store`; every document in `must_hold` must be in it.
     pub fn load(path: &Path, cfg: &RunConfig, store: &Store, must_hold: &[&str]) -> Result<Self> {
+        Self::load_checked(path, must_hold, |settings| {
+            settings.check_run(cfg, store, path)
+        })
+    }
+
+    /// Loads `path` as the exact reference of a run with `cfg` on `store` (`--exact-reference`);
+    /// every document in `must_hold` must be in it.
+    pub fn load_reference(
+        path: &Path,
+        search: &NeighborSearch,
+        store: &Store,
+        must_hold: &[&str],
+    ) -> Result<Self> {
+        Self::load_checked(path, must_hold, |settings| {
+            settings.check_reference(search, store, path)
+        })
+    }
+
+    fn load_checked(
+        path: &Path,
+        must_hold: &[&str],
+        check: impl FnOnce(&TableSettings) -> Result<()>,
+    ) -> Result<Self> {
         let table = NeighborTable::open(path)?;
         let settings: TableSettings = serde_json::from_str(table.settings()).map_err(|e| {
             Error::bad_file(path, format!("unreadable neighbour table settings: {e}"))
         })?;
-        settings.check_run(cfg, store, path)?;
+        check(&settings)?;
         let by_doc = table.load(settings.slices as u32, settings.neighbors)?;
         let held: HashSet<&str> = by_doc.keys().map(String::as_str).collect();
         if let Some(missing) = must_hold.iter().find(|d| !held.contains(*d)) {
@@ -432,6 +619,17 @@ impl LoadedTable {
             path: path.to_path_buf(),
             by_doc,
         })
+    }
+
+    /// The ids of the first `k` listed neighbours of `doc_id`, nearest first.
+    pub fn ids(&self, doc_id: &str, k: usize) -> Result<Vec<&str>> {
+        let listed = self.by_doc.get(doc_id).ok_or_else(|| {
+            Error::bad_file(
+                &self.path,
+                format!("has no neighbours for document {doc_id}"),
+            )
+        })?;
+        Ok(listed.iter().take(k).map(|n| n.id.as_str()).collect())
     }
 
     /// The first `k` listed neighbours of `doc_id`, with their texts and embeddings from `store`.

@@ -2,6 +2,7 @@
 //! records, booked as the work goes and turned into its `docs` row.
 use super::interpolate::Alpha;
 use super::plan::PlannedDoc;
+use super::retrieve::Retrieved;
 use crate::eval::{self, DocScore};
 use crate::records::{CurveRecord, DocRecord, NeighborRecord};
 use crate::store::Neighbor;
@@ -92,7 +93,7 @@ impl Outcome {
     }
 
     /// The document's row in `docs`.
-    pub fn record(&self, doc: &PlannedDoc, retrieval_s: f64) -> DocRecord {
+    pub fn record(&self, doc: &PlannedDoc, retrieved: &Retrieved) -> DocRecord {
         DocRecord {
             doc_id: doc.doc_id.clone(),
             task: doc.task.clone(),
@@ -104,7 +105,7 @@ impl Outcome {
             tokens: self.score.tokens as usize,
             neighbors_used: self.neighbors.len(),
             complete: self.complete,
-            retrieval_s,
+            retrieval_s: retrieved.retrieval_s,
             train_s: self.train_s,
             eval_s: self.eval_s,
             train_steps: self.steps,
@@ -120,6 +121,7 @@ impl Outcome {
                 .iter()
                 .filter_map(|n| n.jaccard13)
                 .reduce(f64::max),
+            retrieval_quality: retrieved.quality,
         }
     }
 }

@@ -10,7 +10,7 @@ use super::settings::{serde_name, Method, RunConfig};
 use crate::error::{Error, Result};
 use crate::records::{Db, NeighborGain, NeighborGains};
 use crate::select::{self, SiftPool};
-use crate::store::{Neighbor, Retrieval, Store};
+use crate::store::{Neighbor, Retrieval, RetrievalQuality, Store};
 
 /// Where a run's documents and neighbours come from.
 pub(super) struct Retriever<'a> {
@@ -20,6 +20,8 @@ pub(super) struct Retriever<'a> {
     pub table: Option<LoadedTable>,
     /// The gains that order each document's neighbours (`--neighbor-order oracle`).
     pub oracle: Option<Oracle>,
+    /// The exact neighbours each document's are measured against (`--exact-reference`).
+    pub reference: Option<LoadedTable>,
 }
 
 /// A document as a method starts on it: its text and its neighbours.
@@ -31,6 +33,8 @@ pub(super) struct Retrieved {
     /// The oracle order of the neighbours (indices into `neighbors`), with
     /// `--neighbor-order oracle`.
     pub oracle_order: Option<Vec<usize>>,
+    /// The neighbours measured against the exact ones, with `--exact-reference`.
+    pub quality: Option<RetrievalQuality>,
 }
 
 /// What each neighbour was worth in an earlier run of the same documents (`--oracle-run`): the
@@ -122,6 +126,7 @@ impl Retriever<'_> {
             max_distance: cfg.search.distance_threshold,
             exclude_id: Some(exclude.to_string()),
             split: Some(cfg.search.neighbor_split.clone()),
+            datastore: cfg.search.datastore(),
         };
         let candidates = match (&self.table, cfg.select.is_sift(), cfg.sift_pool) {
             (Some(table), _, _) => table.neighbors(&self.store, exclude, k)?,
@@ -153,11 +158,20 @@ impl Retriever<'_> {
             .as_ref()
             .map(|o| o.order(&doc.doc_id, &neighbors))
             .transpose()?;
+        let quality = match &self.reference {
+            Some(reference) => {
+                let retrieved: Vec<&str> = neighbors.iter().map(|n| n.id.as_str()).collect();
+                let exact = reference.ids(&doc.doc_id, self.cfg.search.neighbors)?;
+                Some(RetrievalQuality::measure(&retrieved, &exact))
+            }
+            None => None,
+        };
         Ok(Retrieved {
             text: stored.text,
             neighbors,
             retrieval_s: t.elapsed().as_secs_f64(),
             oracle_order,
+            quality,
         })
     }
 }

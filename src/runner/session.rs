@@ -95,11 +95,24 @@ pub fn run(
         Some(run) => Some(Oracle::load(db_path, run, &plan)?),
         None => None,
     };
+    let reference = match &cfg.exact_reference {
+        Some(path) => {
+            let docs: Vec<&str> = plan.iter().map(|d| d.doc_id.as_str()).collect();
+            Some(LoadedTable::load_reference(
+                path,
+                &cfg.search,
+                &store,
+                &docs,
+            )?)
+        }
+        None => None,
+    };
     let retriever = Retriever {
         cfg,
         store,
         table,
         oracle,
+        reference,
     };
     let mut engine = Engine {
         cfg,
@@ -231,7 +244,7 @@ impl Lifecycle<'_> {
             retrieved,
             outcome,
         } = finished;
-        let record = outcome.record(doc, retrieved.retrieval_s);
+        let record = outcome.record(doc, &retrieved);
         // Held only for this write: readers and other runs wait at most this long.
         self.db()?
             .record_doc(run_id, &record, &outcome.curve, &outcome.neighbors)?;

@@ -71,6 +71,7 @@ impl Sweep {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "sweep".into());
         let (mut db, mut base, mut grid, mut baseline) = (None, Vec::new(), Vec::new(), None);
+        let mut listed: Option<Vec<Combination>> = None;
         let json = |key: &str, v: &toml::Value| {
             serde_json::to_value(v).map_err(|e| at(key, &format!("unreadable value: {e}")))
         };
@@ -96,6 +97,36 @@ impl Sweep {
                         grid.push((k.clone(), values));
                     }
                 }
+                ("points", toml::Value::Array(items)) => {
+                    let mut points = Vec::with_capacity(items.len());
+                    for item in items {
+                        let toml::Value::Table(t) = item else {
+                            return Err(at(
+                                key,
+                                "`points` takes a list of tables of settings, e.g. [{ passes = 2 }]",
+                            ));
+                        };
+                        let mut label = None;
+                        let mut settings = Vec::new();
+                        for (k, v) in t {
+                            match (k.as_str(), v) {
+                                ("name", toml::Value::String(s)) => label = Some(s.clone()),
+                                ("name", _) => {
+                                    return Err(at(
+                                        key,
+                                        "a point's `name` is a string: its run is NAME/name",
+                                    ))
+                                }
+                                _ => settings.push((k.clone(), json(k, v)?)),
+                            }
+                        }
+                        points.push(Combination { label, settings });
+                    }
+                    if points.is_empty() {
+                        return Err(at(key, "`points` lists no point"));
+                    }
+                    listed = Some(points);
+                }
                 ("baseline", toml::Value::Table(t)) => {
                     let pairs = t
                         .iter()
@@ -103,7 +134,7 @@ impl Sweep {
                         .collect::<Result<Vec<_>>>()?;
                     baseline = Some(pairs);
                 }
-                ("name" | "db" | "base" | "grid" | "baseline", _) => {
+                ("name" | "db" | "base" | "grid" | "baseline" | "points", _) => {
                     return Err(at(
                         key,
                         &format!(
@@ -111,6 +142,7 @@ impl Sweep {
                             match key.as_str() {
                                 "name" | "db" => "a string",
                                 "baseline" => "a table of settings, e.g. { passes = 1 }",
+                                "points" => "a list of tables of settings, e.g. [{ passes = 2 }]",
                                 _ => "a table ([base] or [grid])",
                             }
                         ),
@@ -120,8 +152,8 @@ impl Sweep {
                     return Err(at(
                         key,
                         &format!(
-                            "unknown key `{key}` (a sweep file has name, db, baseline, [base] \
-                             and [grid])"
+                            "unknown key `{key}` (a sweep file has name, db, baseline, points, \
+                             [base] and [grid])"
                         ),
                     ))
                 }
@@ -131,6 +163,13 @@ impl Sweep {
             .iter()
             .map(|(k, _)| k)
             .chain(grid.iter().map(|(k, _)| k))
+            .chain(
+                listed
+                    .iter()
+                    .flatten()
+                    .flat_map(|p| &p.settings)
+                    .map(|(k, _)| k),
+            )
         {
             if SWEEP_OWNS.contains(&key.as_str()) {
                 return Err(at(
@@ -143,24 +182,53 @@ impl Sweep {
             }
         }
         // The grid's points: the last key varies fastest.
-        let mut combos: Vec<Vec<(String, Value)>> = vec![Vec::new()];
+        let mut combos = vec![Combination::default()];
         for (key, values) in &grid {
             combos = combos
                 .into_iter()
                 .flat_map(|c| {
                     values.iter().map(move |v| {
-                        let mut c = c.clone();
-                        c.push((key.clone(), v.clone()));
-                        c
+                        let mut settings = c.settings.clone();
+                        settings.push((key.clone(), v.clone()));
+                        Combination {
+                            label: None,
+                            settings,
+                        }
+                    })
+                })
+                .collect();
+        }
+        // Listed points: each grid combination with each of them (its settings last).
+        if let Some(listed) = &listed {
+            combos = combos
+                .iter()
+                .flat_map(|c| {
+                    listed.iter().map(move |p| {
+                        let mut settings = c.settings.clone();
+                        settings.retain(|(k, _)| !p.settings.iter().any(|(pk, _)| pk == k));
+                        settings.extend(p.settings.iter().cloned());
+                        Combination {
+                            label: p.label.clone(),
+                            settings,
+                        }
                     })
                 })
                 .collect();
         }
         let mut points = Vec::with_capacity(combos.len());
-        for (index, varied) in combos.into_iter().enumerate() {
+        for (index, combo) in combos.into_iter().enumerate() {
+            let Combination {
+                label,
+                settings: varied,
+            } = combo;
             let shown: Vec<(String, String)> =
                 varied.iter().map(|(k, v)| (k.clone(), plain(v))).collect();
-            let point_name = if shown.is_empty() {
+            let point_name = if let Some(label) = &label {
+                format!("{name}/{label}")
+            } else if shown.is_empty() && listed.is_some() {
+                // A listed point of no settings of its own: [base] alone.
+                format!("{name}/base")
+            } else if shown.is_empty() {
                 name.clone()
             } else {
                 let list: Vec<String> = shown.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -175,6 +243,9 @@ impl Sweep {
             let config = config
                 .normalized()
                 .map_err(|e| Error::bad_file(path, format!("point {point_name}: {e}")))?;
+            if points.iter().any(|p: &Point| p.name == point_name) {
+                return Err(at("points", &format!("point {point_name} is listed twice")));
+            }
             points.push(Point {
                 index,
                 name: point_name,
@@ -189,7 +260,8 @@ impl Sweep {
                     .iter()
                     .filter(|p| {
                         pairs.iter().all(|(k, v)| {
-                            p.varied.iter().any(|(pk, pv)| pk == k && *pv == plain(v))
+                            (k == "name" && p.name == format!("{name}/{}", plain(v)))
+                                || p.varied.iter().any(|(pk, pv)| pk == k && *pv == plain(v))
                         })
                     })
                     .map(|p| p.index)
@@ -217,6 +289,14 @@ impl Sweep {
             baseline,
         })
     }
+}
+
+/// The settings one point varies, from the grid or a `points` entry, and the name a `points`
+/// entry gives it (its run is then `SWEEP/name`).
+#[derive(Debug, Clone, Default)]
+struct Combination {
+    label: Option<String>,
+    settings: Vec<(String, Value)>,
 }
 
 /// A setting's value as a point's name writes it: strings bare, the rest as JSON has them.
@@ -348,6 +428,7 @@ fn retrieval_key(cfg: &RunConfig) -> Result<String> {
         "store": cfg.store,
         "docs": docs,
         "search": search,
+        "table": own_reference(cfg),
     }))
     .map_err(|e| Error::json("a sweep point's retrieval", e))
 }
@@ -361,13 +442,26 @@ fn table_dir(db: &Path, tables: Option<&Path>) -> PathBuf {
     })
 }
 
-/// The neighbour tables of a sweep's points: one per distinct retrieval, in `dir`.
+/// The exact reference a point's retrieval computes itself: its `exact_reference`, when it
+/// searches the whole store exactly. Such points read their neighbours from the reference, which
+/// the sweep computes if it is missing, so the exact search is done once for both uses.
+fn own_reference(cfg: &RunConfig) -> Option<&Path> {
+    cfg.exact_reference
+        .as_deref()
+        .filter(|_| cfg.search.nprobes.is_none() && cfg.search.datastore().is_whole())
+}
+
+/// The neighbour tables of a sweep's points: one per distinct retrieval, in `dir` (or at the
+/// exact reference its points name, holding the largest k any point measured against it takes).
 fn table_groups(sweep: &Sweep, dir: &Path) -> Result<Vec<(TableUse, RunConfig)>> {
     let mut groups: BTreeMap<String, (TableUse, RunConfig)> = BTreeMap::new();
     for p in sweep.points.iter().filter(|p| uses_table(&p.config)) {
         let key = retrieval_key(&p.config)?;
         let hash = blake3::hash(key.as_bytes()).to_hex();
-        let path = dir.join(format!("{}-{}", sanitize(&sweep.name), &hash[..12]));
+        let path = match own_reference(&p.config) {
+            Some(reference) => reference.to_path_buf(),
+            None => dir.join(format!("{}-{}", sanitize(&sweep.name), &hash[..12])),
+        };
         let g = groups.entry(key).or_insert_with(|| {
             (
                 TableUse {
@@ -383,7 +477,26 @@ fn table_groups(sweep: &Sweep, dir: &Path) -> Result<Vec<(TableUse, RunConfig)>>
         g.0.k = g.0.k.max(needed(&p.config));
         g.0.points.push(p.name.clone());
     }
-    Ok(groups.into_values().collect())
+    let mut groups: Vec<(TableUse, RunConfig)> = groups.into_values().collect();
+    // A reference holds every k measured against it, whichever groups read it.
+    for i in 0..groups.len() {
+        let path = groups[i].0.path.clone();
+        let k = sweep
+            .points
+            .iter()
+            .filter(|p| p.config.exact_reference.as_deref() == Some(path.as_path()))
+            .map(|p| p.config.search.neighbors)
+            .chain(
+                groups
+                    .iter()
+                    .filter(|(t, _)| t.path == path)
+                    .map(|(t, _)| t.k),
+            )
+            .max()
+            .unwrap_or(0);
+        groups[i].0.k = k;
+    }
+    Ok(groups)
 }
 
 /// `name` as a file name.
@@ -480,6 +593,7 @@ pub fn run(
                 product: Product::F32,
                 query_batch: None,
                 block_rows: None,
+                exact_reference: None,
             };
             if let Some(dir) = table.path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -754,5 +868,47 @@ mod tests {
         // Another distance threshold is another retrieval.
         let s = sweep(&format!("{BASE}[grid]\ndistance_threshold = [4.0, 2.5]\n")).unwrap();
         assert_eq!(table_groups(&s, Path::new("t")).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn listed_points_and_an_exact_reference_read_by_the_exact_ones() {
+        let s = sweep(&format!(
+            "points = [{{}}, {{ passes = 2 }}, {{ neighbors_per_step = 2, passes = 2 }}, \
+             {{ datastore_fraction = 0.5 }}, {{ name = \"k7\", neighbors = 7 }}]\n\
+             baseline = {{ name = \"k7\" }}\n\
+             {BASE}exact_reference = \"ref\"\nneighbors = 3\n"
+        ))
+        .unwrap();
+        let names: Vec<&str> = s.points.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "order/base",
+                "order/passes=2",
+                "order/neighbors_per_step=2,passes=2",
+                "order/datastore_fraction=0.5",
+                "order/k7"
+            ]
+        );
+        assert_eq!(s.baseline, 4, "named by its name");
+        assert_eq!(s.points[4].config.search.neighbors, 7);
+        let groups = table_groups(&s, Path::new("t")).unwrap();
+        assert_eq!(groups.len(), 2, "exact, and half the store");
+        let exact = groups
+            .iter()
+            .find(|(t, _)| t.path == Path::new("ref"))
+            .unwrap();
+        assert_eq!((exact.0.k, exact.0.points.len()), (7, 4));
+        let half = groups
+            .iter()
+            .find(|(t, _)| t.path != Path::new("ref"))
+            .unwrap();
+        assert_eq!(half.0.points, ["order/datastore_fraction=0.5"]);
+        let e = sweep(&format!(
+            "points = [{{ passes = 2 }}, {{ passes = 2 }}]\n{BASE}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("order/passes=2 is listed twice"), "{e}");
     }
 }

@@ -132,4 +132,6 @@ pub struct BatchSearch {
     pub device: tch::Device,
     /// Store rows per product.
     pub block_rows: usize,
+    /// Search only this part of the store (as [`super::Retrieval`]'s).
+    pub datastore: super::DatastoreFraction,
 }

@@ -104,7 +104,7 @@ struct Block {
     starts: Vec<usize>,
     embeddings: Vec<f32>,
     row_ids: Vec<u64>,
-    /// Rows outside the searched split (their product distance is made +∞).
+    /// Rows outside the searched split or datastore fraction (their product distance is made +∞).
     excluded: Vec<bool>,
     eligible: usize,
 }
@@ -114,7 +114,8 @@ impl Block {
         self.row_ids.len()
     }
 
-    fn push(&mut self, store: &Store, b: RecordBatch, split: Option<&str>) -> Result<()> {
+    fn push(&mut self, store: &Store, b: RecordBatch, s: &BatchSearch) -> Result<()> {
+        let split = s.split.as_deref();
         let dim = store.dim();
         let embeddings = embedding_column(&store.path, &b)?;
         let values = embeddings
@@ -143,7 +144,7 @@ impl Block {
                     return Err(Error::bad_file(&store.path, "no string column `split`"))
                 }
             };
-            let excluded = !in_split || embeddings.is_null(i);
+            let excluded = !in_split || embeddings.is_null(i) || !s.datastore.keeps(ids.value(i));
             self.eligible += usize::from(!excluded);
             self.excluded.push(excluded);
         }
@@ -211,7 +212,7 @@ impl Store {
                 let end = next.is_none();
                 if let Some(b) = next {
                     read += b.num_rows();
-                    block.push(self, b, s.split.as_deref())?;
+                    block.push(self, b, s)?;
                 }
                 if block.len() >= s.block_rows || (end && block.len() > 0) {
                     search.block(&std::mem::take(&mut block))?;
@@ -443,6 +444,7 @@ impl<'a> Search<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::DatastoreFraction;
 
     fn n(d: f32, row_id: u64) -> BatchNeighbor {
         BatchNeighbor {
@@ -526,6 +528,7 @@ mod tests {
             product,
             device: tch::Device::Cpu,
             block_rows: 37,
+            datastore: DatastoreFraction::WHOLE,
         }
     }
 
@@ -556,6 +559,7 @@ mod tests {
                         max_distance,
                         exclude_id: q.exclude_id.clone(),
                         split: Some("train".into()),
+                        datastore: DatastoreFraction::WHOLE,
                     };
                     store
                         .retrieve(&q.vector, &r)
@@ -605,6 +609,51 @@ mod tests {
                 })
                 .collect();
             assert_eq!(merged, want, "k {k}, 3 slices");
+        }
+    }
+
+    #[test]
+    fn a_datastore_fraction_keeps_the_same_rows_in_lance_and_the_products() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 300);
+        let queries: Vec<BatchQuery> = [1usize, 5, 13]
+            .iter()
+            .map(|&i| BatchQuery {
+                vector: store.document(&format!("d{i}")).unwrap().unwrap().embedding,
+                exclude_id: Some(format!("d{i}")),
+            })
+            .collect();
+        let k = 30;
+        for fraction in [0.5, 0.25] {
+            let datastore = DatastoreFraction { fraction, seed: 3 };
+            let search = BatchSearch {
+                datastore,
+                ..search(k, None, Slice::ALL, Product::F32)
+            };
+            let (got, _) = store
+                .exact_neighbors(&queries, &search, &mut |_| {})
+                .unwrap();
+            for (q, got) in queries.iter().zip(got) {
+                let r = super::super::Retrieval {
+                    k,
+                    mode: super::super::SearchMode::Exact,
+                    max_distance: None,
+                    exclude_id: q.exclude_id.clone(),
+                    split: Some("train".into()),
+                    datastore,
+                };
+                // Lance's filter (DataFusion's md5) keeps what the products keep.
+                let want: Vec<(String, f32)> = store
+                    .retrieve(&q.vector, &r)
+                    .unwrap()
+                    .into_iter()
+                    .map(|n| (n.id, n.distance))
+                    .collect();
+                let got: Vec<(String, f32)> = got.into_iter().map(|n| (n.id, n.distance)).collect();
+                assert_eq!(got, want, "fraction {fraction}");
+                assert_eq!(want.len(), k, "225 train rows hold 30 kept ones");
+                assert!(want.iter().all(|(id, _)| datastore.keeps(id)));
+            }
         }
     }
 }

@@ -5,14 +5,16 @@
 //! API does, so the rest of the library (and its callers) never see an `async fn`. The type is one,
 //! its concerns are split across files as lance splits `Dataset`: this file opens, appends and
 //! reads documents (their types in `document.rs`); `search.rs` retrieves; `index.rs` builds and drops vector indexes; `arrow.rs`
-//! reads the table's columns; `neighbor_table.rs` keeps neighbours retrieved once for many runs;
+//! reads the table's columns; `datastore.rs` picks the rows a datastore fraction keeps; `quality.rs` measures a neighbour list against the exact one; `neighbor_table.rs` keeps neighbours retrieved once for many runs;
 //! `exact_batch.rs` finds many queries' exact neighbours at once by matrix products.
 mod arrow;
 mod batch_search;
+mod datastore;
 mod document;
 mod exact_batch;
 mod index;
 mod neighbor_table;
+mod quality;
 mod search;
 
 use std::future::Future;
@@ -26,11 +28,13 @@ use futures::TryStreamExt;
 use lancedb::query::{ExecutableQuery, QueryBase, Select};
 use lancedb::Table;
 
+pub use datastore::DatastoreFraction;
 pub use document::{DocRef, Document, EncoderRecord, StoredText};
 pub(crate) use exact_batch::flat_search_order;
 pub use exact_batch::{BatchNeighbor, BatchQuery, BatchSearch, BatchStats, Product, Slice};
 pub use index::{partition_assignment, IndexKind, IndexParams, ASSIGNMENT_ENV};
 pub use neighbor_table::{NeighborTable, TableNeighbor};
+pub use quality::RetrievalQuality;
 pub use search::{Neighbor, Retrieval, SearchMode, DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR};
 
 use crate::error::{Error, Result};

@@ -9,6 +9,7 @@ use lancedb::query::{ExecutableQuery, QueryBase, Select};
 use lancedb::DistanceType;
 
 use super::arrow::{embedding_at, embedding_column, f32_column, sql_str, string_column};
+use super::datastore::DatastoreFraction;
 use super::neighbor_table::TableNeighbor;
 use super::Store;
 use crate::error::{Error, Result};
@@ -80,6 +81,8 @@ pub struct Retrieval {
     pub exclude_id: Option<String>,
     /// Search only documents of this split (the original indexes only the training set).
     pub split: Option<String>,
+    /// Search only this part of the store (`--datastore-fraction`; the whole store by default).
+    pub datastore: DatastoreFraction,
 }
 
 impl Retrieval {
@@ -146,7 +149,13 @@ impl Store {
         self.check_dim(vector)?;
         super::count_queries(1);
         let extra = usize::from(r.exclude_id.is_some());
-        let out = self.nearest_in(vector, r.k + extra, r.mode, r.split.as_deref())?;
+        let out = self.nearest_in(
+            vector,
+            r.k + extra,
+            r.mode,
+            r.split.as_deref(),
+            &r.datastore,
+        )?;
         Ok(r.keep(out))
     }
 
@@ -161,25 +170,36 @@ impl Store {
         Ok(())
     }
 
-    /// The `k` nearest documents to `vector` among the documents of one split (all if `None`).
+    /// The `k` nearest documents to `vector` among the documents of one split (all if `None`) that
+    /// `datastore` keeps.
     ///
     /// Lance evaluates a filter applied before the search by scanning the `split` column of every
     /// row, which at 1M rows made an IVF-PQ query 8x slower (docs/benchmarks.md). The split is
     /// therefore first applied to the 2k nearest of all documents; only when fewer than k of them
     /// are in the split is the search repeated with the filter first. For exact search both give
-    /// the same neighbours: the k nearest of the split are among the 2k nearest of all.
+    /// the same neighbours: the k nearest of the split are among the 2k nearest of all. A datastore
+    /// fraction filters first: most of the 2k nearest of all would fall outside it.
     fn nearest_in(
         &self,
         vector: &[f32],
         k: usize,
         mode: SearchMode,
         split: Option<&str>,
+        datastore: &DatastoreFraction,
     ) -> Result<Vec<Neighbor>> {
         let l2 = DistanceType::L2;
-        let Some(split) = split else {
+        let filters: Vec<String> = split
+            .map(|s| format!("split = {}", sql_str(s)))
+            .into_iter()
+            .chain(datastore.filter())
+            .collect();
+        if filters.is_empty() {
             return self.search(vector, k, mode, l2, None);
-        };
-        let filter = format!("split = {}", sql_str(split));
+        }
+        let filter = filters.join(" AND ");
+        if !datastore.is_whole() {
+            return self.search(vector, k, mode, l2, Some((&filter, Filter::Before)));
+        }
         let mut out = self.search(vector, 2 * k, mode, l2, Some((&filter, Filter::After)))?;
         if out.len() < k {
             out = self.search(vector, k, mode, l2, Some((&filter, Filter::Before)))?;
@@ -200,10 +220,14 @@ impl Store {
         self.check_dim(vector)?;
         super::count_queries(1);
         let extra = usize::from(r.exclude_id.is_some());
-        let filter = r
+        let filters: Vec<String> = r
             .split
             .as_deref()
-            .map(|s| format!("split = {}", sql_str(s)));
+            .map(|s| format!("split = {}", sql_str(s)))
+            .into_iter()
+            .chain(r.datastore.filter())
+            .collect();
+        let filter = (!filters.is_empty()).then(|| filters.join(" AND "));
         let filter = filter.as_deref().map(|f| (f, Filter::Before));
         let negated: Vec<f32> = vector.iter().map(|x| -x).collect();
         let mut out = Vec::new();

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use tttnn::eval;
 use tttnn::lm::LanguageModel;
-use tttnn::store::{Retrieval, SearchMode, Store};
+use tttnn::store::{DatastoreFraction, Retrieval, SearchMode, Store};
 
 /// Runs `tttnn run` with `args` into `db`; returns the new run's id.
 fn run(store: &Path, db: &Path, args: &[&str]) -> i64 {
@@ -383,6 +383,7 @@ fn sift_first_pick_is_the_nearest_by_absolute_cosine() {
                     max_distance: None,
                     exclude_id: Some(doc.clone()),
                     split: Some("train".into()),
+                    datastore: DatastoreFraction::WHOLE,
                 },
             )
             .unwrap();

@@ -9,6 +9,7 @@ mod help;
 mod lanes;
 mod lm_golden;
 mod real_model;
+mod retrieval;
 mod runner;
 mod s3;
 mod schedules;

@@ -91,6 +91,19 @@ pub fn run_model_cmd(model: &Path, store: &Path, db: &Path, extra: &[&str]) -> C
     c
 }
 
+/// `tttnn neighbors` of every test document of `store` (pile_all, --val-portion 1.0) into
+/// `table`.
+pub fn neighbors_cmd(store: &Path, table: &Path, extra: &[&str]) -> Command {
+    let mut c = tttnn();
+    c.args(["neighbors", "--task", "pile_all", "--val-portion", "1.0"])
+        .arg("--store")
+        .arg(store)
+        .arg("--out")
+        .arg(table)
+        .args(extra);
+    c
+}
+
 /// (doc, rank) → (neighbour, distance) of `run`.
 pub fn neighbors(db: &Path, run: i64) -> BTreeMap<(String, i64), (String, f64)> {
     let db = crate::util::conn(db);
@@ -533,23 +546,11 @@ fn a_neighbour_table_gives_the_neighbours_and_curves_of_live_retrieval() {
     let store = Fixture::Full.store(dir.path());
     let table = dir.path().join("neighbors.lance");
     let neighbors_cmd = |extra: &[&str]| {
-        let mut c = tttnn();
-        c.args([
-            "neighbors",
-            "--quiet",
-            "--task",
-            "pile_all",
-            "-k",
-            "3",
-            "--val-portion",
-            "1.0",
-        ])
-        .arg("--store")
-        .arg(&store)
-        .arg("--out")
-        .arg(&table)
-        .args(extra);
-        c
+        neighbors_cmd(
+            &store,
+            &table,
+            &[&["--quiet", "-k", "3"][..], extra].concat(),
+        )
     };
     // Two shards write one table at once.
     let mut computed = 0;
@@ -611,22 +612,7 @@ fn neighbours_by_matrix_products_in_shards_and_slices_equal_per_query_exact_sear
     let dir = tempfile::tempdir().unwrap();
     let store = Fixture::Full.store(dir.path());
     let neighbors_cmd = |table: &Path, extra: &[&str]| {
-        let mut c = tttnn();
-        c.args([
-            "neighbors",
-            "--task",
-            "pile_all",
-            "-k",
-            "4",
-            "--val-portion",
-            "1.0",
-        ])
-        .arg("--store")
-        .arg(&store)
-        .arg("--out")
-        .arg(table)
-        .args(extra);
-        c
+        neighbors_cmd(&store, table, &[&["-k", "4"][..], extra].concat())
     };
     let per_query = dir.path().join("per-query");
     ok(

@@ -4,7 +4,9 @@ use crate::util::*;
 use tch::Tensor;
 use tttnn::embed::Encoder;
 use tttnn::records::{Db, MIGRATIONS};
-use tttnn::store::{Document, IndexKind, IndexParams, Retrieval, SearchMode, Store};
+use tttnn::store::{
+    DatastoreFraction, Document, IndexKind, IndexParams, Retrieval, SearchMode, Store,
+};
 use tttnn::Device;
 
 #[test]
@@ -343,5 +345,6 @@ fn search(k: usize, mode: SearchMode, split: Option<&str>) -> Retrieval {
         max_distance: None,
         exclude_id: None,
         split: split.map(String::from),
+        datastore: DatastoreFraction::WHOLE,
     }
 }

@@ -217,6 +217,26 @@ fn exact_and_ivf_agree() {
                 "{id}: exact {exact:?} vs {kind:?} {default:?}"
             );
             assert_eq!(exact[0], default[0]);
+            // A datastore fraction filters the index's search as it does the exact one: every
+            // partition probed and all rows re-ranked, the same neighbours, all of them kept.
+            let half = ["--datastore-fraction", "0.5", "--datastore-seed", "4"];
+            let exact_half = hits(&[&["--exact"][..], &half].concat());
+            let all_half =
+                hits(&[&["--nprobes", "24", "--refine-factor", "60"][..], &half].concat());
+            assert_eq!(exact_half.len(), 10);
+            for (e, a) in distances(&exact_half).iter().zip(distances(&all_half)) {
+                assert!((e - a).abs() < 1e-4, "{id}: exact {e} vs {kind:?} {a}");
+            }
+            let keeps = tttnn::store::DatastoreFraction {
+                fraction: 0.5,
+                seed: 4,
+            };
+            assert!(ids(&all_half).iter().all(|i| keeps.keeps(i)), "{id}");
+            assert_ne!(
+                ids(&exact_half),
+                exact,
+                "{id}: half the store is another store"
+            );
         }
     }
     // `--kind flat` drops the ANN index; search is exact again.

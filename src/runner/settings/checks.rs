@@ -10,6 +10,7 @@ impl RunConfig {
         self.model()?;
         self.store()?;
         self.task()?;
+        self.search.check()?;
         if !(self.docs.val_portion > 0.0 && self.docs.val_portion <= 1.0) {
             return Err(Error::setting(
                 "val_portion",
@@ -48,6 +49,15 @@ impl RunConfig {
                 format!(
                     "dynamic evaluation reports pass {}: add it to --eval-at",
                     self.dynamic_eval_pass
+                ),
+            ));
+        }
+        if self.exact_reference.is_some() && !self.method.uses_neighbors() {
+            return Err(Error::setting(
+                "exact_reference",
+                format!(
+                    "{} retrieves no neighbours to compare with the exact ones",
+                    serde_name(&self.method)
                 ),
             ));
         }

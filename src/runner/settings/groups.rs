@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::values::NeighborOrder;
 use crate::error::{Error, Result};
-use crate::store::{SearchMode, DEFAULT_REFINE_FACTOR};
+use crate::store::{DatastoreFraction, SearchMode, DEFAULT_REFINE_FACTOR};
 use crate::task::{Shard, Task, SEED};
 use crate::ttt::LrSchedule;
 
@@ -58,6 +58,21 @@ pub struct NeighborSearch {
     /// With --nprobes on an IVF-HNSW-SQ index: candidates visited per partition.
     #[arg(long, env = "TTTNN_EF")]
     pub ef: Option<usize>,
+    /// Search only this fraction of the store (a departure, to measure how the datastore's size
+    /// moves the gain): the rows whose seeded hash of their id falls below it, so a smaller
+    /// fraction's rows are among a larger one's; 1: the whole store.
+    #[arg(long, env = "TTTNN_DATASTORE_FRACTION", default_value_t = DatastoreFraction::WHOLE.fraction)]
+    #[serde(default = "whole_store")]
+    pub datastore_fraction: f64,
+    /// --datastore-fraction: the seed of the hash that picks the rows.
+    #[arg(long, env = "TTTNN_DATASTORE_SEED", default_value_t = DatastoreFraction::WHOLE.seed)]
+    #[serde(default)]
+    pub datastore_seed: u64,
+}
+
+/// The datastore fraction of runs recorded before it existed.
+fn whole_store() -> f64 {
+    DatastoreFraction::WHOLE.fraction
 }
 
 /// How a document trains on its neighbours: in which order, how many times over, how many per
@@ -128,5 +143,18 @@ impl NeighborSearch {
     /// Exact search, or the vector index with `nprobes` and re-ranking.
     pub fn mode(&self) -> SearchMode {
         SearchMode::new(self.nprobes, self.refine_factor, self.ef)
+    }
+
+    /// The part of the store searched.
+    pub fn datastore(&self) -> DatastoreFraction {
+        DatastoreFraction {
+            fraction: self.datastore_fraction,
+            seed: self.datastore_seed,
+        }
+    }
+
+    /// Checks the search's own settings.
+    pub fn check(&self) -> Result<()> {
+        self.datastore().check()
     }
 }

@@ -112,6 +112,11 @@ pub struct RunConfig {
     /// the store; its retrieval settings must be the run's.
     #[arg(long, env = "TTTNN_NEIGHBORS_FROM")]
     pub neighbors_from: Option<PathBuf>,
+    /// Record each document's retrieval quality against this exact neighbour table of the same
+    /// documents (`tttnn neighbors` without --nprobes or --datastore-fraction, k at least the
+    /// run's): recall@k, the neighbours shared and their rank correlation (`sql retrieval_quality`).
+    #[arg(long, env = "TTTNN_EXACT_REFERENCE")]
+    pub exact_reference: Option<PathBuf>,
     /// Search exactly (the paper's flat index; the default).
     #[arg(long, conflicts_with = "nprobes")]
     pub exact: bool,
