@@ -5,7 +5,8 @@
 -- count, `rank_correlation` the mean Spearman correlation of the shared ones' places (documents
 -- with two or more shared). `bpb_change` is the mean per-document change in bits per byte from
 -- k = 0 to the point the run reports (negative helps); `recall_gain_corr` the correlation across
--- documents of recall and that change (NULL under three documents).
+-- documents of recall and that change (NULL under three documents, or when recall is the same for
+-- all, as for an exact search).
 WITH d AS (
     SELECT d.run_id, d.task, d.doc_id, d.exact_neighbors, d.shared_neighbors, d.recall_at_k,
            d.rank_correlation,
@@ -24,7 +25,8 @@ SELECT d.run_id, r.name, coalesce(d.task, 'all') AS task,
        round(avg(d.exact_neighbors), 2)           AS exact_neighbors,
        round(avg(d.rank_correlation), 4)          AS rank_correlation,
        round(avg(d.bpb_change), 5)                AS bpb_change,
-       CASE WHEN count(*) >= 3 THEN round(corr(d.recall_at_k, d.bpb_change), 4) END
+       CASE WHEN count(*) >= 3 AND stddev_pop(d.recall_at_k) > 0
+            THEN round(corr(d.recall_at_k, d.bpb_change), 4) END
                                                   AS recall_gain_corr
 FROM d JOIN runs r ON r.id = d.run_id
 GROUP BY GROUPING SETS ((d.run_id, r.name, d.task), (d.run_id, r.name))
