@@ -151,16 +151,7 @@ pub struct TableSettings {
     pub product: Product,
     /// The part of the store searched, when not all of it (`--datastore-fraction`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub datastore: Option<TableDatastore>,
-}
-
-/// A table's datastore fraction and seed, as recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TableDatastore {
-    /// Share of the store's rows searched.
-    pub fraction: f64,
-    /// The seed of the hash that picked them.
-    pub seed: u64,
+    pub datastore: Option<DatastoreFraction>,
 }
 
 fn one_slice() -> usize {
@@ -178,11 +169,7 @@ impl TableSettings {
 
     /// The part of the store searched.
     fn datastore(&self) -> DatastoreFraction {
-        self.datastore
-            .map_or(DatastoreFraction::WHOLE, |d| DatastoreFraction {
-                fraction: d.fraction,
-                seed: d.seed,
-            })
+        self.datastore.unwrap_or(DatastoreFraction::WHOLE)
     }
 
     /// Checks that the table was computed from `store` as it is now.
@@ -436,10 +423,7 @@ fn fill(
         } else {
             Product::F32
         },
-        datastore: (!cfg.search.datastore().is_whole()).then_some(TableDatastore {
-            fraction: cfg.search.datastore_fraction,
-            seed: cfg.search.datastore_seed,
-        }),
+        datastore: Some(cfg.search.datastore()).filter(|d| !d.is_whole()),
     };
     let json = serde_json::to_string(&settings).map_err(|e| Error::json("table settings", e))?;
     let creator = cfg.docs.shard.index == 0 && cfg.slice.index == 0;
@@ -621,25 +605,28 @@ impl LoadedTable {
         })
     }
 
-    /// The ids of the first `k` listed neighbours of `doc_id`, nearest first.
-    pub fn ids(&self, doc_id: &str, k: usize) -> Result<Vec<&str>> {
-        let listed = self.by_doc.get(doc_id).ok_or_else(|| {
-            Error::bad_file(
-                &self.path,
-                format!("has no neighbours for document {doc_id}"),
-            )
-        })?;
-        Ok(listed.iter().take(k).map(|n| n.id.as_str()).collect())
-    }
-
-    /// The first `k` listed neighbours of `doc_id`, with their texts and embeddings from `store`.
-    pub fn neighbors(&self, store: &Store, doc_id: &str, k: usize) -> Result<Vec<Neighbor>> {
+    /// The first `k` listed neighbours of `doc_id`, nearest first.
+    fn listed(&self, doc_id: &str, k: usize) -> Result<&[TableNeighbor]> {
         let listed = self.by_doc.get(doc_id).ok_or_else(|| {
             Error::bad_file(
                 &self.path,
                 format!("has no neighbours for document {doc_id}: for interpolate's held-out documents, give --alpha or compute the table with --val-portion 1"),
             )
         })?;
-        store.neighbors_by_id(&listed[..k.min(listed.len())])
+        Ok(&listed[..k.min(listed.len())])
+    }
+
+    /// The ids of the first `k` listed neighbours of `doc_id`, nearest first.
+    pub fn ids(&self, doc_id: &str, k: usize) -> Result<Vec<&str>> {
+        Ok(self
+            .listed(doc_id, k)?
+            .iter()
+            .map(|n| n.id.as_str())
+            .collect())
+    }
+
+    /// The first `k` listed neighbours of `doc_id`, with their texts and embeddings from `store`.
+    pub fn neighbors(&self, store: &Store, doc_id: &str, k: usize) -> Result<Vec<Neighbor>> {
+        store.neighbors_by_id(self.listed(doc_id, k)?)
     }
 }

@@ -8,8 +8,8 @@ use md5::{Digest, Md5};
 
 use crate::error::{Error, Result};
 
-/// The part of the store's rows a search may return.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The part of the store's rows a search may return (as a neighbour table records it).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DatastoreFraction {
     /// Share of the rows kept, in (0, 1]; 1 is the whole store.
     pub fraction: f64,
